@@ -1,0 +1,1 @@
+"""cltrain: continual multi-task training on PyTorch Lightning."""

@@ -1,0 +1,91 @@
+"""`cltrain` command line (DESIGN.md, "Contract").
+
+    cltrain fit EXPERIMENT [key=value ...]     run an experiment (a name under experiments/ or a YAML path)
+    cltrain list                               experiments, streams, learners, plugins, schedules, models
+
+Exit codes: 0 done; 2 bad usage or config (one line naming the bad key or value and what is valid);
+1 a run that failed (everything finished before the failure stays in the run folder).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+import warnings
+from typing import Callable, Sequence
+
+from cltrain.errors import CltrainError
+
+
+def _quiet_lightning() -> None:
+    # Every per-phase Trainer would otherwise print its hardware summary and tips again.
+    for name in ("pytorch_lightning.utilities.rank_zero", "pytorch_lightning.accelerators.cuda",
+                 "lightning_fabric.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from cltrain.config import load_config
+    from cltrain.experiment import run_experiment
+
+    cfg = load_config(args.experiment, args.overrides)
+    _quiet_lightning()
+    run_experiment(cfg)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from cltrain.config import experiments_dirs
+    from cltrain.experiment import LEARNERS, MODELS, PLUGINS, SCHEDULES, STREAMS
+
+    experiments = sorted({str(p.relative_to(d))[:-5] for d in experiments_dirs() if d.is_dir()
+                          for p in d.rglob("*.yaml")})
+    for title, names in [("experiments", experiments), ("streams", STREAMS.names()),
+                         ("learners", LEARNERS.names()), ("plugins", PLUGINS.names()),
+                         ("schedules", SCHEDULES.names()), ("models", MODELS.names())]:
+        print(f"{title}: {', '.join(names)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cltrain", description="Continual multi-task training on Lightning.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    fit = sub.add_parser("fit", help="run an experiment")
+    fit.add_argument("experiment", help="a name under experiments/ without .yaml (e.g. bench/pmnist_naive) or a path")
+    fit.add_argument("overrides", nargs="*", help="OmegaConf dotlist overrides, e.g. stream.n_tasks=5 seed=1")
+    fit.set_defaults(func=cmd_fit)
+    lister = sub.add_parser("list", help="list experiments and registered components")
+    lister.set_defaults(func=cmd_list)
+    for register in EXTRA_COMMANDS:
+        register(sub)
+    return parser
+
+
+# Other modules add subcommands here (report, sweep, ...): each entry takes the subparsers object.
+EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from cltrain import commands  # noqa: F401  (fills EXTRA_COMMANDS)
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CltrainError as exc:
+        print(f"cltrain: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("cltrain: interrupted; finished phases are kept in the run folder", file=sys.stderr)
+        return 130
+    except Exception:  # a failed run: show the cause, keep what finished
+        traceback.print_exc()
+        print("cltrain: error: the run failed (traceback above); finished phases are kept in the run folder",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands beyond fit/list, registered into the CLI's parser."""

@@ -1,0 +1,109 @@
+"""The Learner: a LightningModule implementing one continual-learning method.
+
+The trainer calls `on_task_start` / `on_task_end` at task boundaries in task-aware streams (never in
+task-agnostic ones) and `predict` for evaluation. Methods add a loss term (`penalty`), change the loss
+(`loss`), or use the hooks; everything else (optimizer across phases, task-incremental masking, logging)
+lives here once.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar, Iterable, Optional
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cltrain.config import OptimConfig
+from cltrain.registry import Registry
+from cltrain.streams.loader import Batch
+
+# Yields batches of one task's training data: (batch_size, max_samples) -> Batch iterator.
+TaskSamples = Callable[[int, int], Iterable[Batch]]
+
+OPTIMIZERS: dict[str, Callable[[Iterable[nn.Parameter], OptimConfig], torch.optim.Optimizer]] = {
+    "sgd": lambda params, c: torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay),
+    "adam": lambda params, c: torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay),
+}
+
+
+class Learner(pl.LightningModule):
+    Config: ClassVar[Optional[type]] = None  # the method's typed options (the `learner:` section)
+    schedule: ClassVar[Optional[str]] = None  # a rehearsal schedule the method requires (joint training)
+
+    def __init__(self, model: nn.Module, optim: OptimConfig, method: Any = None,
+                 class_mask: Optional[torch.Tensor] = None):
+        super().__init__()
+        self.model = model
+        self.optim_cfg = optim
+        self.method = method
+        # Task-incremental streams: logits outside the task's classes are masked when the task id is known.
+        self.register_buffer("class_mask", class_mask, persistent=False)
+        self._optimizer: Optional[torch.optim.Optimizer] = None
+        self._pending_optimizer_state: Optional[dict] = None
+
+    # ---- model ----------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def logits(self, x: torch.Tensor, t: Optional[torch.Tensor]) -> torch.Tensor:
+        return self.mask(self(x), t)
+
+    def mask(self, out: torch.Tensor, t: Optional[torch.Tensor]) -> torch.Tensor:
+        if self.class_mask is None or t is None:
+            return out
+        return out.masked_fill(~self.class_mask[t], float("-inf"))
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, t: Optional[torch.Tensor]) -> torch.Tensor:
+        """Class predictions; `t` is None when the method must infer the task itself."""
+        return self.logits(x, t).argmax(dim=1)
+
+    # ---- training -------------------------------------------------------------------------------------
+    def loss(self, batch: Batch) -> torch.Tensor:
+        return F.cross_entropy(self.logits(batch.x, batch.t), batch.y)
+
+    def penalty(self) -> torch.Tensor | float:
+        """A regulariser added to the loss (EWC, SI, ...)."""
+        return 0.0
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        loss = self.loss(batch) + self.penalty()
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(batch))
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        # One optimizer object for the whole run (or per task, if configured), not one per Lightning fit:
+        # a plain PyTorch loop keeps its Adam/momentum state across tasks, and so do we.
+        if self._optimizer is None:
+            self._optimizer = OPTIMIZERS[self.optim_cfg.name](self.parameters(), self.optim_cfg)
+            if self._pending_optimizer_state is not None:
+                self._optimizer.load_state_dict(self._pending_optimizer_state)
+                self._pending_optimizer_state = None
+        return self._optimizer
+
+    def optimizer_state(self) -> Optional[dict]:
+        return self._optimizer.state_dict() if self._optimizer is not None else self._pending_optimizer_state
+
+    def load_optimizer_state(self, state: Optional[dict]) -> None:
+        self._optimizer, self._pending_optimizer_state = None, state
+
+    # ---- continual hooks (task-aware streams only) -----------------------------------------------------
+    def on_task_start(self, task_id: int) -> None:
+        if self.optim_cfg.reset_per_task:
+            self._optimizer = None
+
+    def on_task_end(self, task_id: int, samples: TaskSamples) -> None:
+        """Called after the last step on a task; `samples` reads that task's training data."""
+
+    def extra_metrics(self) -> dict[str, Any]:
+        """Method-specific figures for metrics.json."""
+        return {}
+
+
+# name -> Learner subclass. One file per method registers itself here.
+LEARNERS: Registry[type[Learner]] = Registry("learner", "learner.name")
+
+
+def param_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p for name, p in module.named_parameters() if p.requires_grad}

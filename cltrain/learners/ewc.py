@@ -1,0 +1,83 @@
+"""Elastic Weight Consolidation (Kirkpatrick et al. 2017), offline and online (Schwarz et al. 2018).
+
+Offline keeps one (Fisher, anchor) pair per task; online keeps a single running Fisher, decayed by gamma,
+anchored at the latest parameters. The diagonal Fisher is the mean of squared per-sample gradients of the
+log-likelihood of the true label, computed with torch.func (vmap over samples, no Python loop).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, grad, vmap
+
+from cltrain.config import choice
+from cltrain.learners.base import LEARNERS, Learner, TaskSamples, param_dict
+
+
+@dataclass
+class EWCConfig:
+    lam: float = 100.0  # penalty strength lambda
+    mode: str = choice("offline", "offline", "online")
+    gamma: float = 1.0  # online mode: decay of the running Fisher
+    fisher_samples: int = 1000  # training samples of the finished task used to estimate its Fisher
+    fisher_chunk: int = 64  # per-sample gradients computed this many at a time (memory bound)
+
+
+def diagonal_fisher(learner: Learner, samples: TaskSamples, n: int, chunk: int) -> dict[str, torch.Tensor]:
+    params = {k: v.detach() for k, v in param_dict(learner.model).items()}
+
+    def nll(p, x, y, t):
+        out = learner.mask(functional_call(learner.model, p, (x.unsqueeze(0),)), None if t is None else t[None])
+        return F.cross_entropy(out, y.unsqueeze(0))
+
+    fisher = {k: torch.zeros_like(v) for k, v in params.items()}
+    seen = 0
+    was_training = learner.training
+    learner.eval()  # the Fisher of the trained model, without dropout noise
+    for batch in samples(chunk, n):
+        t = batch.t if learner.class_mask is not None else None
+        in_dims = (None, 0, 0, 0 if t is not None else None)
+        grads = vmap(grad(nll), in_dims=in_dims)(params, batch.x, batch.y, t)
+        for k, g in grads.items():
+            fisher[k] += g.pow(2).sum(0)
+        seen += len(batch)
+    learner.train(was_training)
+    return {k: f / max(seen, 1) for k, f in fisher.items()}
+
+
+@LEARNERS.register("ewc")
+class EWC(Learner):
+    Config = EWCConfig
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fishers: list[dict[str, torch.Tensor]] = []
+        self.anchors: list[dict[str, torch.Tensor]] = []
+
+    def penalty(self):
+        if not self.fishers:
+            return 0.0
+        params = param_dict(self.model)
+        total = sum(
+            (f[k] * (params[k] - a[k]).pow(2)).sum() for f, a in zip(self.fishers, self.anchors) for k in f
+        )
+        return 0.5 * self.method.lam * total
+
+    def on_task_end(self, task_id: int, samples: TaskSamples) -> None:
+        fisher = diagonal_fisher(self, samples, self.method.fisher_samples, self.method.fisher_chunk)
+        anchor = {k: v.detach().clone() for k, v in param_dict(self.model).items()}
+        if self.method.mode == "online" and self.fishers:
+            fisher = {k: self.method.gamma * self.fishers[0][k] + fisher[k] for k in fisher}
+            self.fishers, self.anchors = [fisher], [anchor]
+        else:
+            self.fishers.append(fisher)
+            self.anchors.append(anchor)
+
+    def get_extra_state(self) -> Any:
+        return {"fishers": self.fishers, "anchors": self.anchors}
+
+    def set_extra_state(self, state: Any) -> None:
+        self.fishers, self.anchors = state["fishers"], state["anchors"]

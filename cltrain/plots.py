@@ -1,0 +1,70 @@
+"""Figures for the run folder: the accuracy matrix as a heatmap, and per-task retention curves."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; runs on headless cluster nodes
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def acc_matrix_png(R: np.ndarray, path: Path, title: str = "") -> None:
+    phases, tasks = R.shape
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * tasks, 1.0 + 0.5 * phases))
+    image = ax.imshow(R, vmin=0.0, vmax=1.0, cmap="viridis")
+    if phases * tasks <= 400:  # numbers stay readable up to 20x20
+        for i in range(phases):
+            for j in range(tasks):
+                ax.text(j, i, f"{100 * R[i, j]:.0f}", ha="center", va="center", fontsize=7,
+                        color="white" if R[i, j] < 0.6 else "black")
+    ax.set_xlabel("evaluated task")
+    ax.set_ylabel("after phase")
+    ax.set_xticks(range(tasks))
+    ax.set_yticks(range(phases))
+    ax.set_title(title or "test accuracy (%)")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def retention_png(R: np.ndarray, path: Path, order: Sequence[int] | None = None, title: str = "") -> None:
+    order = list(range(R.shape[1])) if order is None else list(order)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    phases = np.arange(R.shape[0])
+    for j in range(R.shape[1]):
+        start = order.index(j)
+        ax.plot(phases[start:], R[start:, j], marker="o", markersize=3, label=f"task {j}")
+    seen = [R[i, sorted(set(order[: i + 1]))].mean() for i in phases]
+    ax.plot(phases, seen, color="black", linewidth=2.5, label="mean over seen")
+    ax.set_xlabel("after phase")
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title or "retention of each task")
+    ax.legend(fontsize=7, ncol=2, loc="lower left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def schedule_png(counts: np.ndarray, path: Path) -> None:
+    """Samples of each task per phase (log scale): the environment the learner trained in."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    phases = np.arange(counts.shape[0])
+    for j in range(counts.shape[1]):
+        seen = counts[:, j] > 0
+        if seen.any():
+            ax.plot(phases[seen], counts[seen, j], marker="o", markersize=3, label=f"task {j}")
+    ax.set_yscale("log")
+    ax.set_xlabel("phase")
+    ax.set_ylabel("training samples")
+    ax.set_title("samples of each task per phase")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

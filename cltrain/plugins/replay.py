@@ -1,0 +1,57 @@
+"""Experience replay: a reservoir of past samples mixed into every training batch, for any learner."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+
+from cltrain.buffers import ReservoirBuffer
+from cltrain.plugins.base import PLUGINS, Plugin, PluginContext
+from cltrain.plugins.sync import gather_rows, rank_rows
+from cltrain.streams.loader import Batch
+
+
+@dataclass
+class ReplayConfig:
+    capacity: int = 1000  # samples kept, over the whole run
+    batch_size: Optional[int] = None  # replayed samples per step; None: the training batch size
+
+
+@PLUGINS.register("replay")
+class Replay(Plugin):
+    """Before a step: append a replay batch drawn from the reservoir. After it: offer the new rows to it.
+
+    Under DDP every rank adds the same global batch (gathered from all ranks) and draws with the same
+    generator, so the buffers stay identical without any broadcast.
+    """
+
+    Config = ReplayConfig
+    name = "replay"
+
+    def __init__(self, cfg: ReplayConfig, ctx: PluginContext):
+        super().__init__(cfg, ctx)
+        self.buffer = ReservoirBuffer(cfg.capacity, seed=ctx.seed + 7919)
+
+    def on_train_batch_start(self, trainer, pl_module, batch: Batch, batch_idx: int) -> None:
+        if len(self.buffer) == 0:
+            return
+        n = self.cfg.batch_size or self.ctx.batch_size
+        x, y, t = self.buffer.sample(n)
+        rows = rank_rows(n, trainer, x.device)
+        batch.extend(x[rows], y[rows], t[rows])
+
+    def on_train_batch_end(self, trainer, pl_module, outputs: Any, batch: Batch, batch_idx: int) -> None:
+        new = slice(0, batch.n_new)
+        t = batch.t[new] if batch.t is not None else None
+        x, y, t = gather_rows(trainer, batch.x[new], batch.y[new], t)
+        self.buffer.add(x, y, t)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"buffer": self.buffer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.buffer.load_state_dict(state["buffer"])
+
+    def extra_metrics(self) -> dict[str, Any]:
+        return {"replay_buffer_size": len(self.buffer), "replay_seen": self.buffer.seen}

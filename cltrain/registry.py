@@ -1,0 +1,46 @@
+"""Name -> object registries, so components are chosen by name from configs without if/elif factories."""
+from __future__ import annotations
+
+from typing import Callable, Generic, Iterator, TypeVar
+
+from cltrain.errors import ConfigError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """A named collection of components (learners, plugins, models, streams, schedules).
+
+    Registering is done with a decorator on the component itself, so adding a method is one new file.
+    """
+
+    def __init__(self, kind: str, config_key: str):
+        self.kind = kind
+        self.config_key = config_key  # the config key users set to pick one, named in errors
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        def add(item: T) -> T:
+            if name in self._items:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._items[name] = item
+            return item
+
+        return add
+
+    def get(self, name: str) -> T:
+        try:
+            return self._items[name]
+        except KeyError:
+            raise ConfigError(
+                f"{self.config_key}={name!r} is not a known {self.kind}; valid: {', '.join(sorted(self._items))}"
+            ) from None
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._items))

@@ -1,0 +1,65 @@
+"""The run folder (DESIGN.md, "Run folder contents"): config, metrics, plots, checkpoints."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from cltrain.config import ExperimentConfig, to_yaml
+from cltrain.errors import ConfigError
+
+
+def default_run_dir(cfg: ExperimentConfig) -> Path:
+    return Path("runs") / cfg.name / time.strftime("%Y%m%d-%H%M%S")
+
+
+class RunFolder:
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoints / "last.pt"
+
+    def prepare(self, cfg: ExperimentConfig) -> None:
+        """Create the folder; refuse to overwrite a run unless it is being resumed (nothing finished is lost)."""
+        has_run = self.last_checkpoint.exists() or (self.path / "metrics.json").exists()
+        if has_run and not cfg.resume:
+            raise ConfigError(
+                f"run_dir {self.path} already holds a run; pass resume=true to continue it, or choose another run_dir"
+            )
+        if cfg.resume and not self.last_checkpoint.exists():
+            raise ConfigError(f"resume=true but {self.last_checkpoint} does not exist; valid: a run_dir with a checkpoint")
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        (self.path / "config.yaml").write_text(to_yaml(cfg))
+
+    def save_checkpoint(self, state: dict[str, Any], phase: int, keep_all: bool = False) -> None:
+        """Write atomically (temp file + rename): a kill during the write leaves the previous checkpoint intact."""
+        tmp = self.checkpoints / f".phase_{phase}.pt.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, self.last_checkpoint)
+
+    def load_checkpoint(self) -> Optional[dict[str, Any]]:
+        if not self.last_checkpoint.exists():
+            return None
+        return torch.load(self.last_checkpoint, map_location="cpu", weights_only=False)
+
+    def write_json(self, name: str, data: dict[str, Any]) -> None:
+        tmp = self.path / f".{name}.tmp"
+        tmp.write_text(json.dumps(data, indent=2))
+        os.replace(tmp, self.path / name)
+
+    def write_csv(self, name: str, header: list[str], rows: list[list[Any]]) -> None:
+        with open(self.path / name, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(header)
+            writer.writerows(rows)

@@ -1,0 +1,94 @@
+"""Tasks and streams: what a continual experiment presents to a learner, and in which order."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from cltrain.registry import Registry
+from cltrain.streams.datasets import ImageArrays
+from cltrain.streams.transforms import BatchTransform
+
+
+@dataclass
+class Task:
+    """One distribution: which base samples it uses and which labels it has. Knows nothing of models."""
+
+    id: int
+    name: str
+    train_idx: torch.Tensor  # indices into Stream.train
+    test_idx: torch.Tensor  # indices into Stream.test
+    classes: list[int]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_train(self) -> int:
+        return int(self.train_idx.numel())
+
+
+@dataclass
+class Stream:
+    """Distinct tasks over shared base arrays, the order they are met in, and how they are presented."""
+
+    tasks: list[Task]
+    order: list[int]  # task id trained in each phase; a task may recur
+    train: ImageArrays
+    test: ImageArrays
+    transform: BatchTransform
+    n_classes: int
+    presentation: str = "task_aware"  # or "task_agnostic": no task ids or boundaries reach the learner
+    scenario: str = "domain_incremental"  # "class_incremental" / "task_incremental" for split streams
+
+    @property
+    def n_phases(self) -> int:
+        return len(self.order)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.images.shape[1:])
+
+    @property
+    def task_aware(self) -> bool:
+        return self.presentation == "task_aware"
+
+    def class_mask(self) -> torch.Tensor | None:
+        """[n_tasks, n_classes] bool: the labels each task may predict (task-incremental only)."""
+        if self.scenario != "task_incremental":
+            return None
+        mask = torch.zeros(len(self.tasks), self.n_classes, dtype=torch.bool)
+        for task in self.tasks:
+            mask[task.id, task.classes] = True
+        return mask
+
+    def to(self, device: torch.device) -> "Stream":
+        """Put the base arrays and transform tables on the training device once, for the whole run."""
+        self.train = ImageArrays(self.train.images.to(device), self.train.labels.to(device))
+        self.test = ImageArrays(self.test.images.to(device), self.test.labels.to(device))
+        self.transform = self.transform.to(device)
+        for task in self.tasks:
+            task.train_idx, task.test_idx = task.train_idx.to(device), task.test_idx.to(device)
+        return self
+
+
+# A stream family: (experiment config, data root) -> Stream. One file per family registers itself here.
+STREAMS: Registry[Callable[..., Stream]] = Registry("stream", "stream.name")
+
+
+def subsample(idx: torch.Tensor, limit: int | None, generator: torch.Generator) -> torch.Tensor:
+    """A seeded random subset of `limit` indices (all of them when limit is None or larger)."""
+    if limit is None or limit >= idx.numel():
+        return idx
+    return idx[torch.randperm(idx.numel(), generator=generator)[:limit]].sort().values
+
+
+def resolve_order(n_tasks: int, order: list[int] | None) -> list[int]:
+    from cltrain.errors import ConfigError
+
+    if order is None:
+        return list(range(n_tasks))
+    if not order or min(order) < 0 or max(order) >= n_tasks or set(order) != set(range(n_tasks)):
+        raise ConfigError(
+            f"bad value {order} for 'stream.order'; valid: a list of task ids covering 0..{n_tasks - 1} (stream.n_tasks)"
+        )
+    return list(order)

@@ -1,0 +1,128 @@
+"""The fast path: batches are slices of index tensors into device-resident uint8 arrays, transformed per batch.
+
+A `PhaseLoader` walks through one or more `Segment`s (one per training phase) and is what Lightning's
+`fit` iterates. Task-aware runs fit one segment at a time; task-agnostic runs fit all segments in one go,
+so the learner sees a single unbroken stream while the trainer still knows where the boundaries are.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import torch
+
+from cltrain.streams.base import Stream
+
+
+@dataclass
+class Batch:
+    """A training batch. `t` (task ids) is None when the stream hides tasks from the learner.
+
+    Plugins may append samples (replay); `n_new` keeps how many of the rows came from the stream.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    t: Optional[torch.Tensor]
+    n_new: int
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def extend(self, x: torch.Tensor, y: torch.Tensor, t: Optional[torch.Tensor]) -> None:
+        self.x = torch.cat([self.x, x])
+        self.y = torch.cat([self.y, y])
+        if self.t is not None and t is not None:
+            self.t = torch.cat([self.t, t])
+
+
+@dataclass
+class Segment:
+    """The data of one phase: base-train indices with their task ids, and how many batches to draw."""
+
+    phase: int
+    idx: torch.Tensor
+    task_ids: torch.Tensor
+    n_batches: int
+
+    @staticmethod
+    def batches_for(n_samples: int, batch_size: int, epochs: int, steps: Optional[int]) -> int:
+        return steps if steps is not None else epochs * math.ceil(n_samples / batch_size)
+
+
+def mix_seed(*parts: int) -> int:
+    """A deterministic 63-bit seed from integers (Python's hash() of ints is not mixed enough)."""
+    value = 0x9E3779B97F4A7C15
+    for part in parts:
+        value = (value ^ (part + 0x9E3779B97F4A7C15 + (value << 6) + (value >> 2))) & 0x7FFFFFFFFFFFFFFF
+    return value
+
+
+class PhaseLoader:
+    """Iterates the batches of consecutive segments; reshuffles every pass over a segment's data.
+
+    Shuffling uses a generator seeded by (seed, phase, pass), and the global torch RNG is reseeded at every
+    segment start, so a run resumed at phase k draws exactly what the uninterrupted run drew.
+    Under DDP every rank draws the same global batch and keeps rows rank::world of it: the union over ranks
+    is the single-process batch, which keeps DDP runs comparable with single-process runs.
+    """
+
+    def __init__(self, stream: Stream, segments: list[Segment], batch_size: int, seed: int,
+                 rank: int = 0, world_size: int = 1, hide_task_ids: bool = False):
+        self.stream = stream
+        self.segments = segments
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank, self.world_size = rank, world_size
+        self.hide_task_ids = hide_task_ids
+
+    def __len__(self) -> int:
+        return sum(s.n_batches for s in self.segments)
+
+    @property
+    def boundaries(self) -> list[int]:
+        """Cumulative batch counts: segment i ends after batch boundaries[i] - 1."""
+        out, total = [], 0
+        for segment in self.segments:
+            total += segment.n_batches
+            out.append(total)
+        return out
+
+    def _order(self, segment: Segment, pass_no: int) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(mix_seed(self.seed, segment.phase, pass_no))
+        return torch.randperm(segment.idx.numel(), generator=gen).to(segment.idx.device)
+
+    def _segment_batches(self, segment: Segment) -> Iterator[Batch]:
+        torch.manual_seed(mix_seed(self.seed, segment.phase, 1 << 20))
+        n, drawn, pass_no = segment.idx.numel(), 0, 0
+        while drawn < segment.n_batches:
+            order = self._order(segment, pass_no)
+            for start in range(0, n, self.batch_size):
+                if drawn == segment.n_batches:
+                    return
+                rows = order[start:start + self.batch_size][self.rank::self.world_size]
+                yield self._make(segment, rows)
+                drawn += 1
+            pass_no += 1
+
+    def _make(self, segment: Segment, rows: torch.Tensor) -> Batch:
+        base = segment.idx[rows]
+        t = segment.task_ids[rows]
+        x = self.stream.transform(self.stream.train.images[base], t)
+        y = self.stream.train.labels[base]
+        return Batch(x, y, None if self.hide_task_ids else t, int(y.shape[0]))
+
+    def __iter__(self) -> Iterator[Batch]:
+        for segment in self.segments:
+            yield from self._segment_batches(segment)
+
+
+def eval_batches(stream: Stream, task_id: int, batch_size: int, rank: int = 0, world_size: int = 1):
+    """(x, y) test batches of one task; under DDP each rank takes an interleaved share (no duplicates)."""
+    task = stream.tasks[task_id]
+    idx = task.test_idx[rank::world_size]
+    ids = torch.full((batch_size,), task_id, dtype=torch.long, device=idx.device)
+    for start in range(0, idx.numel(), batch_size):
+        base = idx[start:start + batch_size]
+        yield stream.transform(stream.test.images[base], ids[: base.numel()]), stream.test.labels[base]

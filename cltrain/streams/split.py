@@ -1,0 +1,47 @@
+"""Split MNIST / Fashion-MNIST / CIFAR-10 / CIFAR-100: the classes are dealt out to tasks in equal groups.
+
+Class-incremental (one head over all classes, no task id at test time) or task-incremental (the task id
+restricts the prediction to that task's classes), chosen by `stream.scenario`.
+"""
+from __future__ import annotations
+
+import torch
+
+from cltrain.config import ExperimentConfig
+from cltrain.errors import ConfigError
+from cltrain.streams.base import STREAMS, Stream, Task, subsample
+from cltrain.streams.transforms import BatchTransform
+from cltrain.streams.vision import load_dataset, make_stream, stream_generator
+
+
+def class_groups(n_classes: int, n_tasks: int) -> list[list[int]]:
+    """Classes in their natural order, n_classes / n_tasks per task (the benchmark's usual split)."""
+    if n_tasks < 1 or n_classes % n_tasks:
+        divisors = [d for d in range(1, n_classes + 1) if n_classes % d == 0]
+        raise ConfigError(f"bad value {n_tasks} for 'stream.n_tasks' with a split stream of {n_classes} classes; "
+                          f"valid: {', '.join(map(str, divisors))}")
+    size = n_classes // n_tasks
+    return [list(range(t * size, (t + 1) * size)) for t in range(n_tasks)]
+
+
+def _indices_of(labels: torch.Tensor, classes: list[int]) -> torch.Tensor:
+    return torch.nonzero(torch.isin(labels, torch.tensor(classes)), as_tuple=True)[0]
+
+
+@STREAMS.register("split")
+def split_stream(cfg: ExperimentConfig) -> Stream:
+    spec, train, test = load_dataset(cfg)
+    gen = stream_generator(cfg, salt=17)
+    groups = class_groups(spec.n_classes, cfg.stream.n_tasks)
+    tasks = [
+        Task(
+            id=t,
+            name=f"split-{'-'.join(map(str, classes))}",
+            train_idx=subsample(_indices_of(train.labels, classes), cfg.stream.train_per_task, gen),
+            test_idx=subsample(_indices_of(test.labels, classes), cfg.stream.test_per_task, gen),
+            classes=classes,
+        )
+        for t, classes in enumerate(groups)
+    ]
+    transform = BatchTransform(spec.mean, spec.std)
+    return make_stream(cfg, tasks, train, test, transform, spec.n_classes, cfg.stream.scenario)

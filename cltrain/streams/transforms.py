@@ -1,0 +1,59 @@
+"""Batch transforms: uint8 images + task ids -> normalised float inputs, on the device, for a whole batch.
+
+Each task's transform (a pixel permutation, a rotation) is a row of a parameter table indexed by task id, so a
+batch mixing several tasks is transformed by one gather / one grid-sample rather than a loop over samples.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class BatchTransform(nn.Module):
+    """Normalise: x uint8 [B, C, H, W] -> float, (x/255 - mean) / std. Subclasses add per-task changes."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float().div_(255.0) - self.mean) / self.std
+
+    def forward(self, x: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
+        return self.normalise(x)
+
+
+class PermuteTransform(BatchTransform):
+    """Permuted MNIST: task t reorders the pixels by perms[t] (the same order for every channel)."""
+
+    def __init__(self, perms: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__(mean, std)
+        self.register_buffer("perms", perms.long())
+
+    def forward(self, x: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        flat = x.reshape(b, c, h * w)
+        index = self.perms[task_ids].unsqueeze(1).expand(b, c, h * w)
+        return self.normalise(torch.gather(flat, 2, index).view(b, c, h, w))
+
+
+class RotateTransform(BatchTransform):
+    """Rotated MNIST: task t rotates the image by angles[t] degrees about its centre (bilinear, zero fill)."""
+
+    def __init__(self, angles_deg: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__(mean, std)
+        self.register_buffer("angles", angles_deg.float() * (math.pi / 180.0))
+
+    def forward(self, x: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
+        theta = self.angles[task_ids]
+        cos, sin = torch.cos(theta), torch.sin(theta)
+        zero = torch.zeros_like(cos)
+        affine = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+        grid = F.affine_grid(affine, list(x.shape), align_corners=False)
+        # Rotate the raw intensities, then normalise, so the zero fill is black like the MNIST background.
+        rotated = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        return (rotated.div_(255.0) - self.mean) / self.std

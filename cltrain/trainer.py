@@ -1,0 +1,246 @@
+"""ContinualTrainer: the loop over phases (DESIGN.md, "Concepts").
+
+Task-aware streams: one Lightning fit per phase; the learner's task hooks run at each boundary.
+Task-agnostic streams: one Lightning fit over all phases' data; boundaries are hidden from the learner and
+only `_PhaseDriver` (a callback of ours) knows them, to evaluate, record and checkpoint at the right batch.
+Either way each phase ends the same way: (task hooks,) evaluation on every task, a row of the accuracy
+matrix, logs, and a checkpoint from which `resume=true` continues.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning import Callback
+
+from cltrain.config import ExperimentConfig, to_yaml
+from cltrain.learners.base import Learner
+from cltrain.loggers import RunLoggers
+from cltrain.metrics import seen_average, summary
+from cltrain.plots import acc_matrix_png, retention_png
+from cltrain.plugins.base import Plugin
+from cltrain.run import RunFolder
+from cltrain.streams.base import Stream
+from cltrain.streams.loader import PhaseLoader, Segment, eval_batches
+from cltrain.streams.schedules import phase_indices
+
+
+@dataclass
+class Progress:
+    """Everything about a run's course that a checkpoint must carry to resume it exactly."""
+
+    next_phase: int = 0
+    rows: list[list[float]] = field(default_factory=list)
+    acc_init: Optional[list[float]] = None
+    phase_times: list[float] = field(default_factory=list)
+    steps: int = 0
+    setup_time: float = 0.0
+
+
+class ContinualTrainer:
+    def __init__(self, cfg: ExperimentConfig, stream: Stream, learner: Learner, plugins: dict[str, Plugin],
+                 counts: np.ndarray, run: RunFolder):
+        self.cfg, self.stream, self.learner, self.plugins = cfg, stream, learner, plugins
+        self.counts = counts
+        self.run = run
+        self.progress = Progress()
+        self.loggers: Optional[RunLoggers] = None
+        self._placed = False
+        self.rank = 0
+
+    # ---- the loop -------------------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        start = time.perf_counter()
+        if self.cfg.resume:
+            self._restore(self.run.load_checkpoint())
+        self.loggers = RunLoggers(self.cfg, self.run)
+        remaining = list(range(self.progress.next_phase, self.stream.n_phases))
+        groups = [[k] for k in remaining] if self.stream.task_aware else ([remaining] if remaining else [])
+        self.progress.setup_time += time.perf_counter() - start
+        for phases in groups:
+            self._fit_phases(phases)
+        return self._finish()
+
+    def _pl_trainer(self, callbacks: list[Callback]) -> pl.Trainer:
+        t = self.cfg.trainer
+        return pl.Trainer(
+            max_epochs=1, accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
+            precision=t.precision, logger=self.loggers.lightning, callbacks=callbacks,
+            enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=t.progress_bar,
+            num_sanity_val_steps=0, use_distributed_sampler=False, log_every_n_steps=50,
+        )
+
+    def _fit_phases(self, phases: list[int]) -> None:
+        phase_start = time.perf_counter()
+        driver = _PhaseDriver(self, phases, phase_start)
+        trainer = self._pl_trainer([*self.plugins.values(), driver])
+        self._place(trainer)
+        loader = PhaseLoader(
+            self.stream, [self.segment(k) for k in phases], self.cfg.trainer.batch_size, self.cfg.seed,
+            rank=trainer.global_rank, world_size=trainer.world_size, hide_task_ids=not self.stream.task_aware,
+        )
+        driver.boundaries = loader.boundaries
+        trainer.fit(self.learner, train_dataloaders=loader)
+
+    def _place(self, trainer: pl.Trainer) -> None:
+        """Move the stream's arrays to the training device once per run (not per phase)."""
+        self.rank = trainer.global_rank
+        if not self._placed:
+            self.stream.to(trainer.strategy.root_device)
+            self._placed = True
+
+    def segment(self, phase: int) -> Segment:
+        idx, tids = phase_indices(self.stream, self.counts[phase], phase, self.cfg.seed,
+                                  self.cfg.stream.rehearsal.nested)
+        t = self.cfg.trainer
+        return Segment(phase, idx, tids, Segment.batches_for(idx.numel(), t.batch_size, t.epochs_per_task,
+                                                             t.steps_per_task))
+
+    # ---- phase boundaries (called by _PhaseDriver inside the fit) ------------------------------------
+    def start_phase(self, phase: int) -> None:
+        if self.stream.task_aware:
+            task_id = self.stream.order[phase]
+            self.learner.on_task_start(task_id)
+            for plugin in self.plugins.values():
+                plugin.on_task_start(self.learner, task_id)
+
+    def end_phase(self, trainer: pl.Trainer, phase: int, started: float, steps: int) -> None:
+        if self.stream.task_aware:
+            task_id = self.stream.order[phase]
+            self.learner.on_task_end(task_id, lambda bs, n: self.task_samples(task_id, bs, n))
+            for plugin in self.plugins.values():
+                plugin.on_task_end(self.learner, task_id)
+        row = self.evaluate(trainer)
+        seconds = time.perf_counter() - started  # training + task hooks + evaluation of this phase
+        p = self.progress
+        p.rows.append(row)
+        p.phase_times.append(seconds)
+        p.steps += steps
+        p.next_phase = phase + 1
+        if self.rank == 0:
+            self.loggers.log_phase(phase, row, seen_average(np.array(p.rows), self.stream.order)[-1], p.steps)
+            if self.cfg.trainer.checkpoint:
+                self.run.save_checkpoint(self.checkpoint_state(), phase)
+            self._report(phase, row, seconds)
+
+    def task_samples(self, task_id: int, batch_size: int, max_samples: int):
+        """Batches of up to max_samples training samples of one task (a seeded subset), for method hooks."""
+        task = self.stream.tasks[task_id]
+        gen = torch.Generator().manual_seed(self.cfg.seed + 104_729 * (task_id + 1))
+        pick = torch.randperm(task.n_train, generator=gen)[:max_samples].to(task.train_idx.device)
+        idx = task.train_idx[pick]
+        segment = Segment(-1 - task_id, idx, torch.full_like(idx, task_id), -(-idx.numel() // batch_size))
+        return PhaseLoader(self.stream, [segment], batch_size, self.cfg.seed)
+
+    def _report(self, phase: int, row: list[float], seconds: float) -> None:
+        seen = seen_average(np.array(self.progress.rows), self.stream.order)[-1]
+        print(f"[cltrain] phase {phase + 1}/{self.stream.n_phases} (task {self.stream.order[phase]}): "
+              f"mean acc over seen tasks {seen:.4f} | {seconds:.1f} s", flush=True)
+
+    # ---- evaluation -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, trainer: pl.Trainer) -> list[float]:
+        """Test accuracy on every task (future ones too). Under DDP each rank scores a share; counts are summed."""
+        was_training = self.learner.training
+        self.learner.eval()
+        device = trainer.strategy.root_device
+        counts = torch.zeros(len(self.stream.tasks), 2, dtype=torch.float64, device=device)
+        bs = self.cfg.trainer.eval_batch_size
+        for task in self.stream.tasks:
+            for x, y in eval_batches(self.stream, task.id, bs, trainer.global_rank, trainer.world_size):
+                t = torch.full_like(y, task.id) if self.stream.task_aware else None
+                counts[task.id, 0] += (self.learner.predict(x, t) == y).sum()
+                counts[task.id, 1] += y.numel()
+        if trainer.world_size > 1:
+            counts = trainer.strategy.reduce(counts, reduce_op="sum")
+        self.learner.train(was_training)
+        return (counts[:, 0] / counts[:, 1].clamp(min=1)).tolist()
+
+    # ---- checkpoints ----------------------------------------------------------------------------------
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {
+            "progress": dataclasses.asdict(self.progress),
+            "learner": self.learner.state_dict(),
+            "optimizer": self.learner.optimizer_state(),
+            "plugins": {name: plugin.state_dict() for name, plugin in self.plugins.items()},
+            "config": to_yaml(self.cfg),
+        }
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.progress = Progress(**state["progress"])
+        self.learner.load_state_dict(state["learner"])
+        self.learner.load_optimizer_state(state["optimizer"])
+        for name, plugin in self.plugins.items():
+            plugin.load_state_dict(state["plugins"].get(name, {}))
+
+    # ---- the end --------------------------------------------------------------------------------------
+    def _finish(self) -> dict[str, Any]:
+        p = self.progress
+        R, b = np.array(p.rows), np.array(p.acc_init)
+        metrics: dict[str, Any] = {
+            "acc_matrix": p.rows,
+            "acc_init": p.acc_init,
+            **summary(R, b, self.stream.order),
+            "avg_acc_seen": seen_average(R, self.stream.order),
+            "order": self.stream.order,
+            "n_tasks": len(self.stream.tasks),
+            "n_phases": self.stream.n_phases,
+            "phase_wall_time_s": p.phase_times,
+            "wall_time_s": p.setup_time + sum(p.phase_times),
+            "steps": p.steps,
+            **self.learner.extra_metrics(),
+        }
+        for plugin in self.plugins.values():
+            metrics.update(plugin.extra_metrics())
+        if self.rank == 0:
+            self._write_outputs(metrics, R)
+        return metrics
+
+    def _write_outputs(self, metrics: dict[str, Any], R: np.ndarray) -> None:
+        run, n_tasks = self.run, R.shape[1]
+        run.write_json("metrics.json", metrics)
+        header = ["phase", "task", "avg_acc_seen", *[f"acc_task_{j}" for j in range(n_tasks)], "wall_time_s"]
+        rows = [["init", "", "", *metrics["acc_init"], ""]] + [
+            [k, self.stream.order[k], metrics["avg_acc_seen"][k], *R[k].tolist(), metrics["phase_wall_time_s"][k]]
+            for k in range(R.shape[0])
+        ]
+        run.write_csv("metrics.csv", header, rows)
+        acc_matrix_png(R, run.path / "acc_matrix.png", f"{self.cfg.name}: test accuracy (%)")
+        retention_png(R, run.path / "retention.png", self.stream.order, f"{self.cfg.name}: retention")
+        self.loggers.finish(metrics, run.path)
+        print(f"[cltrain] done: ACC {metrics['acc']:.4f}  BWT {metrics['bwt']:+.4f}  FWT {metrics['fwt']:+.4f}  "
+              f"forgetting {metrics['forgetting']:.4f}  ({metrics['wall_time_s']:.1f} s) -> {run.path}", flush=True)
+
+
+class _PhaseDriver(Callback):
+    """Finds phase boundaries inside a fit by counting batches; the learner never sees this."""
+
+    def __init__(self, owner: ContinualTrainer, phases: list[int], phase_start: float):
+        self.owner = owner
+        self.phases = phases
+        self.boundaries: list[int] = []
+        self.current = 0
+        self.t0 = phase_start
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        owner = self.owner
+        # Continue the logging step across per-phase fits, so curves do not restart at 0 each phase.
+        trainer.fit_loop.epoch_loop._batches_that_stepped = owner.progress.steps
+        if owner.progress.acc_init is None:
+            owner.progress.acc_init = owner.evaluate(trainer)  # b_j for forward transfer
+        owner.start_phase(self.phases[0])
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if self.current >= len(self.boundaries) or batch_idx + 1 != self.boundaries[self.current]:
+            return
+        previous = self.boundaries[self.current - 1] if self.current else 0
+        self.owner.end_phase(trainer, self.phases[self.current], self.t0, self.boundaries[self.current] - previous)
+        self.current += 1
+        self.t0 = time.perf_counter()
+        if self.current < len(self.phases):
+            self.owner.start_phase(self.phases[self.current])
