@@ -49,7 +49,7 @@ class RehearsalConfig:
 @dataclass
 class StreamConfig:
     name: str = "permuted"  # a registered stream family: permuted, rotated, split, split_cifar10, ...
-    dataset: str = choice("mnist", "mnist", "fashion_mnist")
+    dataset: str = "mnist"  # a registered dataset: mnist, fashion_mnist, cifar10, cifar100
     n_tasks: int = 10
     presentation: str = choice("task_aware", "task_aware", "task_agnostic")
     scenario: str = choice("class_incremental", "class_incremental", "task_incremental")  # split streams
@@ -169,7 +169,7 @@ def _explain(exc: OmegaConfBaseException, schema: Any) -> ConfigError:
     key = getattr(exc, "full_key", None) or "?"
     if isinstance(exc, ConfigKeyError):
         parent = key.rsplit(".", 1)[0] if "." in key else ""
-        node = schema
+        node = schema() if isinstance(schema, type) else schema  # an instance: nested defaults exist
         for part in filter(None, parent.split(".")):
             node = getattr(node, part, None)
         valid = [f.name for f in fields(node)] if is_dataclass(node) else []

@@ -26,6 +26,7 @@ from cltrain.plots import schedule_png
 from cltrain.plugins.base import PLUGINS, Plugin, PluginContext
 from cltrain.run import RunFolder, default_run_dir
 from cltrain.streams.base import STREAMS, Stream
+from cltrain.streams.datasets import DATASETS
 from cltrain.streams.schedules import SCHEDULES
 from cltrain.trainer import ContinualTrainer
 
@@ -58,6 +59,7 @@ def resolve_components(cfg: ExperimentConfig) -> Components:
                               f"environment; stream.schedule={schedule!r} conflicts (valid: none, {learner_cls.schedule})")
         schedule = learner_cls.schedule
     STREAMS.get(cfg.stream.name)
+    DATASETS.get(cfg.stream.dataset)
     MODELS.get(cfg.model.name)
     return Components(learner_cls, method_cfg, plugin_cfgs, schedule)
 

@@ -22,7 +22,7 @@ class EWCConfig:
     lam: float = 100.0  # penalty strength lambda
     mode: str = choice("offline", "offline", "online")
     gamma: float = 1.0  # online mode: decay of the running Fisher
-    fisher_samples: int = 1000  # training samples of the finished task used to estimate its Fisher
+    fisher_samples: int = 500  # training samples of the finished task used to estimate its Fisher
     fisher_chunk: int = 64  # per-sample gradients computed this many at a time (memory bound)
 
 

@@ -16,7 +16,7 @@ from cltrain.learners.base import LEARNERS, Learner, TaskSamples, param_dict
 
 @dataclass
 class SIConfig:
-    c: float = 1.0  # penalty strength
+    c: float = 10.0  # penalty strength (the power-law paper's permuted-MNIST value)
     xi: float = 0.1  # damping of the importance denominator
 
 
