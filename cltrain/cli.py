@@ -26,6 +26,7 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
     warnings.filterwarnings("ignore", message=".*srun. command is available on your system.*")
+    warnings.filterwarnings("ignore", message=".*all_gather is deprecated.*")
 
 
 def cmd_fit(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from lightning_fabric.utilities.rank_zero import rank_zero_only
 
 import cltrain.learners  # noqa: F401  (registration)
 import cltrain.nn  # noqa: F401
@@ -95,12 +96,17 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     stream = STREAMS.get(cfg.stream.name)(cfg)
     counts = schedule_counts(stream, parts.schedule, cfg)
     run = RunFolder(run_dir)
-    run.prepare(cfg)
-    write_schedule(run, counts, stream.order)
+    if rank_zero_only.rank == 0:  # DDP workers re-run this command; only rank 0 writes the run folder
+        run.prepare(cfg)
+        write_schedule(run, counts, stream.order)
+    # Lightning's DDP launcher re-runs this command line in worker processes: they must find the same folder.
+    os.environ[RUN_DIR_ENV] = run_dir
 
     torch.manual_seed(cfg.seed)  # model initialisation depends on the seed alone
-    model = MODELS.get(cfg.model.name)(cfg.model, stream.input_shape, stream.n_classes)
-    learner = parts.learner_cls(model, cfg.optim, parts.method_cfg, stream.class_mask())
+    def build_model() -> torch.nn.Module:
+        return MODELS.get(cfg.model.name)(cfg.model, stream.input_shape, stream.n_classes)
+
+    learner = parts.learner_cls(build_model(), cfg.optim, parts.method_cfg, stream.class_mask(), build_model)
     ctx = PluginContext(seed=cfg.seed, batch_size=cfg.trainer.batch_size, run_dir=run_dir)
     plugins = {name: cls(pcfg, ctx) for name, (cls, pcfg) in parts.plugin_cfgs.items()}
     return ContinualTrainer(cfg, stream, learner, plugins, counts, run).fit()

@@ -19,7 +19,7 @@ import torch
 from pytorch_lightning import Callback
 
 from cltrain.config import ExperimentConfig, to_yaml
-from cltrain.learners.base import Learner
+from cltrain.learners.base import FinalContext, Learner
 from cltrain.loggers import RunLoggers
 from cltrain.metrics import seen_average, summary
 from cltrain.plots import acc_matrix_png, retention_png
@@ -39,6 +39,7 @@ class Progress:
     acc_init: Optional[list[float]] = None
     phase_times: list[float] = field(default_factory=list)
     steps: int = 0
+    phase_end_steps: list[int] = field(default_factory=list)
     setup_time: float = 0.0
 
 
@@ -121,6 +122,7 @@ class ContinualTrainer:
         p.rows.append(row)
         p.phase_times.append(seconds)
         p.steps += steps
+        p.phase_end_steps.append(p.steps)
         p.next_phase = phase + 1
         if self.rank == 0:
             self.loggers.log_phase(phase, row, seen_average(np.array(p.rows), self.stream.order)[-1], p.steps)
@@ -193,10 +195,12 @@ class ContinualTrainer:
             "phase_wall_time_s": p.phase_times,
             "wall_time_s": p.setup_time + sum(p.phase_times),
             "steps": p.steps,
-            **self.learner.extra_metrics(),
         }
+        ctx = FinalContext(self.stream, p.phase_end_steps, self.stream.train.images.device,
+                           self.cfg.trainer.eval_batch_size)
+        metrics.update(self.learner.final_metrics(ctx))
         for plugin in self.plugins.values():
-            metrics.update(plugin.extra_metrics())
+            metrics.update(plugin.final_metrics(ctx))
         if self.rank == 0:
             self._write_outputs(metrics, R)
         return metrics

@@ -7,6 +7,7 @@ lives here once.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterable, Optional
 
 import pytorch_lightning as pl
@@ -16,6 +17,7 @@ from torch import nn
 
 from cltrain.config import OptimConfig
 from cltrain.registry import Registry
+from cltrain.streams.base import Stream
 from cltrain.streams.loader import Batch
 
 # Yields batches of one task's training data: (batch_size, max_samples) -> Batch iterator.
@@ -32,9 +34,10 @@ class Learner(pl.LightningModule):
     schedule: ClassVar[Optional[str]] = None  # a rehearsal schedule the method requires (joint training)
 
     def __init__(self, model: nn.Module, optim: OptimConfig, method: Any = None,
-                 class_mask: Optional[torch.Tensor] = None):
+                 class_mask: Optional[torch.Tensor] = None, model_factory: Optional[Callable[[], nn.Module]] = None):
         super().__init__()
         self.model = model
+        self.model_factory = model_factory  # builds a fresh network of the configured kind (expert pools)
         self.optim_cfg = optim
         self.method = method
         # Task-incremental streams: logits outside the task's classes are masked when the task id is known.
@@ -60,17 +63,19 @@ class Learner(pl.LightningModule):
         return self.logits(x, t).argmax(dim=1)
 
     # ---- training -------------------------------------------------------------------------------------
-    def loss(self, batch: Batch) -> torch.Tensor:
-        return F.cross_entropy(self.logits(batch.x, batch.t), batch.y)
+    def loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return F.cross_entropy(logits, batch.y)
 
     def penalty(self) -> torch.Tensor | float:
         """A regulariser added to the loss (EWC, SI, ...)."""
         return 0.0
 
-    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        loss = self.loss(batch) + self.penalty()
+    def training_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        logits = self.logits(batch.x, batch.t)
+        loss = self.loss(logits, batch) + self.penalty()
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(batch))
-        return loss
+        # The logits go to the callbacks' on_train_batch_end (e.g. training accuracy for facilitation).
+        return {"loss": loss, "logits": logits.detach()}
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         # One optimizer object for the whole run (or per task, if configured), not one per Lightning fit:
@@ -96,9 +101,22 @@ class Learner(pl.LightningModule):
     def on_task_end(self, task_id: int, samples: TaskSamples) -> None:
         """Called after the last step on a task; `samples` reads that task's training data."""
 
-    def extra_metrics(self) -> dict[str, Any]:
-        """Method-specific figures for metrics.json."""
+    def final_metrics(self, ctx: "FinalContext") -> dict[str, Any]:
+        """Method-specific figures for metrics.json, computed once at the end of the run.
+
+        `ctx` knows the true tasks and boundaries (for reporting only: training is over).
+        """
         return {}
+
+
+@dataclass
+class FinalContext:
+    """What the trainer knows at the end of a run, for methods' and plugins' own metrics."""
+
+    stream: Stream
+    phase_end_steps: list[int]  # global optimizer step count at the end of each phase (true boundaries)
+    device: torch.device
+    eval_batch_size: int
 
 
 # name -> Learner subclass. One file per method registers itself here.

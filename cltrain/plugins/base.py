@@ -43,7 +43,8 @@ class Plugin(Callback):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
-    def extra_metrics(self) -> dict[str, Any]:
+    def final_metrics(self, ctx) -> dict[str, Any]:
+        """Figures for metrics.json at the end of the run; ctx is a learners.base.FinalContext."""
         return {}
 
 

@@ -53,5 +53,5 @@ class Replay(Plugin):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.buffer.load_state_dict(state["buffer"])
 
-    def extra_metrics(self) -> dict[str, Any]:
+    def final_metrics(self, ctx) -> dict[str, Any]:
         return {"replay_buffer_size": len(self.buffer), "replay_seen": self.buffer.seen}
