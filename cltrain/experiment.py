@@ -89,9 +89,21 @@ def write_schedule(run: RunFolder, counts: np.ndarray, order: list[int]) -> None
     schedule_png(counts, run.path / "schedule_counts.png")
 
 
+def choose_run_dir(cfg: ExperimentConfig) -> str:
+    """The run folder: `run_dir`, else a new timestamped one, which DDP workers must share with rank 0."""
+    if cfg.run_dir:
+        return cfg.run_dir
+    if rank_zero_only.rank != 0 and os.environ.get(RUN_DIR_ENV):
+        return os.environ[RUN_DIR_ENV]
+    run_dir = str(default_run_dir(cfg))
+    # Lightning's DDP launcher re-runs this command line in worker processes, which inherit the environment.
+    os.environ[RUN_DIR_ENV] = run_dir
+    return run_dir
+
+
 def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     parts = resolve_components(cfg)
-    run_dir = cfg.run_dir or os.environ.get(RUN_DIR_ENV) or str(default_run_dir(cfg))
+    run_dir = choose_run_dir(cfg)
     cfg = resolved_config(cfg, parts, run_dir)
     stream = STREAMS.get(cfg.stream.name)(cfg)
     counts = schedule_counts(stream, parts.schedule, cfg)
@@ -99,8 +111,6 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     if rank_zero_only.rank == 0:  # DDP workers re-run this command; only rank 0 writes the run folder
         run.prepare(cfg)
         write_schedule(run, counts, stream.order)
-    # Lightning's DDP launcher re-runs this command line in worker processes: they must find the same folder.
-    os.environ[RUN_DIR_ENV] = run_dir
 
     torch.manual_seed(cfg.seed)  # model initialisation depends on the seed alone
     def build_model() -> torch.nn.Module:
