@@ -2,6 +2,7 @@
 
     cltrain fit EXPERIMENT [key=value ...]     run an experiment (a name under experiments/ or a YAML path)
     cltrain list                               experiments, streams, learners, plugins, schedules, models
+    cltrain report RUN_DIR... [--out PREFIX]   mean ± sd over seeds of finished runs
 
 Exit codes: 0 done; 2 bad usage or config (one line naming the bad key or value and what is valid);
 1 a run that failed (everything finished before the failure stays in the run folder).
@@ -13,7 +14,7 @@ import logging
 import sys
 import traceback
 import warnings
-from typing import Callable, Sequence
+from typing import Sequence
 
 from cltrain.errors import CltrainError
 
@@ -61,18 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     fit.set_defaults(func=cmd_fit)
     lister = sub.add_parser("list", help="list experiments and registered components")
     lister.set_defaults(func=cmd_list)
-    for register in EXTRA_COMMANDS:
+    from cltrain.commands import COMMANDS  # report, sweep, ...: one module each
+
+    for register in COMMANDS:
         register(sub)
     return parser
 
 
-# Other modules add subcommands here (report, sweep, ...): each entry takes the subparsers object.
-EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    from cltrain import commands  # noqa: F401  (fills EXTRA_COMMANDS)
-
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

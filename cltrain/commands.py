@@ -1,1 +1,4 @@
-"""Subcommands beyond fit/list, registered into the CLI's parser."""
+"""Subcommands beyond fit/list: each entry adds its parser to the CLI's subparsers."""
+from cltrain import report
+
+COMMANDS = [report.register]

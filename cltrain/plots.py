@@ -68,3 +68,28 @@ def schedule_png(counts: np.ndarray, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def facilitation_png(iters: Sequence[int | None], acc: Sequence[float], cfg, path: str) -> None:
+    """Iterations to criterion and early accuracy against the index of the new task."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+    xs = np.arange(len(iters))
+    reached = [(x, i) for x, i in zip(xs, iters) if i is not None]
+    if reached:
+        left.plot(*zip(*reached), marker="o")
+    missed = [x for x, i in zip(xs, iters) if i is None]
+    if missed:
+        left.scatter(missed, [0] * len(missed), marker="x", color="red", label="never reached")
+        left.legend(fontsize=7)
+    left.set_xlabel("task index")
+    left.set_ylabel(f"iterations to {100 * cfg.criterion:.0f}% train acc")
+    left.grid(alpha=0.3)
+    right.plot(xs, acc, marker="o", color="tab:green")
+    right.set_xlabel("task index")
+    right.set_ylabel(f"train acc after {cfg.fixed_iters} iterations")
+    right.set_ylim(0, 1.02)
+    right.grid(alpha=0.3)
+    fig.suptitle("forward facilitation")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -10,7 +10,7 @@ die() { echo "local_cluster: $*" >&2; exit 1; }
 [[ $# -eq 2 ]] || die "usage: $0 start|stop|status DIR"
 CMD=$1; DIR=$2
 [[ $EUID -eq 0 ]] || die "must run as root (SlurmUser=root, munge setup)"
-mkdir -p "$DIR"; DIR=$(cd "$DIR" && pwd)   # slurm.conf needs absolute paths
+DIR=$(realpath -m "$2")   # slurm.conf needs absolute paths
 H=$(hostname -s)
 CONF=/etc/slurm/slurm.conf
 MUNGE_PID=/run/munge/munged.pid
@@ -22,7 +22,7 @@ live_pid() { # pidfile expected-comm -> prints pid if alive and matching
   [[ $p =~ ^[0-9]+$ ]] && [[ $(cat /proc/"$p"/comm 2>/dev/null) == "$2" ]] && echo "$p"
 }
 
-node_state() { timeout 10 sinfo -h -n "$H" -o %t 2>/dev/null | head -n1 || true; }
+node_state() { timeout 5 sinfo -h -n "$H" -o %t 2>/dev/null | head -n1 || true; }
 # '*' = not responding; anything else that is not down/drain/fail can take jobs.
 node_up() { local s; s=$(node_state); [[ -n $s && $s != *'*'* && ! $s =~ ^(down|drain|drng|fail|unk) ]]; }
 
@@ -30,14 +30,14 @@ node_up() { local s; s=$(node_state); [[ -n $s && $s != *'*'* && ! $s =~ ^(down|
 # slurmd has registered, so also require a SlurmdStartTime from our live slurmd.
 slurmd_registered() {
   local p t; p=$(live_pid "$DIR/slurmd.pid" slurmd) || return 1
-  t=$(timeout 10 scontrol show node "$H" 2>/dev/null | grep -o 'SlurmdStartTime=[^ ]*' | cut -d= -f2)
+  t=$(timeout 5 scontrol show node "$H" 2>/dev/null | grep -o 'SlurmdStartTime=[^ ]*' | cut -d= -f2)
   [[ -n $t && $t != None ]] && (( $(date -d "$t" +%s) >= $(date -d "$(ps -o lstart= -p "$p")" +%s) ))
 }
 
 stop_pid() { # pidfile comm: TERM, wait up to 10 s, then KILL
-  local p i; p=$(live_pid "$1" "$2") || return 0
+  local p; p=$(live_pid "$1" "$2") || return 0
   kill "$p" 2>/dev/null || true
-  for i in $(seq 50); do kill -0 "$p" 2>/dev/null || return 0; sleep 0.2; done
+  for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || return 0; sleep 0.2; done
   echo "local_cluster: $2 ($p) ignored SIGTERM, sending SIGKILL" >&2
   kill -9 "$p" 2>/dev/null || true
 }
@@ -46,15 +46,16 @@ write_conf() {
   # RealMemory above the machine's real memory makes slurmd register the node
   # as drained ("Low RealMemory"), so cap the ~20 GB default at 90% of RAM.
   local mem; mem=$(awk '/MemTotal/ {print int($2/1024*0.9)}' /proc/meminfo)
-  (( mem > 20000 )) && mem=20000
+  (( mem <= 20000 )) || mem=20000
   mkdir -p "$DIR/state" "$DIR/spool" /etc/slurm
+  # Pin addresses to loopback so a hostname without a DNS/hosts entry still works.
   # A requeued job stays pending until its old credential expires (cred_expire,
   # default 120 s) and then waits for the next scheduler pass (60 s/30 s
   # backfill); shrink both so requeue tests restart within ~15 s.
   cat > "$CONF" <<EOF
 # Written by cltrain scripts/slurm/local_cluster.sh for DIR=$DIR
 ClusterName=local
-SlurmctldHost=$H
+SlurmctldHost=$H(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -75,7 +76,7 @@ MailProg=/bin/true
 JobAcctGatherType=jobacct_gather/none
 SlurmctldLogFile=$DIR/slurmctld.log
 SlurmdLogFile=$DIR/slurmd.log
-NodeName=$H CPUs=$(nproc) RealMemory=$mem State=UNKNOWN
+NodeName=$H NodeAddr=127.0.0.1 CPUs=$(nproc) RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=$H Default=YES MaxTime=INFINITE State=UP
 EOF
 }
@@ -95,12 +96,12 @@ start_munge() {
     runuser -u munge -- munged || die "munged failed to start (see /var/log/munge/munged.log)"
     touch "$DIR/munged.started"
   fi
-  local i; for i in $(seq 25); do munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && return 0; sleep 0.2; done
+  for _ in $(seq 25); do munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && return 0; sleep 0.2; done
   die "munge -n | unmunge fails: munge authentication is broken"
 }
 
 wait_pidfile() { # pidfile comm log
-  local i; for i in $(seq 50); do live_pid "$1" "$2" >/dev/null && return 0; sleep 0.2; done
+  for _ in $(seq 50); do live_pid "$1" "$2" >/dev/null && return 0; sleep 0.2; done
   die "$2 did not start; last lines of $3:$(echo; tail -n 20 "$3" 2>/dev/null)"
 }
 
@@ -110,6 +111,7 @@ cmd_start() {
     apt-get update -qq || die "apt-get update failed"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm >/dev/null || die "apt-get install slurm-wlm failed"
   fi
+  mkdir -p "$DIR"
   local ctld sd; ctld=$(live_pid "$DIR/slurmctld.pid" slurmctld || true)
   sd=$(live_pid "$DIR/slurmd.pid" slurmd || true)
   # slurm.conf is global: refuse to clobber a cluster that another DIR runs.
@@ -123,12 +125,16 @@ cmd_start() {
   [[ -z $ctld && -z $sd ]] && write_conf
   if [[ -z $ctld ]]; then slurmctld || die "slurmctld failed"; wait_pidfile "$DIR/slurmctld.pid" slurmctld "$DIR/slurmctld.log"; fi
   if [[ -z $sd ]]; then slurmd || die "slurmd failed"; wait_pidfile "$DIR/slurmd.pid" slurmd "$DIR/slurmd.log"; fi
-  local i s
-  for i in $(seq 60); do
+  # Bound by wall time, not iterations: an unresponsive controller makes each sinfo slow.
+  local s deadline=$((SECONDS + 60))
+  while (( SECONDS < deadline )); do
     node_up && slurmd_registered && { echo "SLURM ready"; sinfo; return 0; }
+    # A daemon can write its pid file and then die (e.g. port 6817 in use): fail fast.
+    live_pid "$DIR/slurmctld.pid" slurmctld >/dev/null || die "slurmctld exited:$(echo; tail -n 5 "$DIR/slurmctld.log")"
+    live_pid "$DIR/slurmd.pid" slurmd >/dev/null || die "slurmd exited:$(echo; tail -n 5 "$DIR/slurmd.log")"
     s=$(node_state)
     # A node left down/drained by an earlier run (e.g. killed slurmd) needs an explicit resume.
-    [[ $s =~ ^(down|drain|drng) ]] && scontrol update nodename="$H" state=resume >/dev/null 2>&1 || true
+    if [[ $s =~ ^(down|drain|drng) ]]; then scontrol update nodename="$H" state=resume >/dev/null 2>&1 || true; fi
     sleep 1
   done
   die "node $H not idle after 60 s (state '${s:-?}'); see $DIR/slurmctld.log and $DIR/slurmd.log"
@@ -143,7 +149,7 @@ cmd_stop() {
 
 cmd_status() {
   command -v sinfo >/dev/null || die "slurm is not installed"
-  timeout 10 sinfo || true
+  timeout 5 sinfo || true
   node_up
 }
 

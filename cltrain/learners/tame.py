@@ -1,0 +1,417 @@
+"""TAME: task-agnostic continual learning with multiple experts (Zhu et al., arXiv 2210.03869).
+
+Spec: docs/methods/tame.md. Per incoming batch, before any update:
+  1. score every expert on the batch in eval mode, in ONE batched call (torch.func: the experts' parameters are
+     stacked and the forward is vmapped over them, so the cost is one wide forward, not a loop over experts);
+  2. the active expert's detector (EMA of its loss vs mean + k*std of its window) judges the loss;
+  3. on a shift the active expert's detector freezes (it stops absorbing losses), the outgoing expert is pruned
+     on the pruning buffer, and the learner switches to the first expert (creation order) whose detector accepts
+     the batch (a recurring task) or spawns a fresh one with its own optimizer;
+  4. the active expert trains on the batch (SGD 0.1 / 0.9 / 5e-4, sigmoid-bounded cross-entropy), and the batch
+     enters the selector buffer (labelled with the active expert) and the pruning buffer.
+At the end of the stream the active expert is pruned and the selector is trained on its buffer, then pruned.
+At test time `predict(x, None)` routes each sample to one expert (hard routing).
+
+The learner takes no task ids and no boundaries: the control flow depends on the losses alone. That control flow
+needs the losses on the host, so each step reads back one small vector (all experts' losses) — one sync per
+step, inherent to the method; everything else stays on the device.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from cltrain.config import choice
+from cltrain.learners.base import LEARNERS, Learner
+from cltrain.plugins.detection import DetectorConfig, build_detector, score_detections, true_shifts
+from cltrain.plugins.pruning import Masks, apply_masks, count_params, finetune, prune_and_finetune, weight_sparsity
+from cltrain.priority_buffer import PriorityBuffer
+from cltrain.streams.loader import Batch, eval_batches
+
+
+@dataclass
+class TAMEConfig:
+    # shift detection (the paper's rule by default; detector=welch swaps in the t-test of plugins/detection.py)
+    detector: str = choice("ema_window", "ema_window", "welch")
+    window: int = 100
+    alpha: float = 0.2
+    k: float = 3.0
+    std_floor: float = 0.005
+    significance: float = 1e-4  # welch only
+    # experts
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    bounded_loss: bool = True  # sigmoid outputs + cross-entropy: the loss lives in a bounded range
+    max_experts: int = 64  # beyond this, a shift reuses the expert with the lowest loss instead of spawning
+    # buffers
+    selector_capacity: int = 5000  # C_s
+    prune_capacity: int = 6000  # C_p
+    selector_balance: str = choice("expert_class", "expert_class", "class")  # the paper's code: class
+    # pruning (global L1 magnitude, then fine-tuning on the buffer)
+    prune_experts: bool = True  # the reference code never prunes its experts; the paper says it does
+    expert_sparsity: float = 0.98
+    expert_prune_epochs: int = 10
+    expert_prune_lr: float = 0.01
+    selector_sparsity: float = 0.5
+    selector_prune_epochs: int = 5
+    selector_prune_lr: float = 0.01
+    # selector
+    selector_epochs: int = 30
+    selector_lr: float = 0.1
+    eval_selector_epochs: int = 10  # temporary selectors for evaluations before the end of the stream
+    batch_size: int = 128  # selector training and pruning fine-tuning
+
+
+def bounded_cross_entropy(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy over sigmoid outputs: in [-1 + log(e + C - 1), log(1 + (C - 1) e)], so no spikes."""
+    return F.cross_entropy(torch.sigmoid(logits), y, reduction=reduction)
+
+
+def replace_head(model: nn.Module, n_out: int) -> nn.Module:
+    """The same network with its last linear layer resized to n_out outputs (the selector over experts)."""
+    name, last = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+    parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+    setattr(parent, name.rsplit(".", 1)[-1], nn.Linear(last.in_features, n_out).to(last.weight.device))
+    return model
+
+
+@LEARNERS.register("tame")
+class TAME(Learner):
+    Config = TAMEConfig
+
+    def __init__(self, model: nn.Module, *args, **kwargs):
+        super().__init__(model, *args, **kwargs)
+        if self.model_factory is None:
+            raise ValueError("TAME needs a model_factory to build experts")
+        cfg: TAMEConfig = self.method
+        self.automatic_optimization = False  # experts and their optimizers come and go during the fit
+        self.seed = torch.initial_seed()  # run_experiment seeds torch with cfg.seed just before building us
+        self.model = None  # no single model: the pool below (state_dict keys experts.<i>.*)
+        self.experts = nn.ModuleList([model])
+        self.selector: Optional[nn.Module] = None  # the final, pruned selector (end of the stream)
+        self.detector_cfg = DetectorConfig(cfg.detector, cfg.window, cfg.alpha, cfg.k, cfg.std_floor,
+                                           significance=cfg.significance)
+        self.init_loss = math.log(self._n_outputs(model))  # loss of a uniform C-way output (ln C)
+        self.detectors = [build_detector(self.detector_cfg, self.init_loss)]
+        self.masks: list[Optional[Masks]] = [None]
+        self.selector_masks: Optional[Masks] = None
+        self.active = 0
+        self.finalized = False
+        self.sel_buffer = PriorityBuffer(cfg.selector_capacity, seed=self.seed + 101)
+        self.prune_buffer = PriorityBuffer(cfg.prune_capacity, seed=self.seed + 202)
+        self.step = 0
+        self.trace: dict[str, list] = {"expert": [], "loss": [], "ema": []}  # one entry per batch
+        self.events: list[dict[str, Any]] = []  # shifts: {step, from, to, kind: recur|spawn}
+        self.prune_log: list[dict[str, Any]] = []
+        self._opts: list[torch.optim.Optimizer] = []
+        self._pending_opt_states: Optional[list] = None
+        self._eval_selector: tuple[Any, Optional[nn.Module]] = (None, None)
+
+    @staticmethod
+    def _n_outputs(model: nn.Module) -> int:
+        return [m for m in model.modules() if isinstance(m, nn.Linear)][-1].out_features
+
+    # ---- experts ----------------------------------------------------------------------------------------
+    def expert_loss(self, logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        if self.method.bounded_loss:
+            return bounded_cross_entropy(logits, y, reduction)
+        return F.cross_entropy(logits, y, reduction=reduction)
+
+    def _new_optimizer(self, expert: nn.Module) -> torch.optim.Optimizer:
+        c = self.method
+        return torch.optim.SGD(expert.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+
+    def _ensure_optimizers(self) -> None:
+        """Build optimizers lazily, on the training device, restoring a checkpoint's states if pending."""
+        while len(self._opts) < len(self.experts):
+            self._opts.append(self._new_optimizer(self.experts[len(self._opts)]))
+        if self._pending_opt_states is not None:
+            for opt, state in zip(self._opts, self._pending_opt_states):
+                opt.load_state_dict(state)
+            self._pending_opt_states = None
+
+    def _spawn(self) -> int:
+        expert = self.model_factory().to(self.device)
+        self.experts.append(expert)
+        self._opts.append(self._new_optimizer(expert))
+        self.detectors.append(build_detector(self.detector_cfg, self.init_loss))
+        self.masks.append(None)
+        return len(self.experts) - 1
+
+    @torch.no_grad()
+    def score_experts(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean loss of every expert on (x, y), eval mode, one vmapped forward over the stacked experts: [E]."""
+        experts = list(self.experts)
+        was = [e.training for e in experts]
+        for e in experts:
+            e.eval()
+        params, buffers = stack_module_state(experts)
+        template = copy.deepcopy(experts[0]).to("meta")  # structure only; the weights come from `params`
+        logits = vmap(lambda p, b: functional_call(template, (p, b), (x,)))(params, buffers)  # [E, B, C]
+        for e, w in zip(experts, was):
+            e.train(w)
+        losses = self.expert_loss(logits.flatten(0, 1), y.repeat(len(experts)), reduction="none")
+        return losses.view(len(experts), -1).mean(1)
+
+    def score_experts_loop(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The same, one expert at a time (the reference code's way; kept to test the batched version)."""
+        with torch.no_grad():
+            out = []
+            for e in self.experts:
+                was = e.training
+                e.eval()
+                out.append(self.expert_loss(e(x), y))
+                e.train(was)
+            return torch.stack(out)
+
+    # ---- the step ---------------------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        if self.trainer.world_size > 1:
+            raise RuntimeError("TAME's expert pool is decided step by step on one process; run it with "
+                               "trainer.devices=1 (DDP is not supported for this learner)")
+
+    def configure_optimizers(self):
+        return None  # manual optimization: one optimizer per expert, created with the expert
+
+    def training_step(self, batch: Batch, batch_idx: int) -> dict[str, Any]:
+        self._ensure_optimizers()
+        x, y = batch.x, batch.y
+        losses = self.score_experts(x, y).tolist()  # the one host read-back of the step
+        shift = self.detectors[self.active].fires(losses[self.active])
+        if shift:
+            loss = self._on_shift(losses, x, y)
+        else:
+            loss = losses[self.active]
+        self.detectors[self.active].observe(loss)
+        self._train_active(x, y)
+        self._fill_buffers(batch)
+        self._record(loss)
+        self.step += 1
+        if batch_idx + 1 == self.trainer.num_training_batches:
+            self._finalize()  # the stream ended (not a task boundary: there is no more data at all)
+        return {"loss": torch.tensor(loss), "shift": shift}
+
+    def _on_shift(self, losses: list[float], x: torch.Tensor, y: torch.Tensor) -> float:
+        """Switch to a returning expert or spawn one; returns the new active expert's loss on the batch."""
+        old = self.active
+        self._prune_expert(old)
+        self.prune_buffer.clear()  # it must hold the incoming task's samples only
+        candidates = [j for j in range(len(self.experts)) if j != old and self.detectors[j].accepts(losses[j])]
+        if candidates:
+            self.active, kind = candidates[0], "recur"
+        elif len(self.experts) < self.method.max_experts:
+            self.active, kind = self._spawn(), "spawn"
+            losses = losses + [float(self.score_experts_loop(x, y)[-1])]
+        else:
+            self.active, kind = int(np.argmin(losses)), "reuse"
+        self.events.append({"step": self.step, "from": old, "to": self.active, "kind": kind})
+        return losses[self.active]
+
+    def _train_active(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        expert, opt = self.experts[self.active], self._opts[self.active]
+        expert.train()
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(self.expert_loss(expert(x), y))
+        opt.step()
+        apply_masks(expert, self.masks[self.active])  # a pruned expert that trains again stays sparse
+
+    def _fill_buffers(self, batch: Batch) -> None:
+        x, y = batch.x[: batch.n_new], batch.y[: batch.n_new]
+        expert = torch.full_like(y, self.active)
+        n_out = self._n_outputs(self.experts[0])
+        group = expert * n_out + y if self.method.selector_balance == "expert_class" else y
+        self.sel_buffer.add(x, y, group, tag=expert)
+        self.prune_buffer.add(x, y, torch.zeros_like(y))
+
+    def _record(self, loss: float) -> None:
+        self.trace["expert"].append(self.active)
+        self.trace["loss"].append(loss)
+        self.trace["ema"].append(getattr(self.detectors[self.active], "ema", None))
+
+    # ---- pruning and the selector -----------------------------------------------------------------------
+    def _prune_expert(self, j: int) -> None:
+        c = self.method
+        if not c.prune_experts or len(self.prune_buffer) == 0:
+            return
+        x, y, _ = self.prune_buffer.contents()
+        seed = self.seed + 7919 * (len(self.prune_log) + 1)
+        self.masks[j] = prune_and_finetune(self.experts[j], x, y, c.expert_sparsity, c.expert_prune_epochs,
+                                           c.expert_prune_lr, c.batch_size, seed, loss_fn=self.expert_loss)
+        self._opts[j] = self._new_optimizer(self.experts[j])  # stale momentum would push pruned weights back
+        self.prune_log.append({"step": self.step, "expert": j, "samples": len(y),
+                               "weight_sparsity": weight_sparsity(self.experts[j])})
+
+    def _train_selector(self, epochs: int, sparsity: float, seed: int) -> tuple[Optional[nn.Module], Optional[Masks]]:
+        """A selector over the current experts, trained on the selector buffer (None with a single expert).
+
+        Its initialisation and shuffling use their own seeds, so training one never moves the global RNG that
+        the experts' training depends on.
+        """
+        if len(self.experts) < 2 or len(self.sel_buffer) == 0:
+            return None, None
+        c = self.method
+        x, _, tag = self.sel_buffer.contents()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            selector = replace_head(self.model_factory(), len(self.experts)).to(x.device)
+        gen = torch.Generator().manual_seed(seed)
+        finetune(selector, x, tag, None, epochs, c.selector_lr, c.batch_size, gen,
+                 momentum=c.momentum, weight_decay=c.weight_decay)
+        masks = None
+        if sparsity > 0:
+            masks = prune_and_finetune(selector, x, tag, sparsity, c.selector_prune_epochs, c.selector_prune_lr,
+                                       c.batch_size, seed + 1)
+        selector.eval()
+        return selector, masks
+
+    def _finalize(self) -> None:
+        self._prune_expert(self.active)
+        self.selector, self.selector_masks = self._train_selector(self.method.selector_epochs,
+                                                                  self.method.selector_sparsity, self.seed + 4242)
+        self.finalized = True
+
+    def current_selector(self) -> Optional[nn.Module]:
+        """The final selector, or (evaluations before the stream's end) a temporary one for the current pool."""
+        if self.finalized or len(self.experts) < 2:
+            return self.selector
+        key = (len(self.experts), self.sel_buffer.seen)
+        if self._eval_selector[0] != key:
+            selector, _ = self._train_selector(self.method.eval_selector_epochs, 0.0, self.seed + 999)
+            self._eval_selector = (key, selector)
+        return self._eval_selector[1]
+
+    # ---- inference --------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def route(self, x: torch.Tensor) -> torch.Tensor:
+        selector = self.current_selector()
+        if selector is None:
+            return torch.zeros(len(x), dtype=torch.long, device=x.device)
+        selector.eval()
+        return selector(x).argmax(1)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, t: Optional[torch.Tensor]) -> torch.Tensor:
+        return self.predict_routed(x)[0]
+
+    @torch.no_grad()
+    def predict_routed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(class predictions, expert chosen per sample). Each sample goes through its one expert only, so the
+        cost is one forward per sample whatever the pool size (the loop is over experts, not samples)."""
+        routes = self.route(x)
+        preds = torch.empty_like(routes)
+        for j in torch.unique(routes).tolist():
+            rows = torch.nonzero(routes == j, as_tuple=True)[0]
+            expert = self.experts[j]
+            was = expert.training
+            expert.eval()
+            preds[rows] = expert(x[rows]).argmax(1)
+            expert.train(was)
+        return preds, routes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.experts[self.active](x)
+
+    # ---- checkpointing ----------------------------------------------------------------------------------
+    def get_extra_state(self) -> Any:
+        return {
+            "n_experts": len(self.experts), "selector_out": None if self.selector is None else len(self.experts),
+            "detectors": [d.state_dict() for d in self.detectors], "masks": self.masks,
+            "selector_masks": self.selector_masks, "active": self.active, "finalized": self.finalized,
+            "sel_buffer": self.sel_buffer.state_dict(), "prune_buffer": self.prune_buffer.state_dict(),
+            "step": self.step, "trace": self.trace, "events": self.events, "prune_log": self.prune_log,
+        }
+
+    def _grow_to(self, extra: dict) -> None:
+        """Make the module tree match a saved one (more experts, a selector) so its weights can load."""
+        while len(self.experts) < extra["n_experts"]:
+            self.experts.append(self.model_factory().to(self.device))
+            self.detectors.append(build_detector(self.detector_cfg, self.init_loss))
+            self.masks.append(None)
+        if extra["selector_out"] is not None and self.selector is None:
+            self.selector = replace_head(self.model_factory(), extra["selector_out"]).to(self.device)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        extra = state_dict.get("_extra_state")
+        if extra is not None:
+            self._grow_to(extra)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def set_extra_state(self, state: Any) -> None:
+        self._grow_to(state)
+        for det, s in zip(self.detectors, state["detectors"]):
+            det.load_state_dict(s)
+        self.masks, self.selector_masks = list(state["masks"]), state["selector_masks"]
+        self.active, self.finalized, self.step = state["active"], state["finalized"], state["step"]
+        self.sel_buffer.load_state_dict(state["sel_buffer"])
+        self.prune_buffer.load_state_dict(state["prune_buffer"])
+        self.trace = {k: list(v) for k, v in state["trace"].items()}
+        self.events, self.prune_log = list(state["events"]), list(state["prune_log"])
+        self._opts = []  # rebuilt lazily for the restored pool (load_optimizer_state supplies their states)
+        self._eval_selector = (None, None)
+
+    def optimizer_state(self) -> Optional[dict]:
+        if self._pending_opt_states is not None:
+            return {"experts": self._pending_opt_states}
+        return {"experts": [opt.state_dict() for opt in self._opts]}
+
+    def load_optimizer_state(self, state: Optional[dict]) -> None:
+        self._opts = []
+        self._pending_opt_states = None if not state else list(state["experts"])
+
+    # ---- reporting --------------------------------------------------------------------------------------
+    def task_owners(self, ctx) -> dict[int, int]:
+        """The expert that was active for most of each true task's training batches (ids: reporting only)."""
+        order, ends = ctx.stream.order, ctx.phase_end_steps
+        experts = np.asarray(self.trace["expert"])
+        votes: dict[int, np.ndarray] = {}
+        for k, task in enumerate(order):
+            seg = experts[(ends[k - 1] if k else 0):ends[k]]
+            votes[task] = votes.get(task, 0) + np.bincount(seg, minlength=len(self.experts))
+        return {task: int(np.argmax(v)) for task, v in votes.items()}
+
+    @torch.no_grad()
+    def final_metrics(self, ctx) -> dict[str, Any]:
+        stream = ctx.stream
+        owners = self.task_owners(ctx)
+        local = torch.zeros(stream.n_classes, dtype=torch.long, device=ctx.device)  # class -> index in its task
+        for task in stream.tasks:
+            local[task.classes] = torch.arange(len(task.classes), device=ctx.device)
+        counts = np.zeros((len(stream.tasks), 4))  # correct, strict, lenient, routed right
+        n = np.zeros(len(stream.tasks))
+        for task in stream.tasks:
+            for x, y in eval_batches(stream, task.id, ctx.eval_batch_size):
+                preds, routes = self.predict_routed(x)
+                right_expert = routes == owners.get(task.id, -1)
+                correct = preds == y
+                counts[task.id] += [int(correct.sum()), int((correct & right_expert).sum()),
+                                    int((local[preds] == local[y]).sum()), int(right_expert.sum())]
+                n[task.id] += len(y)
+        seen = sorted(set(stream.order))
+        acc = counts[seen] / n[seen, None]
+        expert_tot = [count_params(e) for e in self.experts]
+        sel_tot = count_params(self.selector) if self.selector is not None else (0, 0)
+        shifts = true_shifts(ctx.phase_end_steps, stream.order)
+        det = score_detections([e["step"] for e in self.events], shifts, len(self.trace["expert"]))
+        return {
+            "strict_acc": float(acc[:, 1].mean()), "lenient_acc": float(acc[:, 2].mean()),
+            "routing_acc": float(acc[:, 3].mean()), "routed_class_acc": float(acc[:, 0].mean()),
+            "per_task_strict_acc": acc[:, 1].tolist(), "per_task_routing_acc": acc[:, 3].tolist(),
+            "n_experts": len(self.experts), "n_true_tasks": len(seen),
+            "task_to_expert": {str(k): v for k, v in sorted(owners.items())},
+            "total_params": sum(t for t, _ in expert_tot) + sel_tot[0],
+            "nonzero_params": sum(nz for _, nz in expert_tot) + sel_tot[1],
+            "expert_nonzero_params": [nz for _, nz in expert_tot], "selector_nonzero_params": sel_tot[1],
+            "expert_weight_sparsity": [weight_sparsity(e) for e in self.experts],
+            "selector_weight_sparsity": weight_sparsity(self.selector) if self.selector is not None else None,
+            "shift_events": self.events, "prune_log": self.prune_log,
+            **{f"tame_{k}": v for k, v in det.items() if k != "true_shifts"}, "true_shifts": shifts,
+        }

@@ -1,0 +1,157 @@
+"""`cltrain report`: aggregate finished runs over seeds into one table (Markdown and CSV).
+
+Runs are grouped by their resolved config with the seed and bookkeeping keys left out; each group is named by
+the config keys whose values differ between groups, so a sweep's table labels itself.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import yaml
+
+from cltrain.errors import ConfigError
+
+IGNORED = ("seed", "run_dir", "resume", "name", "logger.", "trainer.progress_bar", "trainer.checkpoint", "data.")
+COLUMNS = {  # metrics.json key -> column title
+    "acc": "ACC",
+    "bwt": "BWT",
+    "fwt": "FWT",
+    "forgetting": "forgetting",
+    "facilitation_iters_mean": "iters to criterion",
+    "facilitation_acc_mean": "early train acc",
+    "wall_time_s": "wall time (s)",
+}
+
+
+@dataclass
+class Group:
+    key: tuple
+    label: str = ""
+    runs: list[Path] = field(default_factory=list)
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+
+
+def find_runs(paths: Iterable[str | Path]) -> list[Path]:
+    """Run folders (holding metrics.json) at or below the given paths, sorted."""
+    found: set[Path] = set()
+    for path in map(Path, paths):
+        if not path.exists():
+            raise ConfigError(f"{path} does not exist; give run folders or folders that contain them")
+        found.update(p.parent for p in ([path / "metrics.json"] if (path / "metrics.json").exists()
+                                        else path.rglob("metrics.json")))
+    if not found:
+        raise ConfigError(f"no finished runs (metrics.json) under {', '.join(map(str, paths))}")
+    return sorted(found)
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: json.dumps(tree) if isinstance(tree, list) else tree}
+
+
+def _config_key(flat: dict[str, Any]) -> tuple:
+    return tuple(sorted((k, str(v)) for k, v in flat.items() if not k.startswith(IGNORED)))
+
+
+def group_runs(runs: list[Path]) -> list[Group]:
+    groups: dict[tuple, Group] = {}
+    for run in runs:
+        flat = flatten(yaml.safe_load((run / "config.yaml").read_text()))
+        key = _config_key(flat)
+        group = groups.setdefault(key, Group(key))
+        group.runs.append(run)
+        group.metrics.append(json.loads((run / "metrics.json").read_text()))
+    _label(list(groups.values()))
+    return list(groups.values())
+
+
+def _label(groups: list[Group]) -> None:
+    """Name each group by the keys that tell the groups apart (the experiment name if only one group)."""
+    dicts = [dict(g.key) for g in groups]
+    keys = sorted({k for d in dicts for k in d})
+    varying = [k for k in keys if len({d.get(k) for d in dicts}) > 1]
+    for group, d in zip(groups, dicts):
+        group.label = ", ".join(f"{k}={d.get(k)}" for k in varying) or "all runs"
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not values:
+        return math.nan, math.nan
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def summarise(groups: list[Group]) -> tuple[list[str], list[list[Any]]]:
+    present = [k for k in COLUMNS if any(k in m for g in groups for m in g.metrics)]
+    header = ["runs", "n", *[COLUMNS[k] for k in present]]
+    rows = []
+    for group in groups:
+        row: list[Any] = [group.label, len(group.runs)]
+        for key in present:
+            row.append(mean_sd([m.get(key) for m in group.metrics]))
+        rows.append(row)
+    return header, rows
+
+
+def _fmt(cell: Any) -> str:
+    if isinstance(cell, tuple):
+        mean, sd = cell
+        if math.isnan(mean):
+            return "—"
+        digits = 1 if abs(mean) >= 10 else 3
+        return f"{mean:.{digits}f} ± {sd:.{digits}f}"
+    return str(cell)
+
+
+def markdown(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(header: list[str], rows: list[list[Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    flat_header = header[:2] + [f"{h} {s}" for h in header[2:] for s in ("mean", "sd")]
+    writer.writerow(flat_header)
+    for row in rows:
+        writer.writerow(row[:2] + [v for cell in row[2:] for v in cell])
+    return out.getvalue()
+
+
+def report(paths: Iterable[str | Path]) -> tuple[list[str], list[list[Any]], list[Group]]:
+    groups = group_runs(find_runs(paths))
+    header, rows = summarise(groups)
+    return header, rows, groups
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    header, rows, _ = report(args.runs)
+    text = markdown(header, rows)
+    print(text, end="")
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".md").write_text(text)
+        out.with_suffix(".csv").write_text(csv_text(header, rows))
+        print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.csv')}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("report", help="aggregate finished runs over seeds (mean ± sd)")
+    parser.add_argument("runs", nargs="+", help="run folders, or folders containing run folders")
+    parser.add_argument("--out", help="also write OUT.md and OUT.csv")
+    parser.set_defaults(func=cmd_report)

@@ -1,0 +1,103 @@
+"""Reproduce the power-law rehearsal study and regenerate docs/results/powerlaw.md.
+
+    python scripts/reproduce_powerlaw.py              # CPU scale: 3 seeds + robustness sweeps (1 seed)
+    python scripts/reproduce_powerlaw.py --full       # the paper's protocol (GPU): 5 seeds, 5,000 iterations/task
+    python scripts/reproduce_powerlaw.py --report-only
+
+Runs land in runs/powerlaw/<section>/<condition>/seed<k>. A finished run is skipped and a killed one resumed,
+so the script can be stopped and restarted at any time.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from cltrain.cli import _quiet_lightning  # noqa: E402
+from cltrain.config import load_config  # noqa: E402
+from cltrain.experiment import run_experiment  # noqa: E402
+from cltrain.report import find_runs, group_runs, markdown, mean_sd, summarise  # noqa: E402
+
+CONDITIONS = {  # the paper's comparison on permuted MNIST: environment x learner
+    "none": ["stream.schedule=none"],
+    "powerlaw": ["stream.schedule=powerlaw"],
+    "uniform": ["stream.schedule=uniform"],
+    "exponential": ["stream.schedule=exponential"],
+    "joint": ["stream.schedule=joint"],
+    "ewc": ["stream.schedule=none", "learner.name=ewc", "learner.lam=100"],
+    "si": ["stream.schedule=none", "learner.name=si", "learner.c=10"],
+    "powerlaw_ewc": ["stream.schedule=powerlaw", "learner.name=ewc", "learner.lam=100"],
+}
+SPLIT_CONDITIONS = {k: CONDITIONS[k] for k in ("none", "powerlaw", "uniform", "exponential", "joint")}
+SWEEPS = {  # robustness: one factor at a time around the CPU default, power law vs its budget-matched rivals
+    "tasks": [[f"stream.n_tasks={n}"] for n in (5, 20)],
+    "width": [[f"model.hidden=[{w},{w}]"] for w in (100, 1000)],
+    "p_min": [[f"stream.rehearsal.p_min={p}"] for p in (0.01, 0.02, 0.05)],
+}
+SWEEP_CONDITIONS = ("powerlaw", "uniform", "none")
+
+
+def run_one(experiment: str, overrides: list[str], run_dir: Path) -> float:
+    """Run (or finish) one experiment; returns the wall time spent now."""
+    if (run_dir / "metrics.json").exists():
+        return 0.0
+    resume = (run_dir / "checkpoints" / "last.pt").exists()
+    start = time.perf_counter()
+    cfg = load_config(experiment, [*overrides, f"run_dir={run_dir}", f"resume={str(resume).lower()}",
+                                   "trainer.progress_bar=false", "logger.wandb.mode=disabled"])
+    run_experiment(cfg)
+    return time.perf_counter() - start
+
+
+def plan(args) -> list[tuple[str, str, list[str], Path]]:
+    root = REPO / "runs" / ("powerlaw_full" if args.full else "powerlaw")
+    pm = "powerlaw/pmnist_full" if args.full else "powerlaw/pmnist"
+    jobs = []
+    for seed in range(args.seeds):
+        for name, ov in CONDITIONS.items():
+            jobs.append(("main", pm, [*ov, f"seed={seed}"], root / "main" / name / f"seed{seed}"))
+        for name, ov in SPLIT_CONDITIONS.items():
+            jobs.append(("split", "powerlaw/split_mnist", [*ov, f"seed={seed}"], root / "split" / name / f"seed{seed}"))
+    if not args.skip_sweeps and not args.full:
+        for factor, settings in SWEEPS.items():
+            for setting in settings:
+                tag = setting[0].split("=", 1)[1].strip("[]").replace(",", "x")
+                for name in SWEEP_CONDITIONS:
+                    jobs.append(("sweep", pm, [*CONDITIONS[name], *setting, "seed=0"],
+                                 root / "sweeps" / factor / f"{tag}" / name / "seed0"))
+    return jobs
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--full", action="store_true", help="the paper's protocol (GPU scale), 5 seeds")
+    parser.add_argument("--seeds", type=int, default=None)
+    parser.add_argument("--skip-sweeps", action="store_true")
+    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--out", default=str(REPO / "docs" / "results" / "powerlaw.md"))
+    args = parser.parse_args()
+    args.seeds = args.seeds or (5 if args.full else 3)
+    if not os.environ.get("CLTRAIN_DATA"):
+        print("set CLTRAIN_DATA to the folder holding MNIST/raw", file=sys.stderr)
+        return 2
+    _quiet_lightning()
+    jobs = plan(args)
+    if not args.report_only:
+        for i, (section, experiment, overrides, run_dir) in enumerate(jobs, 1):
+            print(f"[{i}/{len(jobs)}] {section}: {experiment} {' '.join(overrides)}", flush=True)
+            run_one(experiment, overrides, run_dir)
+    from powerlaw_doc import write_doc  # noqa: E402  (scripts/ is on sys.path when run as a script)
+
+    write_doc(Path(args.out), REPO / "runs" / ("powerlaw_full" if args.full else "powerlaw"), args)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
