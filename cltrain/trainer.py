@@ -24,6 +24,7 @@ from cltrain.loggers import RunLoggers
 from cltrain.metrics import seen_average, summary
 from cltrain.plots import acc_matrix_png, retention_png
 from cltrain.plugins.base import Plugin
+from cltrain.preemption import Preempted, PreemptionWatcher
 from cltrain.run import RunFolder
 from cltrain.streams.base import Stream
 from cltrain.streams.loader import PhaseLoader, Segment, eval_batches
@@ -41,6 +42,8 @@ class Progress:
     steps: int = 0
     phase_end_steps: list[int] = field(default_factory=list)
     setup_time: float = 0.0
+    batches_into_phase: int = 0  # > 0: a mid-phase checkpoint (preemption) of phase next_phase
+    phase_elapsed: float = 0.0  # seconds already spent in that unfinished phase
 
 
 class ContinualTrainer:
@@ -53,6 +56,8 @@ class ContinualTrainer:
         self.loggers: Optional[RunLoggers] = None
         self._placed = False
         self.rank = 0
+        self.watcher = PreemptionWatcher()
+        self._rng_state: Optional[torch.Tensor] = None
 
     # ---- the loop -------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
@@ -63,8 +68,12 @@ class ContinualTrainer:
         remaining = list(range(self.progress.next_phase, self.stream.n_phases))
         groups = [[k] for k in remaining] if self.stream.task_aware else ([remaining] if remaining else [])
         self.progress.setup_time += time.perf_counter() - start
-        for phases in groups:
-            self._fit_phases(phases)
+        self.watcher.install()
+        try:
+            for phases in groups:
+                self._fit_phases(phases)
+        finally:
+            self.watcher.uninstall()
         return self._finish()
 
     def _pl_trainer(self, callbacks: list[Callback]) -> pl.Trainer:
@@ -77,12 +86,15 @@ class ContinualTrainer:
         )
 
     def _fit_phases(self, phases: list[int]) -> None:
-        phase_start = time.perf_counter()
-        driver = _PhaseDriver(self, phases, phase_start)
+        phase_start = time.perf_counter() - self.progress.phase_elapsed
+        segments = [self.segment(k) for k in phases]
+        if self.progress.batches_into_phase:  # resuming a preempted phase: skip what it already trained on
+            segments[0].skip, segments[0].rng_state = self.progress.batches_into_phase, self._rng_state
+        driver = _PhaseDriver(self, phases, segments, phase_start)
         trainer = self._pl_trainer([*self.plugins.values(), driver])
         self._place(trainer)
         loader = PhaseLoader(
-            self.stream, [self.segment(k) for k in phases], self.cfg.trainer.batch_size, self.cfg.seed,
+            self.stream, segments, self.cfg.trainer.batch_size, self.cfg.seed,
             rank=trainer.global_rank, world_size=trainer.world_size, hide_task_ids=not self.stream.task_aware,
         )
         driver.boundaries = loader.boundaries
@@ -124,11 +136,26 @@ class ContinualTrainer:
         p.steps += steps
         p.phase_end_steps.append(p.steps)
         p.next_phase = phase + 1
+        p.batches_into_phase, p.phase_elapsed = 0, 0.0
         if self.rank == 0:
             self.loggers.log_phase(phase, row, seen_average(np.array(p.rows), self.stream.order)[-1], p.steps)
             if self.cfg.trainer.checkpoint:
                 self.run.save_checkpoint(self.checkpoint_state(), phase)
             self._report(phase, row, seconds)
+
+    def preempt(self, trainer: pl.Trainer, phase: int, batches_done: int, elapsed: float) -> None:
+        """Checkpoint in the middle of a phase, requeue if SLURM asked for it, and stop the run."""
+        p = self.progress
+        if batches_done:  # at a phase boundary end_phase has just saved everything already
+            p.batches_into_phase, p.phase_elapsed = batches_done, elapsed
+            if self.rank == 0:
+                self.run.save_checkpoint(self.checkpoint_state(), phase)
+        trainer.strategy.barrier()
+        requeued = self.watcher.requeue_if_asked() if self.rank == 0 else None
+        where = f"phase {phase + 1}, batch {batches_done}" if batches_done else f"the end of phase {phase}"
+        raise Preempted(f"stopped by signal {self.watcher.received} after checkpointing at {where} in "
+                        f"{self.run.path}" + (f"; requeued SLURM job {requeued}" if requeued else
+                                              "; continue with resume=true"))
 
     def task_samples(self, task_id: int, batch_size: int, max_samples: int):
         """Batches of up to max_samples training samples of one task (a seeded subset), for method hooks."""
@@ -170,6 +197,7 @@ class ContinualTrainer:
             "learner": self.learner.state_dict(),
             "optimizer": self.learner.optimizer_state(),
             "plugins": {name: plugin.state_dict() for name, plugin in self.plugins.items()},
+            "torch_rng": torch.get_rng_state(),
             "config": to_yaml(self.cfg),
         }
 
@@ -179,6 +207,7 @@ class ContinualTrainer:
         self.learner.load_optimizer_state(state["optimizer"])
         for name, plugin in self.plugins.items():
             plugin.load_state_dict(state["plugins"].get(name, {}))
+        self._rng_state = state.get("torch_rng")
 
     # ---- the end --------------------------------------------------------------------------------------
     def _finish(self) -> dict[str, Any]:
@@ -224,27 +253,35 @@ class ContinualTrainer:
 class _PhaseDriver(Callback):
     """Finds phase boundaries inside a fit by counting batches; the learner never sees this."""
 
-    def __init__(self, owner: ContinualTrainer, phases: list[int], phase_start: float):
+    def __init__(self, owner: ContinualTrainer, phases: list[int], segments: list[Segment], phase_start: float):
         self.owner = owner
         self.phases = phases
+        self.segments = segments
         self.boundaries: list[int] = []
         self.current = 0
         self.t0 = phase_start
 
     def on_train_start(self, trainer, pl_module) -> None:
         owner = self.owner
+        owner.watcher.install()  # Lightning has just installed its own signal handlers; ours take over
         # Continue the logging step across per-phase fits, so curves do not restart at 0 each phase.
         trainer.fit_loop.epoch_loop._batches_that_stepped = owner.progress.steps
         if owner.progress.acc_init is None:
             owner.progress.acc_init = owner.evaluate(trainer)  # b_j for forward transfer
-        owner.start_phase(self.phases[0])
+        if not owner.progress.batches_into_phase:  # a resumed phase has had its start already
+            owner.start_phase(self.phases[0])
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if self.current >= len(self.boundaries) or batch_idx + 1 != self.boundaries[self.current]:
-            return
-        previous = self.boundaries[self.current - 1] if self.current else 0
-        self.owner.end_phase(trainer, self.phases[self.current], self.t0, self.boundaries[self.current] - previous)
-        self.current += 1
-        self.t0 = time.perf_counter()
-        if self.current < len(self.phases):
-            self.owner.start_phase(self.phases[self.current])
+        at_boundary = self.current < len(self.boundaries) and batch_idx + 1 == self.boundaries[self.current]
+        if at_boundary:
+            self.owner.end_phase(trainer, self.phases[self.current], self.t0, self.segments[self.current].n_batches)
+            self.current += 1
+            self.t0 = time.perf_counter()
+            if self.current < len(self.phases):
+                self.owner.start_phase(self.phases[self.current])
+        if self.owner.watcher.should_stop(trainer):
+            if at_boundary:
+                self.owner.preempt(trainer, self.phases[self.current - 1] + 1, 0, 0.0)
+            previous = self.boundaries[self.current - 1] if self.current else 0
+            done = batch_idx + 1 - previous + self.segments[self.current].skip
+            self.owner.preempt(trainer, self.phases[self.current], done, time.perf_counter() - self.t0)

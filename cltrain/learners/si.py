@@ -75,8 +75,11 @@ class SI(Learner):
         self.anchor = {k: v.clone() for k, v in params.items()}
         self.start = {}
 
+    _STATE = ("omega", "anchor", "path", "start", "_before", "_grads")  # the last two: a mid-phase checkpoint
+
     def get_extra_state(self) -> Any:
-        return {"omega": self.omega, "anchor": self.anchor, "path": self.path, "start": self.start}
+        return {k: getattr(self, k) for k in self._STATE}
 
     def set_extra_state(self, state: Any) -> None:
-        self.omega, self.anchor, self.path, self.start = (state[k] for k in ("omega", "anchor", "path", "start"))
+        for k in self._STATE:
+            setattr(self, k, state[k])

@@ -74,10 +74,13 @@ class Facilitation(Plugin):
         self.task, self.counts = None, []
 
     def state_dict(self) -> dict[str, Any]:
-        return {"iters": self.iters_to_criterion, "acc": self.acc_at_iters, "tasks": self.tasks}
+        # task and counts are non-empty only in a mid-phase (preemption) checkpoint
+        return {"iters": self.iters_to_criterion, "acc": self.acc_at_iters, "tasks": self.tasks,
+                "task": self.task, "counts": [c.cpu() for c in self.counts]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.iters_to_criterion, self.acc_at_iters, self.tasks = state["iters"], state["acc"], state["tasks"]
+        self.task, self.counts = state.get("task"), list(state.get("counts", []))
 
     def final_metrics(self, ctx) -> dict[str, Any]:
         reached = [i for i in self.iters_to_criterion[1:] if i is not None]  # task 0 has nothing to be helped by

@@ -45,6 +45,8 @@ class Segment:
     idx: torch.Tensor
     task_ids: torch.Tensor
     n_batches: int
+    skip: int = 0  # batches already trained before a preemption; the loader starts after them
+    rng_state: Optional[torch.Tensor] = None  # global torch RNG at the preemption, restored after skipping
 
     @staticmethod
     def batches_for(n_samples: int, batch_size: int, epochs: int, steps: Optional[int]) -> int:
@@ -78,14 +80,14 @@ class PhaseLoader:
         self.hide_task_ids = hide_task_ids
 
     def __len__(self) -> int:
-        return sum(s.n_batches for s in self.segments)
+        return sum(s.n_batches - s.skip for s in self.segments)
 
     @property
     def boundaries(self) -> list[int]:
         """Cumulative batch counts: segment i ends after batch boundaries[i] - 1."""
         out, total = [], 0
         for segment in self.segments:
-            total += segment.n_batches
+            total += segment.n_batches - segment.skip
             out.append(total)
         return out
 
@@ -101,8 +103,11 @@ class PhaseLoader:
             for start in range(0, n, self.batch_size):
                 if drawn == segment.n_batches:
                     return
-                rows = order[start:start + self.batch_size][self.rank::self.world_size]
-                yield self._make(segment, rows)
+                if drawn >= segment.skip:
+                    if drawn == segment.skip and segment.rng_state is not None:
+                        torch.set_rng_state(segment.rng_state)
+                    rows = order[start:start + self.batch_size][self.rank::self.world_size]
+                    yield self._make(segment, rows)
                 drawn += 1
             pass_no += 1
 
