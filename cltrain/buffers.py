@@ -62,6 +62,15 @@ class ReservoirBuffer:
         picks = torch.randint(len(self), (n,), generator=self.generator).to(self.y.device)
         return self.x[picks], self.y[picks], self.t[picks]
 
+    def digest(self) -> float:
+        """A checksum of the contents (order-sensitive), to compare buffers across processes cheaply."""
+        if self.x is None:
+            return 0.0
+        n = len(self)
+        weights = torch.arange(1, n + 1, dtype=torch.float64, device=self.y.device)
+        rows = self.x[:n].reshape(n, -1).double().sum(1) + self.y[:n].double() * 1e3 + self.t[:n].double()
+        return float((rows * weights).sum())
+
     def state_dict(self) -> dict:
         return {"capacity": self.capacity, "seen": self.seen, "generator": self.generator.get_state(),
                 "x": self.x, "y": self.y, "t": self.t}

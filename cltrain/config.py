@@ -107,6 +107,22 @@ class LoggerConfig:
 
 
 @dataclass
+class SlurmConfig:
+    """sbatch options for `cltrain sweep --launcher slurm` (one array task per grid point)."""
+
+    partition: Optional[str] = None
+    time: str = "02:00:00"
+    cpus_per_task: int = 2
+    mem: Optional[str] = None  # e.g. "16G"
+    gpus_per_node: int = 0
+    ntasks_per_node: Optional[int] = None  # None: trainer.devices when it is a number, else 1
+    max_parallel: Optional[int] = None  # array throttle: at most this many points at once
+    signal_grace_s: int = 90  # SIGUSR1 this long before the time limit: checkpoint and requeue
+    extra: list[str] = field(default_factory=list)  # more lines, e.g. ["#SBATCH --account=abc"]
+    setup: list[str] = field(default_factory=list)  # shell lines before the run, e.g. ["module load cuda"]
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "experiment"
     seed: int = 0
@@ -120,6 +136,7 @@ class ExperimentConfig:
     plugins: dict[str, Any] = field(default_factory=dict)  # plugin name -> its config section
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
 
 def data_root(cfg: DataConfig) -> Path:

@@ -9,6 +9,7 @@ matrix, logs, and a checkpoint from which `resume=true` continues.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -103,6 +104,10 @@ class ContinualTrainer:
     def _place(self, trainer: pl.Trainer) -> None:
         """Move the stream's arrays to the training device once per run (not per phase)."""
         self.rank = trainer.global_rank
+        if trainer.world_size > 1 and trainer.strategy.root_device.type == "cpu":
+            # Several processes on one machine's cores: more threads than cores makes torch's OpenMP workers
+            # spin against each other (10-100x slower), so each process takes its share of the cores.
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, trainer.num_devices)))
         if not self._placed:
             self.stream.to(trainer.strategy.root_device)
             self._placed = True

@@ -32,6 +32,7 @@ class Replay(Plugin):
     def __init__(self, cfg: ReplayConfig, ctx: PluginContext):
         super().__init__(cfg, ctx)
         self.buffer = ReservoirBuffer(cfg.capacity, seed=ctx.seed + 7919)
+        self.ranks_agree: Optional[bool] = None  # set under DDP: are the buffers identical on all ranks?
 
     def on_train_batch_start(self, trainer, pl_module, batch: Batch, batch_idx: int) -> None:
         if len(self.buffer) == 0:
@@ -47,6 +48,13 @@ class Replay(Plugin):
         x, y, t = gather_rows(trainer, batch.x[new], batch.y[new], t)
         self.buffer.add(x, y, t)
 
+    def on_train_end(self, trainer, pl_module) -> None:
+        """Check (once per fit, not per step) that every DDP rank holds the same buffer."""
+        digest = torch.tensor([self.buffer.digest()], dtype=torch.float64, device=pl_module.device)
+        if trainer.world_size > 1:
+            everyone = trainer.strategy.all_gather(digest).view(-1)
+            self.ranks_agree = bool((everyone == everyone[0]).all())
+
     def state_dict(self) -> dict[str, Any]:
         return {"buffer": self.buffer.state_dict()}
 
@@ -54,4 +62,5 @@ class Replay(Plugin):
         self.buffer.load_state_dict(state["buffer"])
 
     def final_metrics(self, ctx) -> dict[str, Any]:
-        return {"replay_buffer_size": len(self.buffer), "replay_seen": self.buffer.seen}
+        return {"replay_buffer_size": len(self.buffer), "replay_seen": self.buffer.seen,
+                "replay_buffer_digest": self.buffer.digest(), "replay_ranks_agree": self.ranks_agree}

@@ -76,7 +76,7 @@ MailProg=/bin/true
 JobAcctGatherType=jobacct_gather/none
 SlurmctldLogFile=$DIR/slurmctld.log
 SlurmdLogFile=$DIR/slurmd.log
-NodeName=$H NodeAddr=127.0.0.1 CPUs=$(nproc) RealMemory=$mem State=UNKNOWN
+NodeName=$H NodeAddr=127.0.0.1 CPUs=$(nproc --all) RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=$H Default=YES MaxTime=INFINITE State=UP
 EOF
 }
