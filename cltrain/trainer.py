@@ -284,7 +284,7 @@ class _PhaseDriver(Callback):
             self.t0 = time.perf_counter()
             if self.current < len(self.phases):
                 self.owner.start_phase(self.phases[self.current])
-        if self.owner.watcher.should_stop(trainer):
+        if self.owner.watcher.should_stop(trainer, batch_idx + 1):
             if at_boundary:
                 self.owner.preempt(trainer, self.phases[self.current - 1] + 1, 0, 0.0)
             previous = self.boundaries[self.current - 1] if self.current else 0
