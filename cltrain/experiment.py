@@ -111,6 +111,8 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     if rank_zero_only.rank == 0:  # DDP workers re-run this command; only rank 0 writes the run folder
         run.prepare(cfg)
         write_schedule(run, counts, stream.order)
+        print(f"[cltrain] {cfg.name}: {stream.n_phases} phases, schedule {parts.schedule!r}, training samples per "
+              f"phase {counts.sum(1).tolist()} (per task: {run.path / 'schedule_counts.csv'})", flush=True)
 
     torch.manual_seed(cfg.seed)  # model initialisation depends on the seed alone
     def build_model() -> torch.nn.Module:
