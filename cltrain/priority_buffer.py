@@ -71,6 +71,8 @@ class PriorityBuffer:
     def add(self, x: torch.Tensor, y: torch.Tensor, group: torch.Tensor, tag: Optional[torch.Tensor] = None) -> None:
         if self.x is None:
             self._allocate(x, y)
+        elif self.x.device != x.device:
+            self.to(x.device)  # restored from a CPU checkpoint into a run on an accelerator
         self.seen += len(y)
         tag = tag if tag is not None else torch.zeros_like(y)
         held = torch.nonzero(self.group >= 0, as_tuple=True)[0]
@@ -108,6 +110,14 @@ class PriorityBuffer:
         self.tag[slots] = tag[src.to(tag.device)]
         self.group[slots] = g[new_rows]
         self.priority[slots] = p[new_rows]
+
+    def to(self, device) -> "PriorityBuffer":
+        for name in ("x", "y", "tag", "group", "priority"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, value.to(device))
+        self._projection = None
+        return self
 
     def contents(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(x, y, tag) of the held samples, in slot order."""

@@ -3,3 +3,4 @@ from cltrain.learners import ewc, finetune, joint, si  # noqa: F401  (registrati
 from cltrain.learners.base import LEARNERS, Learner
 
 __all__ = ["LEARNERS", "Learner"]
+from cltrain.learners import tame  # noqa: F401,E402  (registration)

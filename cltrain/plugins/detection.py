@@ -78,6 +78,10 @@ class Detector:
     def reset(self, init: Optional[float]) -> None:
         raise NotImplementedError
 
+    def rebase(self, delta: float) -> None:
+        """The judged network changed (e.g. it was pruned) and its loss level moved by delta: move the reference."""
+        raise NotImplementedError
+
     def update(self, loss: float) -> bool:
         """Judge and, when in-distribution, absorb the loss. True: a shift was declared (state unchanged)."""
         if self.fires(loss):
@@ -117,11 +121,19 @@ class EMAWindowDetector(Detector):
         return loss if self.ema is None else self.alpha * loss + (1 - self.alpha) * self.ema
 
     def fires(self, loss: float) -> bool:
+        if self.ema is None:
+            return False  # it has absorbed nothing yet: there is no distribution to shift away from
         return self.smoothed(loss) > self.threshold()
 
     def observe(self, loss: float) -> None:
         self.ema = self.smoothed(loss)
         self.window.push(loss)
+
+    def rebase(self, delta: float) -> None:
+        n = min(self.window.count, len(self.window.values))
+        self.window.values[:n] += delta
+        if self.ema is not None:
+            self.ema += delta
 
     def state_dict(self) -> dict:
         return {"window": self.window.state_dict(), "ema": self.ema}
@@ -172,6 +184,10 @@ class WelchDetector(Detector):
         if self.recent.count >= self.recent.values.size:
             self.reference.push(float(self.recent.last(self.recent.values.size)[0]))
         self.recent.push(loss)
+
+    def rebase(self, delta: float) -> None:
+        for w in (self.reference, self.recent):
+            w.values[: min(w.count, len(w.values))] += delta
 
     def state_dict(self) -> dict:
         return {"reference": self.reference.state_dict(), "recent": self.recent.state_dict()}
@@ -261,6 +277,9 @@ def plot_loss_trace(losses: np.ndarray, events: list[int], shifts: list[int], pa
 @dataclass
 class DetectionPluginConfig(DetectorConfig):
     min_window: int = 20  # one network keeps training through a shift: let its new loss level settle first
+    # own: run the detector above on the loss; learner: record the learner's own decisions (outputs["shift"],
+    # e.g. TAME's), so any detecting learner gets the same delay/miss/false-alarm scoring and plot
+    source: str = choice("own", "own", "learner")
     init_loss: Optional[float] = None  # the window's first value; None: the first loss seen
     flush_every: int = 50  # losses are read back from the device this many batches at a time
     plot: bool = True  # write detection.png into the run folder
@@ -288,6 +307,8 @@ class Detection(Plugin):
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if loss is None:
             return
+        if self.cfg.source == "learner" and isinstance(outputs, dict) and bool(outputs.get("shift", False)):
+            self.events.append(len(self.losses) + len(self._pending))
         self._pending.append(loss.detach().float().reshape(()))
         if len(self._pending) >= self.cfg.flush_every:
             self.flush()
@@ -304,7 +325,7 @@ class Detection(Plugin):
         for loss in values:
             index = len(self.losses)
             self.losses.append(loss)
-            if self.detector.update(loss):
+            if self.cfg.source == "own" and self.detector.update(loss):
                 self.events.append(index)
                 self.detector.reset(None)
                 self.detector.observe(loss)
@@ -325,7 +346,8 @@ class Detection(Plugin):
         out = score_detections(self.events, shifts, len(self.losses))
         if self.cfg.plot and self.ctx.run_dir:
             path = Path(self.ctx.run_dir) / "detection.png"
+            what = self.cfg.method if self.cfg.source == "own" else "the learner's own detector"
             plot_loss_trace(np.asarray(self.losses), self.events, shifts, path,
-                            f"shift detection ({self.cfg.method}) on the training loss")
+                            f"shift detection ({what}) on the training loss")
             out["detection_plot"] = str(path)
         return out

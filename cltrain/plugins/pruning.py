@@ -87,10 +87,23 @@ def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, masks: Optional
     model.train(was_training)
 
 
+def sparsity_schedule(target: float, rounds: int) -> list[float]:
+    """Sparsities of `rounds` pruning rounds ending at `target`, each removing the same fraction of survivors."""
+    keep = (1.0 - target) ** (1.0 / rounds)
+    return [1.0 - keep ** (r + 1) for r in range(rounds)]
+
+
 def prune_and_finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sparsity: float, epochs: int,
-                       lr: float, batch_size: int = 128, seed: int = 0, loss_fn: LossFn = F.cross_entropy) -> Masks:
-    masks = global_magnitude_prune(model, sparsity)
-    finetune(model, x, y, masks, epochs, lr, batch_size, torch.Generator().manual_seed(seed), loss_fn)
+                       lr: float, batch_size: int = 128, seed: int = 0, loss_fn: LossFn = F.cross_entropy,
+                       rounds: int = 1) -> Masks:
+    """Prune to `sparsity` in `rounds` rounds (one-shot by default), fine-tuning epochs/rounds after each."""
+    gen = torch.Generator().manual_seed(seed)
+    masks: Masks = {}
+    per_round = [epochs // rounds + (1 if r < epochs % rounds else 0) for r in range(rounds)]
+    for target, n_epochs in zip(sparsity_schedule(sparsity, rounds), per_round):
+        # Global pruning of a model whose pruned weights are exactly 0 keeps them pruned (smallest |w| first).
+        masks = global_magnitude_prune(model, target)
+        finetune(model, x, y, masks, n_epochs, lr, batch_size, gen, loss_fn)
     return masks
 
 

@@ -1,0 +1,316 @@
+"""Run TAME and its baselines at CPU scale and write docs/results/tame.md (measured numbers only).
+
+    CLTRAIN_DATA=/work/shared/data .venv/bin/python scripts/reproduce_tame.py [--runs runs/tame_repro] [--only NAME ...]
+
+Each run is one `cltrain fit` in a subprocess (one intra-op thread: the box has 2 shared cores); a run whose
+metrics.json exists is skipped, so an interrupted reproduction continues where it stopped. The wall time of each
+run is measured around the subprocess and stored next to its metrics (wall_clock.json).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+COMMON = ["trainer.progress_bar=false", "logger.wandb.mode=disabled"]
+
+# name -> (experiment, extra overrides)
+RUNS: dict[str, tuple[str, list[str]]] = {
+    "tame_split_mnist": ("tame/split_mnist", []),
+    "tame_pmnist": ("tame/pmnist", []),
+    "tame_recurring": ("tame/recurring", []),
+    "split_mnist_finetune": ("tame/split_mnist_finetune", []),
+    "split_mnist_ewc": ("tame/split_mnist_ewc", []),
+    "split_mnist_si": ("tame/split_mnist_si", []),
+    "pmnist_finetune": ("tame/pmnist_finetune", []),
+    "pmnist_ewc": ("tame/pmnist_ewc", []),
+    "pmnist_si": ("tame/pmnist_si", []),
+    "tame_split_fashion": ("tame/split_mnist", ["stream.dataset=fashion_mnist"]),
+    # the split baselines again, class-incremental: the protocol TAME itself is scored under (no task id)
+    "split_mnist_finetune_ci": ("tame/split_mnist_finetune", ["stream.scenario=class_incremental"]),
+    "split_mnist_ewc_ci": ("tame/split_mnist_ewc", ["stream.scenario=class_incremental"]),
+    "split_mnist_si_ci": ("tame/split_mnist_si", ["stream.scenario=class_incremental"]),
+    # a longer permuted stream (10 tasks; the paper has 20)
+    "tame_pmnist10": ("tame/pmnist", ["stream.n_tasks=10"]),
+    "pmnist10_finetune": ("tame/pmnist_finetune", ["stream.n_tasks=10"]),
+    "pmnist10_ewc": ("tame/pmnist_ewc", ["stream.n_tasks=10"]),
+    "pmnist10_si": ("tame/pmnist_si", ["stream.n_tasks=10"]),
+}
+
+TAME_RUNS = [name for name in RUNS if name.startswith("tame_")]
+
+# The paper's Table (accuracy %, parameters); baselines use 61.7K parameters on MNIST.
+PAPER = {
+    "pmnist": {"tame": (87.32, "55.53K"), "ewc": (54.81, "61.7K"), "si": (81.31, "61.7K")},
+    "split_mnist": {"tame": (98.63, "37.02K"), "ewc": (98.18, "61.7K"), "si": (94.85, "61.7K")},
+}
+
+
+def command(name: str, run_dir: Path) -> list[str]:
+    experiment, extra = {**RUNS, **SWEEP}[name]
+    return [".venv/bin/cltrain", "fit", experiment, *extra, *COMMON, f"run_dir={run_dir}"]
+
+
+def run_one(name: str, root: Path) -> None:
+    run_dir = root / name
+    if (run_dir / "metrics.json").exists():
+        print(f"[reproduce] {name}: done already, skipped", flush=True)
+        return
+    cmd = command(name, run_dir)
+    resume = ["resume=true"] if (run_dir / "checkpoints" / "last.pt").exists() else []
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_SILENT": "true"}
+    print(f"[reproduce] {name}: {' '.join(cmd + resume)}", flush=True)
+    start = time.perf_counter()
+    log = (root / f"{name}.log").open("w")
+    proc = subprocess.run(cmd + resume, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"[reproduce] {name} failed (exit {proc.returncode}); see {root / (name + '.log')}")
+    (run_dir / "wall_clock.json").write_text(json.dumps({"seconds": seconds, "command": " ".join(cmd)}))
+    print(f"[reproduce] {name}: {seconds:.0f} s", flush=True)
+
+
+def load(root: Path, name: str) -> dict | None:
+    path = root / name / "metrics.json"
+    if not path.exists():
+        return None
+    metrics = json.loads(path.read_text())
+    clock = root / name / "wall_clock.json"
+    metrics["_wall"] = json.loads(clock.read_text())["seconds"] if clock.exists() else None
+    return metrics
+
+
+def diverged(m: dict) -> bool:
+    """Chance accuracy (or worse) on every task after the last phase: the training blew up."""
+    return max(m["acc_matrix"][-1]) <= 0.12
+
+
+def pct(v) -> str:
+    return "—" if v is None else f"{100 * v:.2f}"
+
+
+def kparams(n) -> str:
+    return "—" if n is None else f"{n / 1000:.2f}K"
+
+
+def baseline_params() -> int:
+    from cltrain.nn.lenet import LeNet5
+
+    return sum(p.numel() for p in LeNet5(1, 28, 10).parameters())
+
+
+def accuracy_table(root: Path) -> list[str]:
+    lenet = kparams(baseline_params())
+
+    def cell(name: str) -> str:
+        m = load(root, name)
+        if m is None:
+            return "not run"
+        if "strict_acc" in m:
+            return f"{pct(m['acc'])} (strict {pct(m['strict_acc'])}) / {kparams(m['nonzero_params'])}"
+        return f"{pct(m['acc'])} / {lenet}" + (" (diverged)" if diverged(m) else "")
+
+    def paper(stream: str, method: str) -> str:
+        value = PAPER[stream].get(method)
+        return f"{value[0]:.2f} / {value[1]}" if value else "—"
+
+    out = ["| method | permuted MNIST, 5 tasks: ours | 10 tasks: ours | paper (20 tasks) "
+           "| split MNIST: ours, task-incremental | ours, class-incremental | paper |",
+           "|---|---|---|---|---|---|---|"]
+    for method in ("finetune", "ewc", "si"):
+        out.append(f"| {method} | {cell(f'pmnist_{method}')} | {cell(f'pmnist10_{method}')} | {paper('pmnist', method)} "
+                   f"| {cell(f'split_mnist_{method}')} | {cell(f'split_mnist_{method}_ci')} "
+                   f"| {paper('split_mnist', method)} |")
+    out.append(f"| **TAME** (no ids, no boundaries) | {cell('tame_pmnist')} | {cell('tame_pmnist10')} "
+               f"| {paper('pmnist', 'tame')} | — | {cell('tame_split_mnist')} | {paper('split_mnist', 'tame')} |")
+    return out
+
+
+def tame_details(root: Path) -> list[str]:
+    out = ["| run | ACC (hard routing) | strict | lenient | routing | experts / true tasks | non-zero / total params "
+           "| expert sparsity | selector sparsity |", "|---|---|---|---|---|---|---|---|---|"]
+    for name in TAME_RUNS:
+        m = load(root, name)
+        if m is None:
+            out.append(f"| {name} | not run | | | | | | | |")
+            continue
+        sparsity = m["expert_weight_sparsity"]
+        sel = m["selector_weight_sparsity"]
+        sel = "—" if sel is None else f"{sel:.4f}"
+        out.append(
+            f"| {name} | {pct(m['acc'])} | {pct(m['strict_acc'])} | {pct(m['lenient_acc'])} | {pct(m['routing_acc'])} "
+            f"| {m['n_experts']} / {m['n_true_tasks']} | {kparams(m['nonzero_params'])} / {kparams(m['total_params'])} "
+            f"| {min(sparsity):.4f}–{max(sparsity):.4f} | {sel} |")
+    return out
+
+
+def detection_table(root: Path) -> list[str]:
+    out = ["| run | true shifts (batch) | detected at | delays (batches) | missed | false | switches |",
+           "|---|---|---|---|---|---|---|"]
+    for name in TAME_RUNS:
+        m = load(root, name)
+        if m is None:
+            continue
+        switches = ", ".join(f"{e['from']}→{e['to']} ({e['kind']})" for e in m["shift_events"])
+        out.append(f"| {name} | {m['true_shifts']} | {[e['step'] for e in m['shift_events']]} "
+                   f"| {m['tame_detection_delays']} | {m['tame_detection_missed']} | {m['tame_detection_false']} "
+                   f"| {switches} |")
+    return out
+
+
+def acc_rows(root: Path) -> list[str]:
+    out = []
+    for name in RUNS:
+        m = load(root, name)
+        if m is None:
+            continue
+        final = ", ".join(f"{100 * v:.1f}" for v in m["acc_matrix"][-1])
+        note = " — **diverged** (chance on every task)" if diverged(m) else ""
+        out.append(f"- `{name}`: final per-task accuracy [{final}]; forgetting {pct(m['forgetting'])}{note}")
+    return out
+
+
+# One-off sweeps of a baseline's strength (picked on the test set; said so in the document).
+SWEEP = {
+    **{f"ewc_lam{v}": ("tame/split_mnist_ewc", [f"learner.lam={v}"]) for v in (10, 100, 1000, 10000)},
+    **{f"si_c{v}": ("tame/pmnist_si", [f"learner.c={v}"]) for v in (1, 10, 100)},
+}
+
+
+def sweep_rows(root: Path) -> list[str]:
+    out = ["| experiment | setting | ACC | forgetting |", "|---|---|---|---|"]
+    for name, (experiment, extra) in SWEEP.items():
+        m = load(root / "sweep", name)
+        acc = "not run" if m is None else pct(m["acc"]) + (" (diverged)" if diverged(m) else "")
+        out.append(f"| {experiment} | {extra[0]} | {acc} | {'' if m is None else pct(m['forgetting'])} |")
+    return out
+
+
+def commands(root: Path) -> list[str]:
+    out = ["| run | command | wall time (s, measured) |", "|---|---|---|"]
+    for name in RUNS:
+        m = load(root, name)
+        wall = "not run" if m is None else (f"{m['_wall']:.0f}" if m["_wall"] else f"{m['wall_time_s']:.0f} (in-run)")
+        out.append(f"| {name} | `{' '.join(command(name, root / name))}` | {wall} |")
+    return out
+
+
+def write_doc(root: Path, path: Path) -> None:
+    text = "\n".join([
+        "# TAME in cltrain: CPU-scale reproduction",
+        "",
+        "Generated by `scripts/reproduce_tame.py` from the runs under "
+        f"`{root}`; every number below is read from those runs' `metrics.json` except the columns marked *paper*.",
+        "Machine: 2 CPU cores shared with other jobs (wall times are noisy), no GPU; one intra-op thread per run.",
+        "",
+        "## Scale: what was cut and why",
+        "",
+        "| | paper | here (CPU scale) |",
+        "|---|---|---|",
+        "| permuted MNIST | 20 tasks, 10 epochs/task, full test set | 5 (and 10) tasks, 1 epoch/task (469 batches), "
+        "2,000 test images/task |",
+        "| split MNIST | 5 tasks, 10 epochs/task | 5 tasks, 2 epochs/task (~190 batches) |",
+        "| C_s / C_p | 5000 / 6000 | 5000 / 6000 |",
+        "| selector | 200 epochs, pruned 50% + 200 epochs | 15 epochs, pruned 50% + 3 epochs |",
+        "| expert pruning | (never called in the reference code) | 98%, 3 rounds, 10 epochs on the pruning buffer |",
+        "| expert training | SGD 0.1 / 0.9 / 5e-4 on the bounded loss | SGD 0.02 / 0.9 / 5e-4 on plain cross-entropy |",
+        "| window / α / k | 100 / 0.2 / 3 | 100 / 0.2 / 3 (detection on the bounded loss) |",
+        "",
+        "The paper's settings are `tame/pmnist_full` and `tame/split_mnist_full` (not run here: hours on 2 cores).",
+        "",
+        "## Accuracy and parameters beside the paper",
+        "",
+        "`tame_recurring` is permuted MNIST in the order [0, 1, 2, 1, 3]; `tame_split_fashion` is split Fashion-MNIST.",
+        "",
+        "ACC is the framework's accuracy with hard routing (`predict(x, None)`), averaged over tasks after the last phase;",
+        "for TAME the strict variant (right expert *and* right class) is in brackets; parameters are non-zero counts",
+        "(experts + selector). Baselines are task-aware, as in the paper: on permuted MNIST they only get the boundaries",
+        "(one shared head); on split MNIST the task id also masks the head (task-incremental), which is the easier",
+        "setting the paper's baseline numbers come from. TAME gets neither ids nor boundaries.",
+        "",
+        *accuracy_table(root),
+        "",
+        "## TAME in detail",
+        "",
+        "strict: right expert and right class; lenient (the paper's code): the prediction's index within its task's",
+        "classes matches (a wrong expert can still be right); routing: the selector picks the expert that trained on",
+        "the sample's task (the majority expert over that task's batches).",
+        "",
+        *tame_details(root),
+        "",
+        "## Shift detection (TAME's own detector, scored against the true boundaries)",
+        "",
+        *detection_table(root),
+        "",
+        "Each run folder has `detection.png` (active expert's loss, detected and true boundaries).",
+        "",
+        "## Baseline tuning (picked on the test set)",
+        "",
+        "bench/'s EWC λ = 10000 was tuned for Adam + MLP; with SGD + LeNet it diverged, so λ was swept once on split",
+        "MNIST; SI's c likewise on permuted MNIST (5 tasks). The chosen values are in the experiment files.",
+        "",
+        *sweep_rows(root),
+        "",
+        "## Per-run final accuracies",
+        "",
+        *acc_rows(root),
+        "",
+        "## Commands and wall times",
+        "",
+        "All with `OMP_NUM_THREADS=1 CLTRAIN_DATA=/work/shared/data`. Reproduce everything with",
+        "`.venv/bin/python scripts/reproduce_tame.py` (finished runs are skipped).",
+        "",
+        *commands(root),
+        "",
+        "## Gaps (honest account)",
+        "",
+        "- Scale: 5 instead of 20 permuted tasks and 1–2 instead of 10 epochs per task; the selector and pruning",
+        "  fine-tuning run for far fewer epochs than the paper's 200. The numbers are not the paper's experiment.",
+        "- Expert training deviates from the paper: plain cross-entropy at lr 0.02 instead of the bounded loss at",
+        "  lr 0.1. With our 10-way heads (the paper's split-MNIST experts have 2 outputs) bounded training saturated",
+        "  both seen classes' sigmoids and stalled at chance, and plain CE at lr 0.1 diverged (measured while building",
+        "  this). Detection still uses the bounded loss, as the spec asks.",
+        "- Expert pruning to 98% costs accuracy on permuted MNIST at this fine-tuning budget (a probe on one permuted",
+        "  task: 92.5% dense → 83.4% pruned); the paper's 200 fine-tuning epochs are not affordable here.",
+        "- Split-MNIST baselines are task-incremental (task id masks the head), as the paper's are; TAME is evaluated",
+        "  class-incremental without any task id, a harder protocol.",
+        "- Baselines are barely tuned: one optimizer (SGD 0.02 / 0.9 / 5e-4) for all, EWC's λ swept on split MNIST",
+        "  only, SI's c swept once on permuted MNIST (below). Runs marked *diverged* ended at chance on every task",
+        "  (the quadratic penalty with SGD + momentum blew up); they say nothing about the method, only about our",
+        "  untuned setting. The paper's baseline numbers come from the paper's own tuning.",
+        "- Single seed (0) per run; no error bars.",
+        "- Not run: split CIFAR-100 (VGG11 experts), the pruning-buffer ablation, A-GEM / CN-DPM / DEN baselines.",
+        "",
+    ])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    print(f"[reproduce] wrote {path}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", default="runs/tame_repro", help="folder holding one run folder per run")
+    parser.add_argument("--only", nargs="*", default=None, help=f"run only these: {', '.join(RUNS)}")
+    parser.add_argument("--doc", default="docs/results/tame.md")
+    parser.add_argument("--no-run", action="store_true", help="only rewrite the document from finished runs")
+    args = parser.parse_args()
+    root = (REPO / args.runs).resolve() if not Path(args.runs).is_absolute() else Path(args.runs)
+    root.mkdir(parents=True, exist_ok=True)
+    if not args.no_run:
+        for name in args.only or RUNS:
+            run_one(name, root)
+        if not args.only:
+            (root / "sweep").mkdir(exist_ok=True)
+            for name in SWEEP:
+                run_one(name, root / "sweep")
+    write_doc(root, REPO / args.doc)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
+    main()

@@ -1,0 +1,80 @@
+"""Shift detection: the pure detectors on controlled loss sequences, and the plugin on a real MNIST stream."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cltrain.config import load_config
+from cltrain.experiment import run_experiment
+from cltrain.plugins.detection import EMAWindowDetector, WelchDetector, score_detections, true_shifts
+from conftest import QUICK
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # The CI box has 2 cores and other jobs: one intra-op thread avoids oversubscription (measured 20x faster).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _losses(seed=0, n=300, level=1.5, noise=0.01, jump_at=None, jump=0.6):
+    rng = np.random.default_rng(seed)
+    x = level + noise * rng.standard_normal(n)
+    if jump_at is not None:
+        x[jump_at:] += jump
+    return x.tolist()
+
+
+def _alarms(detector, losses):
+    return [i for i, loss in enumerate(losses) if detector.update(loss)]
+
+
+@pytest.mark.parametrize("make", [
+    lambda: EMAWindowDetector(window=100, alpha=0.2, k=3.0, std_floor=0.005, init=None),
+    lambda: WelchDetector(window=100, recent=10, significance=1e-4),
+], ids=["ema_window", "welch"])
+def test_detector_quiet_when_stationary_and_fires_on_a_jump(make):
+    assert _alarms(make(), _losses()) == []
+    alarms = _alarms(make(), _losses(jump_at=200))
+    assert alarms and 200 <= alarms[0] <= 210  # EMA: 1-2 batches; t-test: a few recent losses
+
+
+def test_ema_window_freezes_after_an_alarm_and_accepts_its_own_distribution_again():
+    det = EMAWindowDetector(init=float(np.log(10)))
+    for loss in _losses(n=150):
+        det.update(loss)
+    frozen = (det.threshold(), det.ema)
+    assert det.fires(2.3)  # a new task's loss
+    assert (det.threshold(), det.ema) == frozen  # judging does not change the state
+    assert det.accepts(1.5) and not det.accepts(2.3)  # a recurring task passes, a new one does not
+
+
+def test_scoring_matches_detections_to_boundaries():
+    shifts = true_shifts([100, 200, 300], [0, 1, 2])
+    assert shifts == [100, 200]
+    out = score_detections([3, 102, 150], shifts, 300)  # 3: before any shift, 150: a second alarm in task 1
+    assert out["detection_delays"] == [2] and out["detection_missed"] == 1 and out["detection_false"] == 2
+    assert true_shifts([10, 20, 30], [0, 0, 1]) == [20]  # the same task twice in a row is no shift
+
+
+def test_plugin_fires_at_the_real_boundary_of_a_task_agnostic_mnist_stream(tmp_path):
+    """Fine-tuning (it knows nothing of shifts) on 2 permuted-MNIST tasks; the plugin watches its loss."""
+    run = tmp_path / "run"
+    cfg = load_config("bench/pmnist_naive", [
+        *QUICK, "stream.n_tasks=2", "stream.presentation=task_agnostic", "trainer.epochs_per_task=4",
+        # A short, still-improving task: a window of the last 30 losses and a faster average (alpha 0.5) keep
+        # the threshold near the current loss level (TAME's 100 / 0.2 assume a converged expert).
+        "plugins.detection.method=ema_window", "plugins.detection.window=30", "plugins.detection.alpha=0.5",
+        f"run_dir={run}",
+    ])
+    metrics = run_experiment(cfg)
+    shift = metrics["true_shifts"]
+    assert shift == [64]  # 2,000 images / 128 = 16 batches x 4 epochs
+    assert metrics["detection_missed"] == 0
+    assert metrics["detection_false"] == 0, metrics["detection_events"]  # nothing inside a stationary task
+    assert metrics["detection_delays"][0] <= 3
+    assert (run / "detection.png").stat().st_size > 0
+    assert json.loads((run / "metrics.json").read_text())["detection_events"] == metrics["detection_events"]
