@@ -1,6 +1,7 @@
 """Writes docs/results/powerlaw.md from the runs of scripts/reproduce_powerlaw.py (numbers are read, never typed)."""
 from __future__ import annotations
 
+import csv
 import json
 import math
 import platform
@@ -22,7 +23,15 @@ def _by_condition(root: Path) -> dict[str, list[dict]]:
     if not root.exists():
         return out
     for cond in sorted(p for p in root.iterdir() if p.is_dir()):
-        runs = [json.loads(m.read_text()) for m in cond.glob("seed*/metrics.json")]
+        runs = []
+        for m in sorted(cond.glob("seed*/metrics.json")):
+            run = json.loads(m.read_text())
+            with open(m.parent / "schedule_counts.csv") as handle:
+                rows = list(csv.reader(handle))[1:]
+            run["_samples"] = _new_task_samples(run, [[int(v) for v in r[2:-1]] for r in rows])
+            samples = [v for v in run["_samples"][1:] if v is not None]
+            run["_samples_mean"] = float(np.mean(samples)) if samples else math.nan
+            runs.append(run)
         if runs:
             out[cond.name] = runs
     return out
@@ -35,12 +44,14 @@ def _cell(values: list[float], digits: int = 3) -> str:
 
 def _table(data: dict[str, list[dict]], order: list[str]) -> str:
     cols = [("ACC", "acc", 3), ("BWT", "bwt", 3), ("forgetting", "forgetting", 3),
-            ("iters to 90%", "facilitation_iters_mean", 1), ("train acc @50 it", "facilitation_acc_mean", 3),
+            ("iters to 90%", "facilitation_iters_mean", 1), ("new-task samples to 90%", "_samples_mean", 0),
+            ("train acc @50 it", "facilitation_acc_mean", 3),
             ("wall time (s)", "wall_time_s", 1)]
     lines = ["| condition | seeds | " + " | ".join(c[0] for c in cols) + " |", "|---|---|" + "---|" * len(cols)]
     for name in [n for n in order if n in data]:
         runs = data[name]
         cells = [_cell([r.get(key, math.nan) for r in runs], d) for _, key, d in cols]
+        cells = [c.replace(".0 ±", " ±") if d == 0 else c for c, (_, _, d) in zip(cells, cols)]
         lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -57,12 +68,26 @@ def _verdict(ours_a: float, ours_b: float, margin: float = 0.005) -> str:
     return "comparable" if ours_a >= ours_b - margin else "worse"
 
 
-def _facilitation_slope(runs: list[dict]) -> float:
-    """Mean over seeds of the least-squares slope of iterations-to-criterion against task index (tasks >= 1)."""
+def _new_task_samples(run: dict, counts: list[list[int]]) -> list:
+    """New-task samples seen until the criterion, per task: recorded by newer runs; for older runs the
+    expectation iterations x batch x (new task's share of the phase's data), from schedule_counts.csv."""
+    fac = run.get("facilitation", {})
+    if fac.get("samples_to_criterion"):
+        return fac["samples_to_criterion"]
+    out = []
+    for k, iters in enumerate(fac.get("iters_to_criterion", [])):
+        row = counts[k]
+        out.append(None if iters is None else iters * 128 * row[k] / sum(row))
+    return out
+
+
+def _facilitation_slope(runs: list[dict], key: str = "iters") -> float:
+    """Mean over seeds of the least-squares slope of iterations (or new-task samples) to criterion
+    against the task index (tasks >= 1)."""
     slopes = []
     for r in runs:
-        iters = r.get("facilitation", {}).get("iters_to_criterion", [])[1:]
-        pts = [(i + 1, v) for i, v in enumerate(iters) if v is not None]
+        values = r["_samples"] if key == "samples" else r.get("facilitation", {}).get("iters_to_criterion", [])
+        pts = [(i + 1, v) for i, v in enumerate(values[1:]) if v is not None]
         if len(pts) >= 2:
             x, y = np.array(pts, dtype=float).T
             slopes.append(float(np.polyfit(x, y, 1)[0]))
@@ -85,6 +110,10 @@ def _claims(main: dict) -> str:
     slope_none = _facilitation_slope(main.get("none", []))
     lines.append(f"| forward facilitation: iterations to 90% fall over tasks | yes (power law) | slope "
                  f"{slope_pl:+.2f} it/task with power law, {slope_none:+.2f} without rehearsal |")
+    s_pl = _facilitation_slope(main.get("powerlaw", []), "samples")
+    s_none = _facilitation_slope(main.get("none", []), "samples")
+    lines.append(f"| the same in new-task samples (rehearsal dilutes each batch) | — | slope {s_pl:+.0f} samples/task "
+                 f"with power law, {s_none:+.0f} without rehearsal |")
     return "\n".join(lines) + "\n"
 
 
@@ -147,7 +176,11 @@ uniform and exponential rehearse the same total number of samples (budget matche
 
 Mean ± sd over seeds. ACC: final mean test accuracy; forgetting: mean drop from the best earlier accuracy;
 iters to 90%: training iterations until the new task's running training accuracy first reaches 90%
-(tasks 1–9); train acc @50 it: the new task's running training accuracy after 50 iterations.
+(tasks 1–9); new-task samples to 90%: how many samples of the new task it saw by then (recorded by the
+facilitation plugin; for runs made before it recorded them, the expectation iterations × 128 × the new task's
+share of the phase's data, from `schedule_counts.csv`); train acc @50 it: the new task's running training
+accuracy after 50 iterations. Wall times: 2 cores shared with other jobs while these ran, one torch thread
+per run; see docs/benchmarks.md for clean timings.
 
 {_table(main, order)}
 Per-run figures (accuracy matrix, retention curves, schedule counts, facilitation) are in each run folder.

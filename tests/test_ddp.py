@@ -28,3 +28,17 @@ def test_replay_under_ddp_matches_single_process(tmp_path):
         assert row_b == pytest.approx(row_a, abs=0.015)
     # evaluation is split across ranks and summed, not duplicated: same test-set size as single-process
     assert b["acc_init"] == pytest.approx(a["acc_init"], abs=1e-9)
+
+
+def test_ewc_with_facilitation_under_ddp(tmp_path):
+    """Task hooks (EWC's Fisher) and a plugin that reduces counts across ranks, under DDP."""
+    job = ("fit", "bench/pmnist_ewc", *QUICK, "model.hidden=[100,100]", "plugins.facilitation.window=5")
+    single = run_cli(*job, f"run_dir={tmp_path / 'single'}")
+    ddp = run_cli(*job, "trainer.strategy=ddp", "trainer.devices=2", f"run_dir={tmp_path / 'ddp'}")
+    assert single.returncode == 0 and ddp.returncode == 0, ddp.stderr[-3000:]
+    a = json.loads((tmp_path / "single" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert b["acc"] == pytest.approx(a["acc"], abs=0.015)
+    # facilitation counts are summed over ranks: the same number of new-task samples per phase
+    assert len(b["facilitation"]["acc_at_iters"]) == 3
+    assert b["facilitation"]["acc_at_iters"] == pytest.approx(a["facilitation"]["acc_at_iters"], abs=0.05)

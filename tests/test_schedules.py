@@ -111,4 +111,8 @@ def test_short_real_run_of_each_schedule(schedule, tmp_path):
     assert (run / "schedule_counts.png").is_file() and (run / "facilitation.png").is_file()
     fac = metrics["facilitation"]
     assert len(fac["iters_to_criterion"]) == 4 and len(fac["acc_at_iters"]) == 4
+    for iters, samples in zip(fac["iters_to_criterion"], fac["samples_to_criterion"]):
+        assert (iters is None) == (samples is None)
+        if iters is not None:  # new-task rows until the criterion: at most a full batch per iteration
+            assert 0 < samples <= iters * 128
     assert json.loads((run / "metrics.json").read_text())["facilitation"] == fac

@@ -42,6 +42,9 @@ class Facilitation(Plugin):
         self.task: Optional[int] = None
         self.counts: list[torch.Tensor] = []  # per batch [correct, total] on the new task, kept on the device
         self.iters_to_criterion: list[Optional[int]] = []
+        # New-task samples seen until the criterion: with rehearsal the new task fills only part of each
+        # batch, so iterations alone would mistake dilution for slower learning.
+        self.samples_to_criterion: list[Optional[int]] = []
         self.acc_at_iters: list[float] = []
         self.tasks: list[int] = []
         self._trainer = None
@@ -68,6 +71,8 @@ class Facilitation(Plugin):
         acc = running_accuracy(counts[:, 0], counts[:, 1], self.cfg.window)
         reached = np.nonzero(acc >= self.cfg.criterion)[0]
         self.iters_to_criterion.append(int(reached[0]) + 1 if reached.size else None)
+        seen = np.cumsum(counts[:, 1])
+        self.samples_to_criterion.append(int(seen[reached[0]]) if reached.size else None)
         at = min(self.cfg.fixed_iters, len(acc)) - 1
         self.acc_at_iters.append(float(acc[at]))
         self.tasks.append(task_id)
@@ -75,11 +80,13 @@ class Facilitation(Plugin):
 
     def state_dict(self) -> dict[str, Any]:
         # task and counts are non-empty only in a mid-phase (preemption) checkpoint
-        return {"iters": self.iters_to_criterion, "acc": self.acc_at_iters, "tasks": self.tasks,
+        return {"iters": self.iters_to_criterion, "samples": self.samples_to_criterion,
+                "acc": self.acc_at_iters, "tasks": self.tasks,
                 "task": self.task, "counts": [c.cpu() for c in self.counts]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.iters_to_criterion, self.acc_at_iters, self.tasks = state["iters"], state["acc"], state["tasks"]
+        self.samples_to_criterion = state.get("samples", [])
         self.task, self.counts = state.get("task"), list(state.get("counts", []))
 
     def final_metrics(self, ctx) -> dict[str, Any]:
@@ -87,7 +94,8 @@ class Facilitation(Plugin):
         out = {
             "facilitation": {
                 "criterion": self.cfg.criterion, "window": self.cfg.window, "fixed_iters": self.cfg.fixed_iters,
-                "tasks": self.tasks, "iters_to_criterion": self.iters_to_criterion, "acc_at_iters": self.acc_at_iters,
+                "tasks": self.tasks, "iters_to_criterion": self.iters_to_criterion,
+                "samples_to_criterion": self.samples_to_criterion, "acc_at_iters": self.acc_at_iters,
             },
             "facilitation_iters_mean": float(np.mean(reached)) if reached else math.nan,
             "facilitation_acc_mean": float(np.mean(self.acc_at_iters[1:])) if len(self.acc_at_iters) > 1 else math.nan,
