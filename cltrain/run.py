@@ -39,8 +39,28 @@ class RunFolder:
             )
         if cfg.resume and not self.last_checkpoint.exists():
             raise ConfigError(f"resume=true but {self.last_checkpoint} does not exist; valid: a run_dir with a checkpoint")
+        if cfg.resume:
+            self._check_same_experiment(cfg)
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         (self.path / "config.yaml").write_text(to_yaml(cfg))
+
+    # May differ on resume: where and how the run executes, not what it computes.
+    RESUME_MAY_CHANGE = ("resume", "run_dir", "trainer.progress_bar", "trainer.accelerator", "trainer.devices",
+                         "trainer.strategy", "trainer.num_nodes", "logger.", "slurm.", "data.")
+
+    def _check_same_experiment(self, cfg: ExperimentConfig) -> None:
+        """A resumed run must continue the same experiment, or its metrics would mean nothing."""
+        from omegaconf import OmegaConf
+
+        from cltrain.report import flatten
+
+        saved = flatten(OmegaConf.to_container(OmegaConf.load(self.path / "config.yaml")))
+        now = flatten(OmegaConf.to_container(OmegaConf.create(to_yaml(cfg))))
+        changed = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now))
+                   if not k.startswith(self.RESUME_MAY_CHANGE) and saved.get(k) != now.get(k)]
+        if changed:
+            raise ConfigError(f"resume=true with a config that differs from the run's ({'; '.join(changed[:3])}); "
+                              f"valid: the run's own config.yaml, changing only where it runs")
 
     def save_checkpoint(self, state: dict[str, Any], phase: int, keep_all: bool = False) -> None:
         """Write atomically (temp file + rename): a kill during the write leaves the previous checkpoint intact."""

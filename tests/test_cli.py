@@ -90,3 +90,14 @@ def test_an_existing_run_is_never_overwritten(tmp_path):
     proc = run_cli(*args)
     assert proc.returncode == 2 and "resume=true" in _error_line(proc)
     assert (run / "metrics.json").read_text() == before
+
+
+def test_resume_with_another_experiment_is_refused(tmp_path):
+    run = tmp_path / "run"
+    assert run_cli("fit", "bench/pmnist_naive", *QUICK, "stream.n_tasks=2", f"run_dir={run}").returncode == 0
+    before = (run / "checkpoints" / "last.pt").read_bytes()
+    proc = run_cli("fit", "bench/pmnist_naive", *QUICK, "stream.n_tasks=2", "optim.lr=0.5", f"run_dir={run}",
+                   "resume=true")
+    assert proc.returncode == 2
+    assert "optim.lr: 0.01 -> 0.5" in _error_line(proc)
+    assert (run / "checkpoints" / "last.pt").read_bytes() == before  # nothing finished is touched
