@@ -15,17 +15,18 @@ import torch
 from cltrain.streams.base import Stream
 
 
-@dataclass
 class Batch:
     """A training batch. `t` (task ids) is None when the stream hides tasks from the learner.
 
     Plugins may append samples (replay); `n_new` keeps how many of the rows came from the stream.
+    Deliberately not a dataclass: Lightning deep-copies dataclass batches on every step while walking them for
+    device transfer, and ours are created on the training device already.
     """
 
-    x: torch.Tensor
-    y: torch.Tensor
-    t: Optional[torch.Tensor]
-    n_new: int
+    __slots__ = ("x", "y", "t", "n_new")
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, t: Optional[torch.Tensor], n_new: int):
+        self.x, self.y, self.t, self.n_new = x, y, t, n_new
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
