@@ -28,6 +28,7 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
     warnings.filterwarnings("ignore", message=".*srun. command is available on your system.*")
     warnings.filterwarnings("ignore", message=".*all_gather is deprecated.*")
+    warnings.filterwarnings("ignore", message=".*configure_optimizers. returned .None.*")  # TAME's own optimizers
 
 
 def cmd_fit(args: argparse.Namespace) -> int:

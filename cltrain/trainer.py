@@ -241,7 +241,6 @@ class ContinualTrainer:
 
     def _write_outputs(self, metrics: dict[str, Any], R: np.ndarray) -> None:
         run, n_tasks = self.run, R.shape[1]
-        run.write_json("metrics.json", metrics)
         header = ["phase", "task", "avg_acc_seen", *[f"acc_task_{j}" for j in range(n_tasks)], "wall_time_s"]
         rows = [["init", "", "", *metrics["acc_init"], ""]] + [
             [k, self.stream.order[k], metrics["avg_acc_seen"][k], *R[k].tolist(), metrics["phase_wall_time_s"][k]]
@@ -251,6 +250,8 @@ class ContinualTrainer:
         acc_matrix_png(R, run.path / "acc_matrix.png", f"{self.cfg.name}: test accuracy (%)")
         retention_png(R, run.path / "retention.png", self.stream.order, f"{self.cfg.name}: retention")
         self.loggers.finish(metrics, run.path)
+        # Last: metrics.json marks a finished run (sweeps, `cltrain report`, resume all read it that way).
+        run.write_json("metrics.json", metrics)
         print(f"[cltrain] done: ACC {metrics['acc']:.4f}  BWT {metrics['bwt']:+.4f}  FWT {metrics['fwt']:+.4f}  "
               f"forgetting {metrics['forgetting']:.4f}  ({metrics['wall_time_s']:.1f} s) -> {run.path}", flush=True)
 
