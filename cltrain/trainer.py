@@ -58,6 +58,7 @@ class ContinualTrainer:
         self._placed = False
         self.rank = 0
         self.watcher = PreemptionWatcher()
+        self.ranks_agree: Optional[bool] = None  # DDP: did every rank end every fit with the same weights?
         self._rng_state: Optional[torch.Tensor] = None
 
     # ---- the loop -------------------------------------------------------------------------------------
@@ -230,6 +231,8 @@ class ContinualTrainer:
             "wall_time_s": p.setup_time + sum(p.phase_times),
             "steps": p.steps,
         }
+        if self.ranks_agree is not None:
+            metrics["ddp_weights_agree"] = self.ranks_agree
         ctx = FinalContext(self.stream, p.phase_end_steps, self.stream.train.images.device,
                            self.cfg.trainer.eval_batch_size)
         metrics.update(self.learner.final_metrics(ctx))
@@ -276,6 +279,16 @@ class _PhaseDriver(Callback):
             owner.progress.acc_init = owner.evaluate(trainer)  # b_j for forward transfer
         if not owner.progress.batches_into_phase:  # a resumed phase has had its start already
             owner.start_phase(self.phases[0])
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        """Under DDP, compare a checksum of the weights across ranks once per fit: anything that changes weights
+        outside DDP's gradient sync (a plugin fine-tuning on a buffer, say) must do it identically everywhere."""
+        if trainer.world_size == 1:
+            return
+        digest = sum((p.detach().double() * (i + 1)).sum() for i, p in enumerate(pl_module.parameters()))
+        everyone = trainer.strategy.all_gather(digest.reshape(1)).view(-1)
+        agree = bool(torch.allclose(everyone, everyone[0].expand_as(everyone), rtol=1e-9, atol=0.0))
+        self.owner.ranks_agree = agree and self.owner.ranks_agree is not False
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         at_boundary = self.current < len(self.boundaries) and batch_idx + 1 == self.boundaries[self.current]

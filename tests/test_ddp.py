@@ -20,6 +20,7 @@ def test_replay_under_ddp_matches_single_process(tmp_path):
     # Both ranks add the same gathered global batches with the same generator: identical buffers,
     # and identical to the single-process buffer (the union of the ranks' shards is the global batch).
     assert b["replay_ranks_agree"] is True
+    assert b["ddp_weights_agree"] is True and "ddp_weights_agree" not in a
     assert b["replay_buffer_digest"] == a["replay_buffer_digest"]
     assert b["replay_seen"] == a["replay_seen"] and b["steps"] == a["steps"]
     # Gradients are the mean of two 64-row halves instead of one 128-row mean: equal up to float rounding,
@@ -42,3 +43,19 @@ def test_ewc_with_facilitation_under_ddp(tmp_path):
     # facilitation counts are summed over ranks: the same number of new-task samples per phase
     assert len(b["facilitation"]["acc_at_iters"]) == 3
     assert b["facilitation"]["acc_at_iters"] == pytest.approx(a["facilitation"]["acc_at_iters"], abs=0.05)
+
+
+def test_pruning_plugin_under_ddp_keeps_ranks_identical(tmp_path):
+    """The pruning buffer is filled from the gathered global batch, so pruned + fine-tuned weights agree."""
+    job = ("fit", "bench/pmnist_naive", *QUICK, "stream.n_tasks=2", "model.hidden=[100,100]",
+           "plugins.pruning.sparsity=0.8", "plugins.pruning.capacity=500", "plugins.pruning.epochs=1")
+    single = run_cli(*job, f"run_dir={tmp_path / 'single'}")
+    ddp = run_cli(*job, "trainer.strategy=ddp", "trainer.devices=2", f"run_dir={tmp_path / 'ddp'}")
+    assert single.returncode == 0 and ddp.returncode == 0, ddp.stderr[-3000:]
+    a = json.loads((tmp_path / "single" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    # evaluation sums every rank's share of the test set: if the ranks' weights had drifted apart after
+    # pruning, the DDP accuracy would not track the single-process one
+    assert b["ddp_weights_agree"] is True  # fails when the ranks prune/fine-tune on different buffers
+    assert b["acc"] == pytest.approx(a["acc"], abs=0.015)
+    assert b["nonzero_params"] == a["nonzero_params"]

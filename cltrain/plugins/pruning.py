@@ -22,6 +22,7 @@ from torch.nn.utils import prune
 
 from cltrain.buffers import ReservoirBuffer
 from cltrain.config import choice
+from cltrain.plugins.sync import gather_rows
 from cltrain.plugins.base import PLUGINS, Plugin, PluginContext
 
 Masks = dict[str, torch.Tensor]  # parameter name -> bool mask (True: kept)
@@ -156,7 +157,10 @@ class Pruning(Plugin):
     def on_train_batch_end(self, trainer, pl_module, outputs: Any, batch, batch_idx: int) -> None:
         apply_masks(self._model(pl_module), self.masks)  # after the optimizer step: pruned weights stay zero
         new = slice(0, batch.n_new)
-        self.buffer.add(batch.x[new], batch.y[new], batch.t[new] if batch.t is not None else None)
+        # Every DDP rank adds the same gathered global batch: identical buffers, so the fine-tuning after
+        # pruning (outside DDP's gradient sync) leaves identical weights on every rank.
+        x, y, t = gather_rows(trainer, batch.x[new], batch.y[new], batch.t[new] if batch.t is not None else None)
+        self.buffer.add(x, y, t)
         when = self.cfg.when if self.cfg.when != "auto" else ("task_end" if batch.t is not None else "stream_end")
         if when == "stream_end" and batch_idx + 1 == trainer.num_training_batches:
             self.prune(pl_module)  # the plugin runs before the trainer's own callback evaluates the phase
