@@ -61,6 +61,11 @@ def resolve_components(cfg: ExperimentConfig) -> Components:
         schedule = learner_cls.schedule
     STREAMS.get(cfg.stream.name)
     DATASETS.get(cfg.stream.dataset)
+    t = cfg.trainer
+    several = (isinstance(t.devices, int) and t.devices > 1) or t.num_nodes > 1 or str(t.devices) == "-1"
+    if several and not learner_cls.supports_ddp:
+        raise ConfigError(f"learner.name={cfg.learner['name']!r} does not support several processes "
+                          f"(trainer.devices={t.devices}, trainer.num_nodes={t.num_nodes}); valid: trainer.devices=1")
     MODELS.get(cfg.model.name)
     return Components(learner_cls, method_cfg, plugin_cfgs, schedule)
 

@@ -32,6 +32,7 @@ OPTIMIZERS: dict[str, Callable[[Iterable[nn.Parameter], OptimConfig], torch.opti
 class Learner(pl.LightningModule):
     Config: ClassVar[Optional[type]] = None  # the method's typed options (the `learner:` section)
     schedule: ClassVar[Optional[str]] = None  # a rehearsal schedule the method requires (joint training)
+    supports_ddp: ClassVar[bool] = True  # False: the config check refuses multi-process strategies
 
     def __init__(self, model: nn.Module, optim: OptimConfig, method: Any = None,
                  class_mask: Optional[torch.Tensor] = None, model_factory: Optional[Callable[[], nn.Module]] = None):

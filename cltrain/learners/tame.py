@@ -96,6 +96,7 @@ def replace_head(model: nn.Module, n_out: int) -> nn.Module:
 
 @LEARNERS.register("tame")
 class TAME(Learner):
+    supports_ddp = False  # the expert pool grows during training, outside Lightning's DDP wrapper
     Config = TAMEConfig
 
     def __init__(self, model: nn.Module, *args, **kwargs):
