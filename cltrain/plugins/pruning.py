@@ -159,7 +159,8 @@ class Pruning(Plugin):
         new = slice(0, batch.n_new)
         # Every DDP rank adds the same gathered global batch: identical buffers, so the fine-tuning after
         # pruning (outside DDP's gradient sync) leaves identical weights on every rank.
-        x, y, t = gather_rows(trainer, batch.x[new], batch.y[new], batch.t[new] if batch.t is not None else None)
+        x, y, t = gather_rows(trainer, batch.x[new], batch.y[new], batch.t[new] if batch.t is not None else None,
+                              batch.n_global)
         self.buffer.add(x, y, t)
         when = self.cfg.when if self.cfg.when != "auto" else ("task_end" if batch.t is not None else "stream_end")
         if when == "stream_end" and batch_idx + 1 == trainer.num_training_batches:

@@ -45,7 +45,7 @@ class Replay(Plugin):
     def on_train_batch_end(self, trainer, pl_module, outputs: Any, batch: Batch, batch_idx: int) -> None:
         new = slice(0, batch.n_new)
         t = batch.t[new] if batch.t is not None else None
-        x, y, t = gather_rows(trainer, batch.x[new], batch.y[new], t)
+        x, y, t = gather_rows(trainer, batch.x[new], batch.y[new], t, batch.n_global)
         self.buffer.add(x, y, t)
 
     def on_train_end(self, trainer, pl_module) -> None:

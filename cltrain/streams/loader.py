@@ -18,15 +18,18 @@ from cltrain.streams.base import Stream
 class Batch:
     """A training batch. `t` (task ids) is None when the stream hides tasks from the learner.
 
-    Plugins may append samples (replay); `n_new` keeps how many of the rows came from the stream.
+    Plugins may append samples (replay); `n_new` keeps how many of the rows came from the stream, and
+    `n_global` how many rows the global batch has over all DDP ranks (this rank holds rows rank::world).
     Deliberately not a dataclass: Lightning deep-copies dataclass batches on every step while walking them for
     device transfer, and ours are created on the training device already.
     """
 
-    __slots__ = ("x", "y", "t", "n_new")
+    __slots__ = ("x", "y", "t", "n_new", "n_global")
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, t: Optional[torch.Tensor], n_new: int):
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, t: Optional[torch.Tensor], n_new: int,
+                 n_global: Optional[int] = None):
         self.x, self.y, self.t, self.n_new = x, y, t, n_new
+        self.n_global = n_new if n_global is None else n_global
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -107,17 +110,17 @@ class PhaseLoader:
                 if drawn >= segment.skip:
                     if drawn == segment.skip and segment.rng_state is not None:
                         torch.set_rng_state(segment.rng_state)
-                    rows = order[start:start + self.batch_size][self.rank::self.world_size]
-                    yield self._make(segment, rows)
+                    global_rows = order[start:start + self.batch_size]
+                    yield self._make(segment, global_rows[self.rank::self.world_size], global_rows.numel())
                 drawn += 1
             pass_no += 1
 
-    def _make(self, segment: Segment, rows: torch.Tensor) -> Batch:
+    def _make(self, segment: Segment, rows: torch.Tensor, n_global: int) -> Batch:
         base = segment.idx[rows]
         t = segment.task_ids[rows]
         x = self.stream.transform(self.stream.train.images[base], t)
         y = self.stream.train.labels[base]
-        return Batch(x, y, None if self.hide_task_ids else t, int(y.shape[0]))
+        return Batch(x, y, None if self.hide_task_ids else t, int(y.shape[0]), n_global)
 
     def __iter__(self) -> Iterator[Batch]:
         for segment in self.segments:
