@@ -62,7 +62,7 @@ class RunFolder:
             raise ConfigError(f"resume=true with a config that differs from the run's ({'; '.join(changed[:3])}); "
                               f"valid: the run's own config.yaml, changing only where it runs")
 
-    def save_checkpoint(self, state: dict[str, Any], phase: int, keep_all: bool = False) -> None:
+    def save_checkpoint(self, state: dict[str, Any], phase: int) -> None:
         """Write atomically (temp file + rename): a kill during the write leaves the previous checkpoint intact."""
         tmp = self.checkpoints / f".phase_{phase}.pt.tmp"
         torch.save(state, tmp)

@@ -144,10 +144,12 @@ class ContinualTrainer:
         p.next_phase = phase + 1
         p.batches_into_phase, p.phase_elapsed = 0, 0.0
         if self.rank == 0:
-            self.loggers.log_phase(phase, row, seen_average(np.array(p.rows), self.stream.order)[-1], p.steps)
+            seen = seen_average(np.array(p.rows), self.stream.order)[-1]
+            self.loggers.log_phase(phase, row, seen, p.steps)
             if self.cfg.trainer.checkpoint:
                 self.run.save_checkpoint(self.checkpoint_state(), phase)
-            self._report(phase, row, seconds)
+            print(f"[cltrain] phase {phase + 1}/{self.stream.n_phases} (task {self.stream.order[phase]}): "
+                  f"mean acc over seen tasks {seen:.4f} | {seconds:.1f} s", flush=True)
 
     def preempt(self, trainer: pl.Trainer, phase: int, batches_done: int, elapsed: float) -> None:
         """Checkpoint in the middle of a phase, requeue if SLURM asked for it, and stop the run."""
@@ -171,11 +173,6 @@ class ContinualTrainer:
         idx = task.train_idx[pick]
         segment = Segment(-1 - task_id, idx, torch.full_like(idx, task_id), -(-idx.numel() // batch_size))
         return PhaseLoader(self.stream, [segment], batch_size, self.cfg.seed)
-
-    def _report(self, phase: int, row: list[float], seconds: float) -> None:
-        seen = seen_average(np.array(self.progress.rows), self.stream.order)[-1]
-        print(f"[cltrain] phase {phase + 1}/{self.stream.n_phases} (task {self.stream.order[phase]}): "
-              f"mean acc over seen tasks {seen:.4f} | {seconds:.1f} s", flush=True)
 
     # ---- evaluation -----------------------------------------------------------------------------------
     @torch.no_grad()

@@ -56,8 +56,8 @@ def recurring(tmp_path_factory):
     saved = {}
     original = RunFolder.save_checkpoint
 
-    def save_and_keep(self, state, phase, keep_all=False):
-        original(self, state, phase, keep_all)
+    def save_and_keep(self, state, phase):
+        original(self, state, phase)
         if phase == 1:
             saved["phase1"] = self.path / "checkpoints" / "phase1.pt"
             shutil.copy(self.last_checkpoint, saved["phase1"])
