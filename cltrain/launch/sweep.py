@@ -22,14 +22,14 @@ from cltrain.launch.grid import Point, expand
 from cltrain.launch.launchers import LAUNCHERS, point_state
 
 
-def plan(experiment: str, overrides: list[str], sweep_dir: str | None) -> tuple[Path, list[Point], ExperimentConfig]:
+def plan(experiment: str, overrides: list[str]) -> tuple[Path, list[Point], ExperimentConfig]:
     """Expand the grid and validate every point's config before anything is written or submitted."""
     rest = [o for o in overrides if not o.startswith("run_dir=")]
     given = [o.split("=", 1)[1] for o in overrides if o.startswith("run_dir=")]
     points = expand(rest)
     configs = [load_config(experiment, p.overrides) for p in points]
-    root = Path(sweep_dir or (given[0] if given else Path("runs") / "sweeps" / configs[0].name /
-                              time.strftime("%Y%m%d-%H%M%S"))).resolve()
+    root = Path(given[0] if given else Path("runs") / "sweeps" / configs[0].name /
+                time.strftime("%Y%m%d-%H%M%S")).resolve()
     return root, points, configs[0]
 
 
@@ -69,7 +69,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return status(Path(args.status))
     if not args.experiment:
         raise ConfigError("cltrain sweep needs an EXPERIMENT (or --status DIR)")
-    root, points, cfg = plan(args.experiment, args.overrides, None)
+    root, points, cfg = plan(args.experiment, args.overrides)
     launcher = LAUNCHERS.get(args.launcher)(root, args.experiment, points, cfg)
     if args.dry_run:
         print(launcher.describe())
