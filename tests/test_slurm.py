@@ -66,7 +66,8 @@ def test_array_sweep_completes_every_point(slurm, tmp_path):
 
 
 def test_requeued_job_resumes_and_matches_an_uninterrupted_run(slurm, tmp_path):
-    longer = ["stream.n_tasks=3", "stream.train_per_task=6000", "trainer.epochs_per_task=5"]  # ~5 s a phase
+    # ~5 s a phase on 2 cores: the requeue (sent when phase 1 has ended) must land while phases 2-4 still run
+    longer = ["stream.n_tasks=4", "stream.train_per_task=20000", "trainer.epochs_per_task=5"]
     reference = tmp_path / "reference"
     assert run_cli("fit", "bench/pmnist_naive", *SHORT, *longer, f"run_dir={reference}").returncode == 0
 
@@ -74,10 +75,12 @@ def test_requeued_job_resumes_and_matches_an_uninterrupted_run(slurm, tmp_path):
     meta = sweep(root, *longer)
     job = meta["slurm_job_id"]
     log = lambda: "".join(p.read_text() for p in (root / "logs").glob("*.out"))  # noqa: E731
-    wait_for(lambda: "phase 1/3" in log(), 300, "phase 1 of the job")
+    run = Path(meta["points"][0]["run_dir"])
+    wait_for(lambda: "phase 1/4" in log(), 300, "phase 1 of the job")
     requeue = subprocess.run(["scontrol", "requeue", f"{job}_0"], capture_output=True, text=True)
     assert requeue.returncode == 0, requeue.stderr
-    run = Path(meta["points"][0]["run_dir"])
+    # scontrol also requeues a finished job, which would then only print "already done": not what we test
+    assert not (run / "metrics.json").exists(), "the job finished before the requeue; make it longer"
     wait_for(lambda: "restart 1" in log(), 200, "the job to come back from the queue")
     wait_for(lambda: (run / "metrics.json").exists(), 400, "the requeued job to finish")
     text = log()

@@ -98,9 +98,9 @@ cd {shlex.quote(os.getcwd())}
 LINE=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {shlex.quote(str(self.root / 'points.tsv'))})
 RUN=${{LINE%%$'\\t'*}}
 eval "OVERRIDES=(${{LINE#*$'\\t'}})"
-if [ -f "$RUN/metrics.json" ]; then echo "already done: $RUN"; exit 0; fi
 RESUME=false; [ -f "$RUN/checkpoints/last.pt" ] && RESUME=true
 echo "[$(date '+%F %T')] task $SLURM_ARRAY_TASK_ID, restart ${{SLURM_RESTART_COUNT:-0}}, resume=$RESUME"
+if [ -f "$RUN/metrics.json" ]; then echo "already done: $RUN"; exit 0; fi
 srun {shlex.quote(sys.executable)} -m cltrain.cli fit {shlex.quote(self.experiment)} "${{OVERRIDES[@]}}" \\
     run_dir="$RUN" resume=$RESUME
 code=$?
