@@ -67,9 +67,7 @@ class ReservoirBuffer:
         if self.x is None:
             return 0.0
         n = len(self)
-        weights = torch.arange(1, n + 1, dtype=torch.float64, device=self.y.device)
-        rows = self.x[:n].reshape(n, -1).double().sum(1) + self.y[:n].double() * 1e3 + self.t[:n].double()
-        return float((rows * weights).sum())
+        return rows_digest(self.x[:n], self.y[:n], self.t[:n])
 
     def state_dict(self) -> dict:
         return {"capacity": self.capacity, "seen": self.seen, "generator": self.generator.get_state(),
@@ -79,3 +77,11 @@ class ReservoirBuffer:
         self.capacity, self.seen = state["capacity"], state["seen"]
         self.generator.set_state(state["generator"])
         self.x, self.y, self.t = state["x"], state["y"], state["t"]
+
+
+def rows_digest(x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> float:
+    """An order-sensitive checksum of (x, y, t) rows: equal contents give equal numbers on every process."""
+    n = len(y)
+    weights = torch.arange(1, n + 1, dtype=torch.float64, device=y.device)
+    rows = x.reshape(n, -1).double().sum(1) + y.double() * 1e3 + t.double()
+    return float((rows * weights).sum())

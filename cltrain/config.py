@@ -91,6 +91,13 @@ class TrainerConfig:
     progress_bar: bool = True
     checkpoint: bool = True  # save a checkpoint after each phase (needed for resume)
 
+    @property
+    def several_processes(self) -> bool:
+        """Does this ask for more than one training process (devices > 1, all devices, several nodes)?"""
+        d = self.devices
+        return (isinstance(d, int) and d > 1) or str(d) == "-1" or isinstance(d, (list, tuple)) and len(d) > 1 \
+            or self.num_nodes > 1
+
 
 @dataclass
 class WandbConfig:

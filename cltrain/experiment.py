@@ -20,6 +20,7 @@ import cltrain.nn  # noqa: F401
 import cltrain.plugins  # noqa: F401
 import cltrain.streams  # noqa: F401
 from cltrain.config import ExperimentConfig, component_config
+from cltrain.distributed import SELF_SYNC_STRATEGIES
 from cltrain.errors import ConfigError
 from cltrain.learners.base import LEARNERS, Learner
 from cltrain.nn.registry import MODELS
@@ -62,10 +63,10 @@ def resolve_components(cfg: ExperimentConfig) -> Components:
     STREAMS.get(cfg.stream.name)
     DATASETS.get(cfg.stream.dataset)
     t = cfg.trainer
-    several = (isinstance(t.devices, int) and t.devices > 1) or t.num_nodes > 1 or str(t.devices) == "-1"
-    if several and not learner_cls.supports_ddp:
-        raise ConfigError(f"learner.name={cfg.learner['name']!r} does not support several processes "
-                          f"(trainer.devices={t.devices}, trainer.num_nodes={t.num_nodes}); valid: trainer.devices=1")
+    if t.several_processes and learner_cls.syncs_own_gradients and t.strategy not in SELF_SYNC_STRATEGIES:
+        raise ConfigError(f"learner.name={cfg.learner['name']!r} syncs its own gradients and runs several "
+                          f"processes only with plain DDP; trainer.strategy={t.strategy!r} "
+                          f"(valid: {', '.join(SELF_SYNC_STRATEGIES)})")
     MODELS.get(cfg.model.name)
     return Components(learner_cls, method_cfg, plugin_cfgs, schedule)
 

@@ -19,6 +19,8 @@ from typing import Optional
 
 import torch
 
+from cltrain.buffers import rows_digest
+
 
 def water_fill_quota(counts: torch.Tensor, capacity: int) -> torch.Tensor:
     """The largest q with sum(min(counts, q)) <= capacity (a 0-dim tensor; counts is 1-D, non-empty)."""
@@ -125,6 +127,10 @@ class PriorityBuffer:
             raise ValueError("the buffer is empty")
         held = torch.nonzero(self.group >= 0, as_tuple=True)[0]
         return self.x[held], self.y[held], self.tag[held]
+
+    def digest(self) -> float:
+        """A checksum of the held samples and their tags (to compare buffers across DDP ranks)."""
+        return rows_digest(*self.contents()) if self.x is not None else 0.0
 
     def group_counts(self) -> dict[int, int]:
         g, c = torch.unique(self.group[self.group >= 0], return_counts=True)

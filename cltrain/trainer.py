@@ -20,6 +20,7 @@ import torch
 from pytorch_lightning import Callback
 
 from cltrain.config import ExperimentConfig, to_yaml
+from cltrain.distributed import SelfSyncDDPStrategy, module_digest, ranks_agree
 from cltrain.learners.base import FinalContext, Learner
 from cltrain.loggers import RunLoggers
 from cltrain.metrics import seen_average, summary
@@ -56,7 +57,7 @@ class ContinualTrainer:
         self.progress = Progress()
         self.loggers: Optional[RunLoggers] = None
         self._placed = False
-        self.rank = 0
+        self.rank, self.world_size = 0, 1
         self.watcher = PreemptionWatcher()
         self.ranks_agree: Optional[bool] = None  # DDP: did every rank end every fit with the same weights?
         self._rng_state: Optional[torch.Tensor] = None
@@ -81,11 +82,18 @@ class ContinualTrainer:
     def _pl_trainer(self, callbacks: list[Callback]) -> pl.Trainer:
         t = self.cfg.trainer
         return pl.Trainer(
-            max_epochs=1, accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
+            max_epochs=1, accelerator=t.accelerator, devices=t.devices, strategy=self._strategy(),
+            num_nodes=t.num_nodes,
             precision=t.precision, logger=self.loggers.lightning, callbacks=callbacks,
             enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=t.progress_bar,
             num_sanity_val_steps=0, use_distributed_sampler=False, log_every_n_steps=50,
         )
+
+    def _strategy(self) -> str | SelfSyncDDPStrategy:
+        t = self.cfg.trainer
+        if self.learner.syncs_own_gradients and t.several_processes:
+            return SelfSyncDDPStrategy()  # the config check allowed only auto/ddp here
+        return t.strategy
 
     def _fit_phases(self, phases: list[int]) -> None:
         phase_start = time.perf_counter() - self.progress.phase_elapsed
@@ -104,7 +112,7 @@ class ContinualTrainer:
 
     def _place(self, trainer: pl.Trainer) -> None:
         """Move the stream's arrays to the training device once per run (not per phase)."""
-        self.rank = trainer.global_rank
+        self.rank, self.world_size = trainer.global_rank, trainer.world_size
         if trainer.world_size > 1 and trainer.strategy.root_device.type == "cpu":
             # Several processes on one machine's cores: more threads than cores makes torch's OpenMP workers
             # spin against each other (10-100x slower), so each process takes its share of the cores.
@@ -231,7 +239,7 @@ class ContinualTrainer:
         if self.ranks_agree is not None:
             metrics["ddp_weights_agree"] = self.ranks_agree
         ctx = FinalContext(self.stream, p.phase_end_steps, self.stream.train.images.device,
-                           self.cfg.trainer.eval_batch_size)
+                           self.cfg.trainer.eval_batch_size, self.rank, self.world_size)
         metrics.update(self.learner.final_metrics(ctx))
         for plugin in self.plugins.values():
             metrics.update(plugin.final_metrics(ctx))
@@ -282,9 +290,7 @@ class _PhaseDriver(Callback):
         outside DDP's gradient sync (a plugin fine-tuning on a buffer, say) must do it identically everywhere."""
         if trainer.world_size == 1:
             return
-        digest = sum((p.detach().double() * (i + 1)).sum() for i, p in enumerate(pl_module.parameters()))
-        everyone = trainer.strategy.all_gather(digest.reshape(1)).view(-1)
-        agree = bool(torch.allclose(everyone, everyone[0].expand_as(everyone), rtol=1e-9, atol=0.0))
+        agree = ranks_agree([module_digest(pl_module)], pl_module.device, rtol=1e-9)
         self.owner.ranks_agree = agree and self.owner.ranks_agree is not False
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:

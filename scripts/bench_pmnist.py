@@ -9,7 +9,6 @@ times, their ratio and both ACCs.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import tempfile

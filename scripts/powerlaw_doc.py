@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cltrain.report import find_runs, group_runs, markdown, mean_sd, summarise
+from cltrain.report import mean_sd
 
 PAPER_V3 = {  # class-incremental final accuracy, 5 seeds (spec: shared/docs/methods/powerlaw.md)
     "powerlaw": 0.959, "uniform": 0.965, "joint": 0.978,

@@ -11,7 +11,6 @@ so the script can be stopped and restarted at any time.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -23,7 +22,6 @@ sys.path.insert(0, str(REPO))
 from cltrain.cli import _quiet_lightning  # noqa: E402
 from cltrain.config import load_config  # noqa: E402
 from cltrain.experiment import run_experiment  # noqa: E402
-from cltrain.report import find_runs, group_runs, markdown, mean_sd, summarise  # noqa: E402
 
 CONDITIONS = {  # the paper's comparison on permuted MNIST: environment x learner
     "none": ["stream.schedule=none"],

@@ -11,6 +11,15 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("CLTRAIN_DATA") or REPO.parent / "shared" / "data")
 
+# Split MNIST in 2 tasks ({0..4}, {5..9}) met in the order 0, 1, 0: task 0 recurs. 2,000 images per task,
+# 6 epochs (96 batches per phase); a window of 30 losses (the paper's 100 assumes ~4,700 batches per task).
+TAME_RECURRING = [
+    "stream.n_tasks=2", "stream.order=[0,1,0]", "stream.train_per_task=2000", "stream.test_per_task=500",
+    "trainer.epochs_per_task=6", "learner.window=30", "learner.selector_capacity=1000",
+    "learner.prune_capacity=1000", "learner.expert_prune_epochs=3", "learner.selector_epochs=8",
+    "learner.eval_selector_epochs=3", "trainer.progress_bar=false", "logger.wandb.mode=disabled",
+]
+
 # A short real run: 3 permuted-MNIST tasks, 2,000 training / 500 test images each.
 QUICK = [
     "stream.n_tasks=3", "stream.train_per_task=2000", "stream.test_per_task=500",

@@ -29,7 +29,7 @@ def test_reservoir_keeps_a_uniform_sample():
 
 def test_batched_insertion_equals_one_at_a_time():
     """Collisions inside a batch resolve as sequential insertion would: the later row wins."""
-    a, b = ReservoirBuffer(8, seed=3), ReservoirBuffer(8, seed=3)
+    a = ReservoirBuffer(8, seed=3)
     data = torch.arange(100)
     for start in range(0, 100, 25):
         a.add(data[start:start + 25, None].float(), data[start:start + 25])

@@ -60,10 +60,10 @@ def test_bad_values_exit_2_with_the_valid_choices(tmp_path, capsys):
         ("bench/pmnist_naive", "plugins.dropout.p=1", "replay"),
         ("bench/pmnist_naive", "stream.order=[0,0,1]", "covering 0..9"),
         ("bench/pmnist_naive", "seed", "key=value"),
-        ("tame/split_mnist", "trainer.devices=2", "does not support several processes"),
+        ("tame/split_mnist", "trainer.devices=2 trainer.strategy=ddp_spawn", "valid: auto, ddp"),
     ]
     for experiment, override, expected in cases:
-        code = main(["fit", experiment, override, f"run_dir={tmp_path}/r"])
+        code = main(["fit", experiment, *override.split(" "), f"run_dir={tmp_path}/r"])
         err = capsys.readouterr().err.strip()
         assert code == 2, (override, err)
         assert len(err.splitlines()) == 1 and expected in err, (override, err)

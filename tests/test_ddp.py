@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from conftest import QUICK, run_cli
+from conftest import QUICK, TAME_RECURRING, run_cli
 
 # 2,001 images: the last batch of each pass has 81 rows, split 41/40 between the ranks (the ragged case).
 JOB = ("fit", "bench/pmnist_replay", *QUICK, "stream.train_per_task=2001", "plugins.replay.capacity=300",
@@ -33,8 +33,9 @@ def test_replay_under_ddp_matches_single_process(tmp_path):
 
 
 def test_ewc_with_facilitation_under_ddp(tmp_path):
-    """Task hooks (EWC's Fisher) and a plugin that reduces counts across ranks, under DDP."""
-    job = ("fit", "bench/pmnist_ewc", *QUICK, "model.hidden=[100,100]", "plugins.facilitation.window=5")
+    """Task hooks (EWC's Fisher) and plugins that reduce across ranks (facilitation, detection), under DDP."""
+    job = ("fit", "bench/pmnist_ewc", *QUICK, "model.hidden=[100,100]", "plugins.facilitation.window=5",
+           "trainer.epochs_per_task=3", "plugins.detection.window=20", "plugins.detection.min_window=10")
     single = run_cli(*job, f"run_dir={tmp_path / 'single'}")
     ddp = run_cli(*job, "trainer.strategy=ddp", "trainer.devices=2", f"run_dir={tmp_path / 'ddp'}")
     assert single.returncode == 0 and ddp.returncode == 0, ddp.stderr[-3000:]
@@ -44,6 +45,11 @@ def test_ewc_with_facilitation_under_ddp(tmp_path):
     # facilitation counts are summed over ranks: the same number of new-task samples per phase
     assert len(b["facilitation"]["acc_at_iters"]) == 3
     assert b["facilitation"]["acc_at_iters"] == pytest.approx(a["facilitation"]["acc_at_iters"], abs=0.05)
+    # the detector watches the global batch's loss: both ranks raise the same alarms as the single process
+    # (the EMA rule misses the first boundary here, where the window still holds a steeply falling loss)
+    assert b["detection_ranks_agree"] is True
+    assert b["detection_events"] == a["detection_events"] and len(a["detection_events"]) >= 1
+    assert b["detection_false"] == a["detection_false"] == 0
 
 
 def test_pruning_plugin_under_ddp_keeps_ranks_identical(tmp_path):
@@ -60,3 +66,22 @@ def test_pruning_plugin_under_ddp_keeps_ranks_identical(tmp_path):
     assert b["ddp_weights_agree"] is True  # fails when the ranks prune/fine-tune on different buffers
     assert b["acc"] == pytest.approx(a["acc"], abs=0.015)
     assert b["nonzero_params"] == a["nonzero_params"]
+
+
+def test_tame_under_ddp_takes_the_single_process_decisions(tmp_path):
+    """TAME's pool grows during training: losses summed over ranks, gathered buffers, hand-averaged gradients."""
+    job = ("fit", "tame/split_mnist", *TAME_RECURRING)
+    single = run_cli(*job, f"run_dir={tmp_path / 'single'}")
+    ddp = run_cli(*job, "trainer.strategy=ddp", "trainer.devices=2", f"run_dir={tmp_path / 'ddp'}")
+    assert single.returncode == 0 and ddp.returncode == 0, ddp.stderr[-3000:]
+    assert "MEMBER: 2/2" in ddp.stderr + ddp.stdout
+    a = json.loads((tmp_path / "single" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    # the ranks agree with each other: buffers, decisions, and the experts as trained (before any broadcast)
+    assert b["tame_ranks_agree"] is True and b["ddp_weights_agree"] is True
+    # ...and with the single process: the same spawn and switch-back at the same batches
+    assert b["shift_events"] == a["shift_events"] and len(a["shift_events"]) == 2
+    assert b["task_to_expert"] == a["task_to_expert"] and b["n_experts"] == a["n_experts"] == 2
+    # gradients of two half-batch means vs one mean: float rounding, amplified a little by training
+    assert b["strict_acc"] == pytest.approx(a["strict_acc"], abs=0.03)
+    assert b["routing_acc"] == pytest.approx(a["routing_acc"], abs=0.03)

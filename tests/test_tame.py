@@ -4,6 +4,7 @@ import shutil
 import pytest
 import torch
 
+from conftest import TAME_RECURRING as RECURRING
 from cltrain.config import OptimConfig, load_config
 from cltrain.experiment import run_experiment
 from cltrain.learners.base import LEARNERS
@@ -15,14 +16,6 @@ from cltrain.run import RunFolder
 from cltrain.streams.base import STREAMS
 from cltrain.streams.loader import PhaseLoader, Segment
 
-# Split MNIST in 2 tasks ({0..4}, {5..9}) met in the order 0, 1, 0: task 0 recurs. 2,000 images per task,
-# 6 epochs (96 batches per phase); a window of 30 losses (the paper's 100 assumes ~4,700 batches per task).
-RECURRING = [
-    "stream.n_tasks=2", "stream.order=[0,1,0]", "stream.train_per_task=2000", "stream.test_per_task=500",
-    "trainer.epochs_per_task=6", "learner.window=30", "learner.selector_capacity=1000",
-    "learner.prune_capacity=1000", "learner.expert_prune_epochs=3", "learner.selector_epochs=8",
-    "learner.eval_selector_epochs=3", "trainer.progress_bar=false", "logger.wandb.mode=disabled",
-]
 TIMING = {"wall_time_s", "phase_wall_time_s", "detection_plot"}
 
 

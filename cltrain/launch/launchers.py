@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cltrain.config import ExperimentConfig
-from cltrain.errors import CltrainError, ConfigError
+from cltrain.errors import CltrainError
 from cltrain.launch.grid import Point
 from cltrain.registry import Registry
 

@@ -32,7 +32,10 @@ OPTIMIZERS: dict[str, Callable[[Iterable[nn.Parameter], OptimConfig], torch.opti
 class Learner(pl.LightningModule):
     Config: ClassVar[Optional[type]] = None  # the method's typed options (the `learner:` section)
     schedule: ClassVar[Optional[str]] = None  # a rehearsal schedule the method requires (joint training)
-    supports_ddp: ClassVar[bool] = True  # False: the config check refuses multi-process strategies
+    # True: the learner all-reduces its own gradients (cltrain.distributed), so under DDP the trainer runs it
+    # without Lightning's DistributedDataParallel wrapper (a module set that grows while training cannot be
+    # wrapped once). Only plain `ddp` offers that, so other multi-process strategies are refused at config time.
+    syncs_own_gradients: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module, optim: OptimConfig, method: Any = None,
                  class_mask: Optional[torch.Tensor] = None, model_factory: Optional[Callable[[], nn.Module]] = None):
@@ -121,6 +124,8 @@ class FinalContext:
     phase_end_steps: list[int]  # global optimizer step count at the end of each phase (true boundaries)
     device: torch.device
     eval_batch_size: int
+    rank: int = 0  # under DDP: split evaluation work with eval_batches(..., rank, world_size) + all_sum
+    world_size: int = 1
 
 
 # name -> Learner subclass. One file per method registers itself here.

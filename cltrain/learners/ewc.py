@@ -6,7 +6,7 @@ log-likelihood of the true label, computed with torch.func (vmap over samples, n
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch

@@ -15,6 +15,12 @@ At test time `predict(x, None)` routes each sample to one expert (hard routing).
 The learner takes no task ids and no boundaries: the control flow depends on the losses alone. That control flow
 needs the losses on the host, so each step reads back one small vector (all experts' losses) — one sync per
 step, inherent to the method; everything else stays on the device.
+
+Under DDP every rank takes the same decisions because it sees the same numbers: the experts' losses are summed
+over the ranks' shards (one all-reduce of E+1 numbers), the buffers are filled with the gathered global batch,
+the active expert's gradients are averaged by hand (experts are created during training, so Lightning's DDP
+wrapper cannot hold them; see cltrain.distributed.SelfSyncDDPStrategy), and whatever a rank builds or
+fine-tunes on its own (a spawned expert, a pruned one, the selector) is overwritten with rank 0's copy.
 """
 from __future__ import annotations
 
@@ -31,6 +37,8 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from cltrain.config import choice
+from cltrain.distributed import (all_sum, average_gradients, broadcast_module, from_rank0, gather_rows,
+                                 module_digest, ranks_agree, world_size)
 from cltrain.learners.base import LEARNERS, Learner
 from cltrain.plugins.detection import DetectorConfig, build_detector, score_detections, true_shifts
 from cltrain.plugins.pruning import Masks, apply_masks, count_params, finetune, prune_and_finetune, weight_sparsity
@@ -96,7 +104,7 @@ def replace_head(model: nn.Module, n_out: int) -> nn.Module:
 
 @LEARNERS.register("tame")
 class TAME(Learner):
-    supports_ddp = False  # the expert pool grows during training, outside Lightning's DDP wrapper
+    syncs_own_gradients = True  # the expert pool grows during training, outside any DDP wrapper
     Config = TAMEConfig
 
     def __init__(self, model: nn.Module, *args, **kwargs):
@@ -127,6 +135,7 @@ class TAME(Learner):
         self._pending_opt_states: Optional[list] = None
         self._eval_selector: tuple[Any, Optional[nn.Module]] = (None, None)
         self._template: Optional[tuple[nn.Module]] = None
+        self._trained_digest: Optional[float] = None
 
     @staticmethod
     def _n_outputs(model: nn.Module) -> int:
@@ -160,6 +169,7 @@ class TAME(Learner):
 
     def _spawn(self) -> int:
         expert = self.model_factory().to(self.device)
+        broadcast_module(expert)  # DDP: rank 0's initialisation everywhere
         self.experts.append(expert)
         self._opts.append(self._new_optimizer(expert))
         self.detectors.append(build_detector(self.detector_cfg, self.init_loss))
@@ -183,6 +193,20 @@ class TAME(Learner):
         losses = self.expert_loss(logits.flatten(0, 1), y.repeat(len(experts)), reduction="none")
         return losses.view(len(experts), -1).mean(1)
 
+    def global_scores(self, x: torch.Tensor, y: torch.Tensor,
+                      experts: Optional[list[int]] = None) -> tuple[list[float], int]:
+        """Mean losses of the experts (all, or those listed) on the global batch, and its row count.
+
+        Single process: the local batch is the global one. DDP: per-rank sums and row counts are added up in
+        one all-reduce, so every rank gets the same numbers (and takes the same decisions on them).
+        """
+        local = self.score_experts(x, y) if experts is None else \
+            torch.tensor([self._loss_of(j, x, y) for j in experts], device=x.device)
+        if world_size() == 1:
+            return local.tolist(), len(y)
+        total = all_sum(torch.cat([local.double() * len(y), local.new_tensor([len(y)], dtype=torch.float64)]))
+        return (total[:-1] / total[-1]).tolist(), int(total[-1])
+
     @torch.no_grad()
     def _loss_of(self, j: int, x: torch.Tensor, y: torch.Tensor) -> float:
         expert = self.experts[j]
@@ -197,29 +221,26 @@ class TAME(Learner):
         return torch.tensor([self._loss_of(j, x, y) for j in range(len(self.experts))])
 
     # ---- the step ---------------------------------------------------------------------------------------
-    def on_fit_start(self) -> None:
-        if self.trainer.world_size > 1:
-            raise RuntimeError("TAME's expert pool is decided step by step on one process; run it with "
-                               "trainer.devices=1 (DDP is not supported for this learner)")
-
     def configure_optimizers(self):
         return None  # manual optimization: one optimizer per expert, created with the expert
 
     def training_step(self, batch: Batch, batch_idx: int) -> dict[str, Any]:
         self._ensure_optimizers()
         x, y = batch.x, batch.y
-        losses = self.score_experts(x, y).tolist()  # the one host read-back of the step
+        losses, rows = self.global_scores(x, y)  # the one host read-back of the step
         shift = self.detectors[self.active].fires(losses[self.active])
         if shift:
             loss = self._on_shift(losses, x, y)
         else:
             loss = losses[self.active]
         self.detectors[self.active].observe(loss)
-        self._train_active(x, y)
+        self._train_active(x, y, len(y) / rows)
         self._fill_buffers(batch)
         self._record(loss)
         self.step += 1
         if batch_idx + 1 == self.trainer.num_training_batches:
+            # DDP check: the experts as trained, before _finalize's broadcasts would hide any disagreement
+            self._trained_digest = module_digest(self.experts)
             self._finalize()  # the stream ended (not a task boundary: there is no more data at all)
         return {"loss": torch.tensor(loss), "shift": shift}
 
@@ -233,22 +254,25 @@ class TAME(Learner):
             self.active, kind = candidates[0], "recur"
         elif len(self.experts) < self.method.max_experts:
             self.active, kind = self._spawn(), "spawn"
-            losses = losses + [self._loss_of(self.active, x, y)]
+            losses = losses + self.global_scores(x, y, [self.active])[0]
         else:
             self.active, kind = int(np.argmin(losses)), "reuse"
         self.events.append({"step": self.step, "from": old, "to": self.active, "kind": kind})
         return losses[self.active]
 
-    def _train_active(self, x: torch.Tensor, y: torch.Tensor) -> None:
+    def _train_active(self, x: torch.Tensor, y: torch.Tensor, share: float) -> None:
+        """One step of the active expert; `share`: this rank's fraction of the global batch's rows."""
         expert, opt = self.experts[self.active], self._opts[self.active]
         expert.train()
         opt.zero_grad(set_to_none=True)
         self.manual_backward(self.train_loss(expert(x), y))
+        average_gradients(list(expert.parameters()), share)
         opt.step()
         apply_masks(expert, self.masks[self.active])  # a pruned expert that trains again stays sparse
 
     def _fill_buffers(self, batch: Batch) -> None:
-        x, y = batch.x[: batch.n_new], batch.y[: batch.n_new]
+        # DDP: every rank adds the same gathered global batch, so the buffers (and what is trained on them) agree
+        x, y, _ = gather_rows(self.trainer, batch.x[: batch.n_new], batch.y[: batch.n_new], None, batch.n_global)
         expert = torch.full_like(y, self.active)
         n_out = self._n_outputs(self.experts[0])
         group = expert * n_out + y if self.method.selector_balance == "expert_class" else y
@@ -271,9 +295,10 @@ class TAME(Learner):
         self.masks[j] = prune_and_finetune(self.experts[j], x, y, c.expert_sparsity, c.expert_prune_epochs,
                                            c.expert_prune_lr, c.batch_size, seed, loss_fn=self.train_loss,
                                            rounds=c.expert_prune_rounds)
+        broadcast_module(self.experts[j])
         after = self._buffer_loss(j, x, y)
         # The frozen threshold was measured on the dense expert; a returning task is judged on the pruned one.
-        self.detectors[j].rebase(after - before)
+        self.detectors[j].rebase(from_rank0(after - before, self.device))
         self._opts[j] = self._new_optimizer(self.experts[j])  # stale momentum would push pruned weights back
         self.prune_log.append({"step": self.step, "expert": j, "samples": len(y), "loss_before": before,
                                "loss_after": after, "weight_sparsity": weight_sparsity(self.experts[j])})
@@ -315,6 +340,8 @@ class TAME(Learner):
         self._prune_expert(self.active)
         self.selector, self.selector_masks = self._train_selector(self.method.selector_epochs,
                                                                   self.method.selector_sparsity, self.seed + 4242)
+        if self.selector is not None:
+            broadcast_module(self.selector)
         self.finalized = True
 
     def current_selector(self) -> Optional[nn.Module]:
@@ -424,18 +451,19 @@ class TAME(Learner):
         local = torch.zeros(stream.n_classes, dtype=torch.long, device=ctx.device)  # class -> index in its task
         for task in stream.tasks:
             local[task.classes] = torch.arange(len(task.classes), device=ctx.device)
-        counts = np.zeros((len(stream.tasks), 4))  # correct, strict, lenient, routed right
-        n = np.zeros(len(stream.tasks))
+        # per task: correct, strict, lenient, routed right, samples (each DDP rank scores its share; summed)
+        counts = torch.zeros(len(stream.tasks), 5, dtype=torch.float64, device=ctx.device)
         for task in stream.tasks:
-            for x, y in eval_batches(stream, task.id, ctx.eval_batch_size):
+            for x, y in eval_batches(stream, task.id, ctx.eval_batch_size, ctx.rank, ctx.world_size):
                 preds, routes = self.predict_routed(x)
                 right_expert = routes == owners.get(task.id, -1)
                 correct = preds == y
-                counts[task.id] += [int(correct.sum()), int((correct & right_expert).sum()),
-                                    int((local[preds] == local[y]).sum()), int(right_expert.sum())]
-                n[task.id] += len(y)
+                counts[task.id] += torch.stack([correct.sum(), (correct & right_expert).sum(),
+                                                (local[preds] == local[y]).sum(), right_expert.sum(),
+                                                torch.tensor(len(y), device=ctx.device)]).double()
+        counts = all_sum(counts).cpu().numpy()
         seen = sorted(set(stream.order))
-        acc = counts[seen] / n[seen, None]
+        acc = counts[seen, :4] / counts[seen, 4:]
         expert_tot = [count_params(e) for e in self.experts]
         sel_tot = count_params(self.selector) if self.selector is not None else (0, 0)
         shifts = true_shifts(ctx.phase_end_steps, stream.order)
@@ -453,4 +481,15 @@ class TAME(Learner):
             "selector_weight_sparsity": weight_sparsity(self.selector) if self.selector is not None else None,
             "shift_events": self.events, "prune_log": self.prune_log,
             **{f"tame_{k}": v for k, v in det.items() if k != "true_shifts"}, "true_shifts": shifts,
+            **self._ranks_agree(ctx),
         }
+
+    def _ranks_agree(self, ctx) -> dict[str, bool]:
+        """DDP: did every rank take the same decisions, fill the same buffers and train the same experts?"""
+        if ctx.world_size == 1:
+            return {}
+        mine = [self.sel_buffer.digest(), self.prune_buffer.digest(), float(self.step), float(len(self.events)),
+                float(sum(e["step"] * (e["to"] + 1) for e in self.events))]
+        if self._trained_digest is not None:  # None after resuming a finished stream
+            mine.append(self._trained_digest)
+        return {"tame_ranks_agree": ranks_agree(mine, ctx.device, rtol=1e-9)}

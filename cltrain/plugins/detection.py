@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from cltrain.config import choice
+from cltrain.distributed import all_sum, ranks_agree, world_size
 from cltrain.plugins.base import PLUGINS, Plugin, PluginContext
 from cltrain.registry import Registry
 
@@ -290,7 +291,9 @@ class Detection(Plugin):
     """Runs a detector over the training loss of any learner; reports events, delays, misses, false alarms.
 
     After an alarm the detector restarts from the alarming loss (the learner keeps training one network,
-    so the new task's loss level becomes the reference).
+    so the new task's loss level becomes the reference). Under DDP it watches the global batch's loss (the
+    ranks' losses weighted by their rows, one tiny all-reduce per step that stays on the device), so every
+    rank raises the same alarms.
     """
 
     Config = DetectionPluginConfig
@@ -309,7 +312,12 @@ class Detection(Plugin):
             return
         if self.cfg.source == "learner" and isinstance(outputs, dict) and bool(outputs.get("shift", False)):
             self.events.append(len(self.losses) + len(self._pending))
-        self._pending.append(loss.detach().float().reshape(()))
+        loss = loss.detach().float().reshape(())
+        if world_size() > 1:
+            rows = float(len(batch))
+            total = all_sum(torch.stack([loss * rows, loss.new_tensor(rows)]))
+            loss = total[0] / total[1]
+        self._pending.append(loss)
         if len(self._pending) >= self.cfg.flush_every:
             self.flush()
 
@@ -344,6 +352,9 @@ class Detection(Plugin):
         self.flush()
         shifts = true_shifts(ctx.phase_end_steps, ctx.stream.order)
         out = score_detections(self.events, shifts, len(self.losses))
+        if ctx.world_size > 1:
+            mine = [float(len(self.events)), float(sum(self.events)), float(sum(self.losses))]
+            out["detection_ranks_agree"] = ranks_agree(mine, ctx.device)
         if self.cfg.plot and self.ctx.run_dir:
             path = Path(self.ctx.run_dir) / "detection.png"
             what = self.cfg.method if self.cfg.source == "own" else "the learner's own detector"

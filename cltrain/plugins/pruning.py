@@ -22,7 +22,7 @@ from torch.nn.utils import prune
 
 from cltrain.buffers import ReservoirBuffer
 from cltrain.config import choice
-from cltrain.plugins.sync import gather_rows
+from cltrain.distributed import gather_rows
 from cltrain.plugins.base import PLUGINS, Plugin, PluginContext
 
 Masks = dict[str, torch.Tensor]  # parameter name -> bool mask (True: kept)
@@ -172,7 +172,7 @@ class Pruning(Plugin):
 
     def prune(self, learner) -> None:
         model = self._model(learner)
-        x, y, t = self.buffer.x[: len(self.buffer)], self.buffer.y[: len(self.buffer)], None
+        x, y = self.buffer.x[: len(self.buffer)], self.buffer.y[: len(self.buffer)]
         before = accuracy(model, x, y)
         masks = global_magnitude_prune(model, self.cfg.sparsity)
         gen = torch.Generator().manual_seed(self.ctx.seed + 7 * self.n_pruned)

@@ -4,11 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-import torch
-
 from cltrain.buffers import ReservoirBuffer
 from cltrain.plugins.base import PLUGINS, Plugin, PluginContext
-from cltrain.plugins.sync import gather_rows, rank_rows
+from cltrain.distributed import gather_rows, rank_rows, ranks_agree
 from cltrain.streams.loader import Batch
 
 
@@ -50,10 +48,8 @@ class Replay(Plugin):
 
     def on_train_end(self, trainer, pl_module) -> None:
         """Check (once per fit, not per step) that every DDP rank holds the same buffer."""
-        digest = torch.tensor([self.buffer.digest()], dtype=torch.float64, device=pl_module.device)
         if trainer.world_size > 1:
-            everyone = trainer.strategy.all_gather(digest).view(-1)
-            self.ranks_agree = bool((everyone == everyone[0]).all())
+            self.ranks_agree = ranks_agree([self.buffer.digest()], pl_module.device)
 
     def state_dict(self) -> dict[str, Any]:
         return {"buffer": self.buffer.state_dict()}

@@ -1,8 +1,6 @@
 """Shared plumbing for the image stream families: load both splits, seed, subsample per task."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from cltrain.config import ExperimentConfig, data_root
