@@ -10,14 +10,18 @@ JOB = ("fit", "bench/pmnist_replay", *QUICK, "stream.train_per_task=2001", "plug
        "model.hidden=[100,100]", "trainer.epochs_per_task=2")
 
 
-def test_replay_under_ddp_matches_single_process(tmp_path):
-    single = run_cli(*JOB, f"run_dir={tmp_path / 'single'}")
+def single_and_ddp(tmp_path, *job: str) -> tuple[dict, dict]:
+    """Run the job in one process and with DDP over 2 gloo processes; both runs' metrics.json."""
+    single = run_cli(*job, f"run_dir={tmp_path / 'single'}")
     assert single.returncode == 0, single.stderr[-2000:]
-    ddp = run_cli(*JOB, "trainer.strategy=ddp", "trainer.devices=2", f"run_dir={tmp_path / 'ddp'}")
+    ddp = run_cli(*job, "trainer.strategy=ddp", "trainer.devices=2", f"run_dir={tmp_path / 'ddp'}")
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     assert "MEMBER: 2/2" in ddp.stderr + ddp.stdout  # two real processes
-    a = json.loads((tmp_path / "single" / "metrics.json").read_text())
-    b = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    return tuple(json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("single", "ddp"))
+
+
+def test_replay_under_ddp_matches_single_process(tmp_path):
+    a, b = single_and_ddp(tmp_path, *JOB)
     # Both ranks add the same gathered global batches with the same generator: identical buffers,
     # and identical to the single-process buffer (the union of the ranks' shards is the global batch).
     assert b["replay_ranks_agree"] is True
@@ -36,11 +40,7 @@ def test_ewc_with_facilitation_under_ddp(tmp_path):
     """Task hooks (EWC's Fisher) and plugins that reduce across ranks (facilitation, detection), under DDP."""
     job = ("fit", "bench/pmnist_ewc", *QUICK, "model.hidden=[100,100]", "plugins.facilitation.window=5",
            "trainer.epochs_per_task=3", "plugins.detection.window=20", "plugins.detection.min_window=10")
-    single = run_cli(*job, f"run_dir={tmp_path / 'single'}")
-    ddp = run_cli(*job, "trainer.strategy=ddp", "trainer.devices=2", f"run_dir={tmp_path / 'ddp'}")
-    assert single.returncode == 0 and ddp.returncode == 0, ddp.stderr[-3000:]
-    a = json.loads((tmp_path / "single" / "metrics.json").read_text())
-    b = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    a, b = single_and_ddp(tmp_path, *job)
     assert b["acc"] == pytest.approx(a["acc"], abs=0.015)
     # facilitation counts are summed over ranks: the same number of new-task samples per phase
     assert len(b["facilitation"]["acc_at_iters"]) == 3
@@ -56,11 +56,7 @@ def test_pruning_plugin_under_ddp_keeps_ranks_identical(tmp_path):
     """The pruning buffer is filled from the gathered global batch, so pruned + fine-tuned weights agree."""
     job = ("fit", "bench/pmnist_naive", *QUICK, "stream.n_tasks=2", "model.hidden=[100,100]",
            "plugins.pruning.sparsity=0.8", "plugins.pruning.capacity=500", "plugins.pruning.epochs=1")
-    single = run_cli(*job, f"run_dir={tmp_path / 'single'}")
-    ddp = run_cli(*job, "trainer.strategy=ddp", "trainer.devices=2", f"run_dir={tmp_path / 'ddp'}")
-    assert single.returncode == 0 and ddp.returncode == 0, ddp.stderr[-3000:]
-    a = json.loads((tmp_path / "single" / "metrics.json").read_text())
-    b = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    a, b = single_and_ddp(tmp_path, *job)
     # evaluation sums every rank's share of the test set: if the ranks' weights had drifted apart after
     # pruning, the DDP accuracy would not track the single-process one
     assert b["ddp_weights_agree"] is True  # fails when the ranks prune/fine-tune on different buffers
@@ -71,12 +67,7 @@ def test_pruning_plugin_under_ddp_keeps_ranks_identical(tmp_path):
 def test_tame_under_ddp_takes_the_single_process_decisions(tmp_path):
     """TAME's pool grows during training: losses summed over ranks, gathered buffers, hand-averaged gradients."""
     job = ("fit", "tame/split_mnist", *TAME_RECURRING)
-    single = run_cli(*job, f"run_dir={tmp_path / 'single'}")
-    ddp = run_cli(*job, "trainer.strategy=ddp", "trainer.devices=2", f"run_dir={tmp_path / 'ddp'}")
-    assert single.returncode == 0 and ddp.returncode == 0, ddp.stderr[-3000:]
-    assert "MEMBER: 2/2" in ddp.stderr + ddp.stdout
-    a = json.loads((tmp_path / "single" / "metrics.json").read_text())
-    b = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    a, b = single_and_ddp(tmp_path, *job)
     # the ranks agree with each other: buffers, decisions, and the experts as trained (before any broadcast)
     assert b["tame_ranks_agree"] is True and b["ddp_weights_agree"] is True
     # ...and with the single process: the same spawn and switch-back at the same batches
