@@ -206,7 +206,8 @@ def commands(root: Path) -> list[str]:
     for name in RUNS:
         m = load(root, name)
         wall = "not run" if m is None else (f"{m['_wall']:.0f}" if m["_wall"] else f"{m['wall_time_s']:.0f} (in-run)")
-        out.append(f"| {name} | `{' '.join(command(name, root / name))}` | {wall} |")
+        shown = root.relative_to(REPO) if root.is_relative_to(REPO) else root  # commands run from the repo root
+        out.append(f"| {name} | `{' '.join(command(name, shown / name))}` | {wall} |")
     return out
 
 
@@ -294,6 +295,11 @@ def write_doc(root: Path, path: Path) -> None:
         "  only, SI's c swept once on permuted MNIST (below). Runs marked *diverged* ended at chance on every task",
         "  (the quadratic penalty with SGD + momentum blew up); they say nothing about the method, only about our",
         "  untuned setting. The paper's baseline numbers come from the paper's own tuning.",
+        "- 20 permuted tasks (the paper's count, `tame_pmnist20`): 83.58 % vs the paper's 87.32 %, and 60.70K",
+        "  non-zero parameters vs 55.53K (31.40K of ours are the selector, a LeNet with 20 outputs at 50 %; the",
+        "  experts hold 29.30K). Routing is 98 % right, so the gap is the experts: each is pruned to 98 % after",
+        "  only 1 epoch of training and 10 fine-tuning epochs (task 0, trained first and judged by a dense-era",
+        "  threshold, keeps 96.6 %; every later task ends at 80–85 %).",
         "- Single seed (0) per run; no error bars.",
         "- Not run: split CIFAR-100 (VGG11 experts), the pruning-buffer ablation, A-GEM / CN-DPM / DEN baselines.",
         "",
