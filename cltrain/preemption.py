@@ -50,18 +50,19 @@ class PreemptionWatcher:
         self._previous.clear()
 
     def should_stop(self, trainer, step: int) -> bool:
-        """True on every rank once any rank got a signal.
+        """True on every rank once any rank got a signal (which every rank then records as received).
 
         Under DDP the ranks agree through a tiny all-reduce, every CHECK_EVERY steps only: it syncs the
         host with the device, and a few steps of delay are nothing next to SLURM's grace period.
         """
-        flag = self.received is not None
+        got = self.received or 0
         if trainer.world_size > 1:
             if step % self.CHECK_EVERY:
                 return False
-            t = torch.tensor([float(flag)], device=trainer.strategy.root_device)
-            flag = bool(trainer.strategy.reduce(t, reduce_op="max").item())
-        return flag
+            t = torch.tensor([float(got)], device=trainer.strategy.root_device)
+            got = int(trainer.strategy.reduce(t, reduce_op="max").item())
+            self.received = self.received or got or None  # rank 0 requeues on SIGUSR1 that only rank 1 got
+        return bool(got)
 
     def requeue_if_asked(self) -> Optional[str]:
         """After SIGUSR1 inside a SLURM job, put the job back in the queue; returns the job id requeued."""

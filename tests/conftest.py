@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,23 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subpro
     full_env = {**os.environ, "CLTRAIN_DATA": str(DATA), "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "cltrain.cli", *args], cwd=REPO, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def signal_mid_phase(args: list[str], sig: int, after: str = "phase 1/3") -> tuple[int, str]:
+    """Start `cltrain <args>`, send `sig` to it shortly after it prints `after` (inside the next phase)."""
+    env = {**os.environ, "CLTRAIN_DATA": str(DATA), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "cltrain.cli", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = []
+    for line in proc.stdout:
+        out.append(line)
+        if after in line:
+            break
+    time.sleep(0.5)
+    proc.send_signal(sig)
+    out.append(proc.stdout.read())
+    proc.wait(timeout=120)
+    return proc.returncode, "".join(out)
 
 
 def quick_config(experiment: str = "bench/pmnist_naive", *overrides: str):

@@ -1,9 +1,10 @@
 """DDP on CPU with gloo and 2 processes (Lightning's launcher), against the single-process run."""
 import json
+import signal
 
 import pytest
 
-from conftest import QUICK, TAME_RECURRING, run_cli
+from conftest import QUICK, TAME_RECURRING, run_cli, signal_mid_phase
 
 # 2,001 images: the last batch of each pass has 81 rows, split 41/40 between the ranks (the ragged case).
 JOB = ("fit", "bench/pmnist_replay", *QUICK, "stream.train_per_task=2001", "plugins.replay.capacity=300",
@@ -64,10 +65,20 @@ def test_pruning_plugin_under_ddp_keeps_ranks_identical(tmp_path):
     assert b["nonzero_params"] == a["nonzero_params"]
 
 
-def test_tame_under_ddp_takes_the_single_process_decisions(tmp_path):
+TAME_JOB = ("fit", "tame/split_mnist", *TAME_RECURRING)
+DDP = ("trainer.strategy=ddp", "trainer.devices=2")
+TIMING = {"wall_time_s", "phase_wall_time_s", "detection_plot"}
+
+
+@pytest.fixture(scope="module")
+def tame_runs(tmp_path_factory):
+    """TAME on the recurring split-MNIST stream, single process and DDP: (single, ddp) metrics."""
+    return single_and_ddp(tmp_path_factory.mktemp("tame_ddp"), *TAME_JOB)
+
+
+def test_tame_under_ddp_takes_the_single_process_decisions(tame_runs):
     """TAME's pool grows during training: losses summed over ranks, gathered buffers, hand-averaged gradients."""
-    job = ("fit", "tame/split_mnist", *TAME_RECURRING)
-    a, b = single_and_ddp(tmp_path, *job)
+    a, b = tame_runs
     # the ranks agree with each other: buffers, decisions, and the experts as trained (before any broadcast)
     assert b["tame_ranks_agree"] is True and b["ddp_weights_agree"] is True
     # ...and with the single process: the same spawn and switch-back at the same batches
@@ -76,3 +87,18 @@ def test_tame_under_ddp_takes_the_single_process_decisions(tmp_path):
     # gradients of two half-batch means vs one mean: float rounding, amplified a little by training
     assert b["strict_acc"] == pytest.approx(a["strict_acc"], abs=0.03)
     assert b["routing_acc"] == pytest.approx(a["routing_acc"], abs=0.03)
+
+
+def test_tame_under_ddp_preempted_mid_phase_resumes_identically(tame_runs, tmp_path):
+    """SIGTERM to rank 0 only: rank 1 learns of it through the watcher's all-reduce, both stop at the same
+    batch, rank 0 checkpoints the expert pool, and a DDP resume ends exactly as the uninterrupted DDP run."""
+    _, full = tame_runs
+    cut = tmp_path / "cut"
+    code, out = signal_mid_phase([*TAME_JOB, *DDP, f"run_dir={cut}"], signal.SIGTERM)
+    assert code == 1, out[-3000:]
+    assert out.count("stopped by signal 15 after checkpointing at phase 2, batch") == 2, out[-3000:]  # both ranks
+    assert not (cut / "metrics.json").exists()
+    resumed = run_cli(*TAME_JOB, *DDP, f"run_dir={cut}", "resume=true")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after = json.loads((cut / "metrics.json").read_text())
+    assert {k: v for k, v in after.items() if k not in TIMING} == {k: v for k, v in full.items() if k not in TIMING}

@@ -1,12 +1,8 @@
 """Preemption: SIGTERM / SIGUSR1 in the middle of a phase -> checkpoint, stop; resume=true ends identically."""
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 
-from conftest import DATA, QUICK, REPO, run_cli
+from conftest import QUICK, run_cli, signal_mid_phase
 
 # SI + replay + facilitation: learner, optimizer, plugin and RNG state must all survive a mid-phase stop.
 JOB = ("fit", "powerlaw/pmnist", *QUICK, "stream.n_tasks=3", "learner.name=si", "plugins.replay.capacity=200",
@@ -18,26 +14,10 @@ def _metrics(run):
     return {k: v for k, v in json.loads((run / "metrics.json").read_text()).items() if k not in TIMING}
 
 
-def _signal_mid_phase(run, sig):
-    env = {**os.environ, "CLTRAIN_DATA": str(DATA), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "cltrain.cli", *JOB, f"run_dir={run}"], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out = []
-    for line in proc.stdout:  # phase 1 done -> we are inside phase 2
-        out.append(line)
-        if "phase 1/3" in line:
-            break
-    time.sleep(0.5)
-    proc.send_signal(sig)
-    out.append(proc.stdout.read())
-    proc.wait(timeout=120)
-    return proc.returncode, "".join(out)
-
-
 def test_sigterm_mid_phase_checkpoints_and_resume_matches(tmp_path):
     full, cut = tmp_path / "full", tmp_path / "cut"
     assert run_cli(*JOB, f"run_dir={full}").returncode == 0
-    code, out = _signal_mid_phase(cut, signal.SIGTERM)
+    code, out = signal_mid_phase([*JOB, f"run_dir={cut}"], signal.SIGTERM)
     assert code == 1, out
     assert "checkpointing at phase 2, batch" in out and "resume=true" in out
     assert not (cut / "metrics.json").exists()
