@@ -20,10 +20,11 @@ import torch
 from pytorch_lightning import Callback
 
 from cltrain.config import ExperimentConfig, to_yaml
-from cltrain.distributed import SelfSyncDDPStrategy, module_digest, ranks_agree
+from cltrain.distributed import SelfSyncDDPStrategy, all_sum, module_digest, ranks_agree
 from cltrain.learners.base import FinalContext, Learner
 from cltrain.loggers import RunLoggers
 from cltrain.metrics import seen_average, summary
+from cltrain.nn.modes import in_mode
 from cltrain.plots import acc_matrix_png, retention_png
 from cltrain.plugins.base import Plugin
 from cltrain.preemption import Preempted, PreemptionWatcher
@@ -186,19 +187,16 @@ class ContinualTrainer:
     @torch.no_grad()
     def evaluate(self, trainer: pl.Trainer) -> list[float]:
         """Test accuracy on every task (future ones too). Under DDP each rank scores a share; counts are summed."""
-        was_training = self.learner.training
-        self.learner.eval()
         device = trainer.strategy.root_device
         counts = torch.zeros(len(self.stream.tasks), 2, dtype=torch.float64, device=device)
         bs = self.cfg.trainer.eval_batch_size
-        for task in self.stream.tasks:
-            for x, y in eval_batches(self.stream, task.id, bs, trainer.global_rank, trainer.world_size):
-                t = torch.full_like(y, task.id) if self.stream.task_aware else None
-                counts[task.id, 0] += (self.learner.predict(x, t) == y).sum()
-                counts[task.id, 1] += y.numel()
-        if trainer.world_size > 1:
-            counts = trainer.strategy.reduce(counts, reduce_op="sum")
-        self.learner.train(was_training)
+        with in_mode(self.learner, False):
+            for task in self.stream.tasks:
+                for x, y in eval_batches(self.stream, task.id, bs, trainer.global_rank, trainer.world_size):
+                    t = torch.full_like(y, task.id) if self.stream.task_aware else None
+                    counts[task.id, 0] += (self.learner.predict(x, t) == y).sum()
+                    counts[task.id, 1] += y.numel()
+        counts = all_sum(counts)
         return (counts[:, 0] / counts[:, 1].clamp(min=1)).tolist()
 
     # ---- checkpoints ----------------------------------------------------------------------------------

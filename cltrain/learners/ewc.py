@@ -16,6 +16,7 @@ from torch.func import functional_call, grad, vmap
 
 from cltrain.config import choice
 from cltrain.learners.base import LEARNERS, Learner, TaskSamples, param_dict
+from cltrain.nn.modes import in_mode
 
 
 @dataclass
@@ -47,26 +48,25 @@ def linear_fisher(learner: Learner, samples: TaskSamples, n: int, chunk: int) ->
 
     hooks = [m.register_forward_hook(keep(k)) for k, m in linears.items()]
     fisher = {k: torch.zeros_like(v) for k, v in param_dict(learner.model).items()}
-    seen, was_training = 0, learner.training
-    learner.eval()
+    seen = 0
     try:
-        for batch in samples(chunk, n):
-            with torch.enable_grad():
-                t = batch.t if learner.class_mask is not None else None
-                loss = F.cross_entropy(learner.logits(batch.x, t), batch.y, reduction="sum")
-                names = list(outputs)
-                # summed loss: row i of each output gradient is sample i's own d_i
-                grads = torch.autograd.grad(loss, [outputs[k] for k in names])
-            for k, d in zip(names, grads):
-                d2, a2 = d.pow(2), inputs[k].pow(2)
-                fisher[f"{k}.weight"] += d2.T @ a2
-                if linears[k].bias is not None:
-                    fisher[f"{k}.bias"] += d2.sum(0)
-            seen += len(batch)
+        with in_mode(learner, False):
+            for batch in samples(chunk, n):
+                with torch.enable_grad():
+                    t = batch.t if learner.class_mask is not None else None
+                    loss = F.cross_entropy(learner.logits(batch.x, t), batch.y, reduction="sum")
+                    names = list(outputs)
+                    # summed loss: row i of each output gradient is sample i's own d_i
+                    grads = torch.autograd.grad(loss, [outputs[k] for k in names])
+                for k, d in zip(names, grads):
+                    d2, a2 = d.pow(2), inputs[k].pow(2)
+                    fisher[f"{k}.weight"] += d2.T @ a2
+                    if linears[k].bias is not None:
+                        fisher[f"{k}.bias"] += d2.sum(0)
+                seen += len(batch)
     finally:
         for hook in hooks:
             hook.remove()
-        learner.train(was_training)
     return {k: f / max(seen, 1) for k, f in fisher.items()}
 
 
@@ -83,16 +83,14 @@ def diagonal_fisher(learner: Learner, samples: TaskSamples, n: int, chunk: int) 
 
     fisher = {k: torch.zeros_like(v) for k, v in params.items()}
     seen = 0
-    was_training = learner.training
-    learner.eval()  # the Fisher of the trained model, without dropout noise
-    for batch in samples(chunk, n):
-        t = batch.t if learner.class_mask is not None else None
-        in_dims = (None, 0, 0, 0 if t is not None else None)
-        grads = vmap(grad(nll), in_dims=in_dims)(params, batch.x, batch.y, t)
-        for k, g in grads.items():
-            fisher[k] += g.pow(2).sum(0)
-        seen += len(batch)
-    learner.train(was_training)
+    with in_mode(learner, False):  # the Fisher of the trained model, without dropout noise
+        for batch in samples(chunk, n):
+            t = batch.t if learner.class_mask is not None else None
+            in_dims = (None, 0, 0, 0 if t is not None else None)
+            grads = vmap(grad(nll), in_dims=in_dims)(params, batch.x, batch.y, t)
+            for k, g in grads.items():
+                fisher[k] += g.pow(2).sum(0)
+            seen += len(batch)
     return {k: f / max(seen, 1) for k, f in fisher.items()}
 
 

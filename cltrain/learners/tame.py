@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -40,13 +39,11 @@ from cltrain.config import choice
 from cltrain.distributed import (all_sum, average_gradients, broadcast_module, from_rank0, gather_rows,
                                  module_digest, ranks_agree, world_size)
 from cltrain.learners.base import LEARNERS, Learner
+from cltrain.nn.modes import in_mode
 from cltrain.plugins.detection import DetectorConfig, build_detector, score_detections, true_shifts
 from cltrain.plugins.pruning import Masks, apply_masks, count_params, finetune, prune_and_finetune, weight_sparsity
 from cltrain.priority_buffer import PriorityBuffer
 from cltrain.streams.loader import Batch, eval_batches
-
-# Manual optimization with per-expert optimizers: Lightning's "no optimizer" notice is expected, not a problem.
-warnings.filterwarnings("ignore", message=r".*configure_optimizers. returned .None.*")
 
 
 @dataclass
@@ -180,16 +177,11 @@ class TAME(Learner):
     def score_experts(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mean loss of every expert on (x, y), eval mode, one vmapped forward over the stacked experts: [E]."""
         experts = list(self.experts)
-        was = [e.training for e in experts]
-        for e in experts:
-            e.eval()
         params, buffers = stack_module_state(experts)
-        if self._template is None:  # structure only (on the meta device); the weights come from `params`
-            self._template = (copy.deepcopy(experts[0]).to("meta"),)  # a tuple: not a registered submodule
+        if self._template is None:  # structure only (on the meta device, in eval mode); weights come from `params`
+            self._template = (copy.deepcopy(experts[0]).to("meta").eval(),)  # a tuple: not a registered submodule
         template = self._template[0]
         logits = vmap(lambda p, b: functional_call(template, (p, b), (x,)))(params, buffers)  # [E, B, C]
-        for e, w in zip(experts, was):
-            e.train(w)
         losses = self.expert_loss(logits.flatten(0, 1), y.repeat(len(experts)), reduction="none")
         return losses.view(len(experts), -1).mean(1)
 
@@ -209,12 +201,8 @@ class TAME(Learner):
 
     @torch.no_grad()
     def _loss_of(self, j: int, x: torch.Tensor, y: torch.Tensor) -> float:
-        expert = self.experts[j]
-        was = expert.training
-        expert.eval()
-        loss = float(self.expert_loss(expert(x), y))
-        expert.train(was)
-        return loss
+        with in_mode(self.experts[j], False) as expert:
+            return float(self.expert_loss(expert(x), y))
 
     def score_experts_loop(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The same, one expert at a time (the reference code's way; kept to test the batched version)."""
@@ -305,12 +293,9 @@ class TAME(Learner):
 
     @torch.no_grad()
     def _buffer_loss(self, j: int, x: torch.Tensor, y: torch.Tensor, chunk: int = 2000) -> float:
-        expert = self.experts[j]
-        was = expert.training
-        expert.eval()
-        total = sum(float(self.expert_loss(expert(x[i:i + chunk]), y[i:i + chunk], reduction="sum"))
-                    for i in range(0, len(y), chunk))
-        expert.train(was)
+        with in_mode(self.experts[j], False) as expert:
+            total = sum(float(self.expert_loss(expert(x[i:i + chunk]), y[i:i + chunk], reduction="sum"))
+                        for i in range(0, len(y), chunk))
         return total / max(len(y), 1)
 
     def _train_selector(self, epochs: int, sparsity: float, seed: int) -> tuple[Optional[nn.Module], Optional[Masks]]:
@@ -375,11 +360,8 @@ class TAME(Learner):
         preds = torch.empty_like(routes)
         for j in torch.unique(routes).tolist():
             rows = torch.nonzero(routes == j, as_tuple=True)[0]
-            expert = self.experts[j]
-            was = expert.training
-            expert.eval()
-            preds[rows] = expert(x[rows]).argmax(1)
-            expert.train(was)
+            with in_mode(self.experts[j], False) as expert:
+                preds[rows] = expert(x[rows]).argmax(1)
         return preds, routes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,7 @@ from torch.nn.utils import prune
 from cltrain.buffers import ReservoirBuffer
 from cltrain.config import choice
 from cltrain.distributed import gather_rows
+from cltrain.nn.modes import in_mode
 from cltrain.plugins.base import PLUGINS, Plugin, PluginContext
 
 Masks = dict[str, torch.Tensor]  # parameter name -> bool mask (True: kept)
@@ -73,25 +74,23 @@ def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, masks: Optional
     """SGD on (x, y) for some epochs with the masks re-applied after every step."""
     if epochs <= 0 or len(y) == 0:
         return
-    was_training = model.training
-    model.train()
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    for _ in range(epochs):
-        perm = torch.randperm(len(y), generator=generator).to(y.device)
-        for start in range(0, len(y), batch_size):
-            rows = perm[start:start + batch_size]
-            opt.zero_grad(set_to_none=True)
-            with torch.enable_grad():
-                loss_fn(model(x[rows]), y[rows]).backward()
-            opt.step()
-            apply_masks(model, masks)
-    model.train(was_training)
+    with in_mode(model, True):
+        for _ in range(epochs):
+            perm = torch.randperm(len(y), generator=generator).to(y.device)
+            for start in range(0, len(y), batch_size):
+                rows = perm[start:start + batch_size]
+                opt.zero_grad(set_to_none=True)
+                with torch.enable_grad():
+                    loss_fn(model(x[rows]), y[rows]).backward()
+                opt.step()
+                apply_masks(model, masks)
 
 
 def sparsity_schedule(target: float, rounds: int) -> list[float]:
     """Sparsities of `rounds` pruning rounds ending at `target`, each removing the same fraction of survivors."""
     keep = (1.0 - target) ** (1.0 / rounds)
-    return [1.0 - keep ** (r + 1) for r in range(rounds)]
+    return [1.0 - keep ** (r + 1) for r in range(rounds - 1)] + [target]  # the last round hits target exactly
 
 
 def prune_and_finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sparsity: float, epochs: int,
@@ -110,11 +109,9 @@ def prune_and_finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spars
 
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2000) -> float:
-    was_training = model.training
-    model.eval()
-    correct = sum(int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
-                  for i in range(0, len(y), batch_size))
-    model.train(was_training)
+    with in_mode(model, False):
+        correct = sum(int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
+                      for i in range(0, len(y), batch_size))
     return correct / max(len(y), 1)
 
 
@@ -174,10 +171,8 @@ class Pruning(Plugin):
         model = self._model(learner)
         x, y = self.buffer.x[: len(self.buffer)], self.buffer.y[: len(self.buffer)]
         before = accuracy(model, x, y)
-        masks = global_magnitude_prune(model, self.cfg.sparsity)
-        gen = torch.Generator().manual_seed(self.ctx.seed + 7 * self.n_pruned)
-        finetune(model, x, y, masks, self.cfg.epochs, self.cfg.lr, self.cfg.batch_size, gen)
-        self.masks = masks
+        self.masks = prune_and_finetune(model, x, y, self.cfg.sparsity, self.cfg.epochs, self.cfg.lr,
+                                        self.cfg.batch_size, seed=self.ctx.seed + 7 * self.n_pruned)
         self.n_pruned += 1
         self.buffer_acc = {"pruning_buffer_acc_before": before, "pruning_buffer_acc_after": accuracy(model, x, y)}
 
