@@ -95,8 +95,8 @@ class TrainerConfig:
     def several_processes(self) -> bool:
         """Does this ask for more than one training process (devices > 1, all devices, several nodes)?"""
         d = self.devices
-        return (isinstance(d, int) and d > 1) or str(d) == "-1" or isinstance(d, (list, tuple)) and len(d) > 1 \
-            or self.num_nodes > 1
+        many_devices = (isinstance(d, int) and d > 1) or str(d) == "-1" or (isinstance(d, (list, tuple)) and len(d) > 1)
+        return many_devices or self.num_nodes > 1
 
 
 @dataclass

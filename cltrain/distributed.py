@@ -42,7 +42,6 @@ def gather_rows(trainer, x: torch.Tensor, y: torch.Tensor, t: Optional[torch.Ten
     return order(gx), order(gy), (order(gt) if t is not None else None)
 
 
-
 def world_size() -> int:
     """Processes in the run (1 unless torch.distributed was initialised, by Lightning's DDP)."""
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1

@@ -35,16 +35,10 @@ RUNS: dict[str, tuple[str, list[str]]] = {
     "split_mnist_finetune_ci": ("tame/split_mnist_finetune", ["stream.scenario=class_incremental"]),
     "split_mnist_ewc_ci": ("tame/split_mnist_ewc", ["stream.scenario=class_incremental"]),
     "split_mnist_si_ci": ("tame/split_mnist_si", ["stream.scenario=class_incremental"]),
-    # a longer permuted stream (10 tasks; the paper has 20)
-    "tame_pmnist10": ("tame/pmnist", ["stream.n_tasks=10"]),
-    "pmnist10_finetune": ("tame/pmnist_finetune", ["stream.n_tasks=10"]),
-    "pmnist10_ewc": ("tame/pmnist_ewc", ["stream.n_tasks=10"]),
-    "pmnist10_si": ("tame/pmnist_si", ["stream.n_tasks=10"]),
-    # the paper's task count (20), still at CPU scale per task
-    "tame_pmnist20": ("tame/pmnist", ["stream.n_tasks=20"]),
-    "pmnist20_finetune": ("tame/pmnist_finetune", ["stream.n_tasks=20"]),
-    "pmnist20_ewc": ("tame/pmnist_ewc", ["stream.n_tasks=20"]),
-    "pmnist20_si": ("tame/pmnist_si", ["stream.n_tasks=20"]),
+    # longer permuted streams: 10 tasks, and the paper's 20 (still at CPU scale per task)
+    **{name: (experiment, [f"stream.n_tasks={n}"]) for n in (10, 20) for name, experiment in (
+        (f"tame_pmnist{n}", "tame/pmnist"), (f"pmnist{n}_finetune", "tame/pmnist_finetune"),
+        (f"pmnist{n}_ewc", "tame/pmnist_ewc"), (f"pmnist{n}_si", "tame/pmnist_si"))},
     # the split-MNIST run again under DDP: 2 gloo processes on the CPU, same seed and global batch
     "tame_split_mnist_ddp": ("tame/split_mnist", ["trainer.strategy=ddp", "trainer.devices=2"]),
 }
