@@ -21,6 +21,7 @@ sys.path.insert(0, str(REPO))
 
 from cltrain.cli import _quiet_lightning  # noqa: E402
 from cltrain.config import load_config  # noqa: E402
+from cltrain.errors import CltrainError  # noqa: E402
 from cltrain.experiment import run_experiment  # noqa: E402
 
 CONDITIONS = {  # the paper's comparison on permuted MNIST: environment x learner
@@ -90,7 +91,11 @@ def main() -> int:
     if not args.report_only:
         for i, (section, experiment, overrides, run_dir) in enumerate(jobs, 1):
             print(f"[{i}/{len(jobs)}] {section}: {experiment} {' '.join(overrides)}", flush=True)
-            run_one(experiment, overrides, run_dir)
+            try:
+                run_one(experiment, overrides, run_dir)
+            except CltrainError as exc:  # missing data, a bad override: one line, as `cltrain fit` would say it
+                print(f"reproduce_powerlaw: error: {exc} (finished runs are kept; rerun to continue)", file=sys.stderr)
+                return exc.exit_code
     from powerlaw_doc import write_doc  # noqa: E402  (scripts/ is on sys.path when run as a script)
 
     write_doc(Path(args.out), REPO / "runs" / ("powerlaw_full" if args.full else "powerlaw"), args)
