@@ -16,7 +16,7 @@ import traceback
 import warnings
 from typing import Sequence
 
-from cltrain.errors import CltrainError
+from cltrain.errors import CltrainError, ConfigError
 
 
 def _quiet_lightning() -> None:
@@ -37,7 +37,13 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.experiment, args.overrides)
     _quiet_lightning()
-    run_experiment(cfg)
+    from lightning_fabric.utilities.exceptions import MisconfigurationException  # pytorch_lightning's too
+
+    try:
+        run_experiment(cfg)
+    except MisconfigurationException as exc:  # settings the up-front checks did not foresee
+        raise ConfigError(f"Lightning refused the trainer settings: {str(exc).splitlines()[0]} "
+                          f"(trainer.* keys; valid values in README, 'Keys')") from None
     return 0
 
 

@@ -3,11 +3,17 @@
 An experiment is a YAML file merged onto `ExperimentConfig`'s defaults, then command-line dotlist overrides.
 Method- and plugin-specific sections (`learner`, `plugins.<name>`) are validated against the dataclass that
 the chosen component registers, so every key anywhere is checked and every error names the valid choices.
+
+What a value may be is declared on the field itself (`choice`, `bounded`, `positive`, `count`, `text`) and
+checked by one walker (`check_fields`); rules that tie several keys together live in a `validate(where, exp)`
+method of the section's dataclass. Nothing here imports torch or Lightning: a bad key is answered at once.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -18,16 +24,113 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 from cltrain.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+HUGE = 10**9  # the upper bound of counts that have no natural one (a typo of a few digits still gets through)
 
 
+# ---- field declarations: what each key may hold ---------------------------------------------------------
 def choice(default: Any, *options: Any) -> Any:
-    """A field whose value must be one of `options` (checked by `validate_choices`)."""
+    """A field whose value must be one of `options`."""
     return field(default=default, metadata={"choices": options})
 
 
+@dataclass(frozen=True)
+class Range:
+    """An interval for a number (or for every number of a list); NaN and infinities are never inside."""
+
+    low: Optional[float] = None
+    high: Optional[float] = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def describe(self, key: str) -> str:
+        left = "" if self.low is None else f"{_num(self.low)} {'<' if self.low_open else '<='} "
+        right = "" if self.high is None else f" {'<' if self.high_open else '<='} {_num(self.high)}"
+        return f"{left}{key}{right}"
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def _with_default(default: Any, metadata: dict[str, Any]) -> Any:
+    if isinstance(default, (list, dict)):  # mutable defaults need a factory
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def bounded(default: Any, low: Optional[float] = None, high: Optional[float] = None, *,
+            low_open: bool = False, high_open: bool = False) -> Any:
+    """A number in [low, high] (either end open or absent); None passes when the field is Optional."""
+    return _with_default(default, {"range": Range(low, high, low_open, high_open)})
+
+
+def positive(default: Any, high: float = HUGE) -> Any:
+    """A number > 0 (learning rates, strengths)."""
+    return bounded(default, 0, high, low_open=True)
+
+
+def count(default: Any, high: float = HUGE, low: int = 1) -> Any:
+    """A whole number of things, at least `low` (1 unless said)."""
+    return bounded(default, low, high)
+
+
+def fraction(default: Any, *, low_open: bool = False, high_open: bool = False) -> Any:
+    """A number in [0, 1] (ends open as asked)."""
+    return bounded(default, 0, 1, low_open=low_open, high_open=high_open)
+
+
+def text(default: Any, pattern: str = r"\S", hint: str = "a non-empty string") -> Any:
+    """A string matching `pattern` (searched); None passes when the field is Optional."""
+    return _with_default(default, {"pattern": (pattern, hint)})
+
+
+def check_fields(obj: Any, where: str = "", exp: Any = None) -> None:
+    """Check every declared choice, range and pattern of a (nested) dataclass instance, then its own
+    `validate(where, exp)` rules (keys that constrain each other, or the rest of the experiment `exp`)."""
+    for f in fields(obj):
+        value, key = getattr(obj, f.name), f"{where}{f.name}"
+        _check_value(key, value, f.metadata)
+        if is_dataclass(value):
+            check_fields(value, f"{key}.", exp)
+    rules = getattr(obj, "validate", None)
+    if callable(rules):
+        rules(where, exp)
+
+
+def _check_value(key: str, value: Any, meta: Any) -> None:
+    if value is None:
+        return  # Optional fields: OmegaConf already refused None where the type does not allow it
+    options = meta.get("choices")
+    if options and value not in options:
+        raise ConfigError(f"bad value {value!r} for '{key}'; valid: {', '.join(map(str, options))}")
+    span: Optional[Range] = meta.get("range")
+    if span is not None:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        for item in items:
+            if item not in span:
+                what = f"every element of '{key}'" if items is value else f"'{key}'"
+                raise ConfigError(f"bad value {value!r} for {what}; valid: {span.describe(key.rsplit('.', 1)[-1])}")
+    pattern = meta.get("pattern")
+    if pattern and not re.search(pattern[0], str(value)):
+        raise ConfigError(f"bad value {value!r} for '{key}'; valid: {pattern[1]}")
+
+
+def bad(key: str, value: Any, valid: str) -> ConfigError:
+    """The one-line error for a value that the rules of its section refuse."""
+    return ConfigError(f"bad value {value!r} for '{key}'; valid: {valid}")
+
+
+# ---- the sections -------------------------------------------------------------------------------------
 @dataclass
 class DataConfig:
-    root: Optional[str] = None  # None: $CLTRAIN_DATA, else ~/.cache/cltrain/data
+    root: Optional[str] = text(None)  # None: $CLTRAIN_DATA, else ~/.cache/cltrain/data
     download: bool = True  # try torchvision's download when files are missing (fails clearly offline)
 
 
@@ -36,58 +139,83 @@ class RehearsalConfig:
     """How much old data each phase rehearses; read by the schedules in cltrain/streams/schedules.py."""
 
     form: str = choice("min_proportion", "min_proportion", "shifted")
-    p_min: float = 0.10  # min_proportion form: the oldest task keeps p_min*N in the last phase
-    n0: Optional[float] = None  # shifted form: n(x) = n0 * (1 + x/s)^-beta; None: N (paper code: 57927)
-    s: float = 10.0
-    beta: float = 5.6
+    p_min: float = fraction(0.10, low_open=True)  # min_proportion form: the oldest task keeps p_min*N at the end
+    n0: Optional[float] = positive(None)  # shifted form: n(x) = n0 * (1 + x/s)^-beta; None: N (paper code: 57927)
+    s: float = positive(10.0)
+    beta: float = bounded(5.6, 0, 1000)
     nested: bool = True  # the samples rehearsed in phase k are a subset of those in phase k-1
     budget_match: bool = True  # uniform/exponential rehearse as many samples in total as the power law
-    uniform_count: Optional[int] = None  # uniform without budget matching: samples per old task per phase
-    exp_rate: Optional[float] = None  # exponential n(x) = N*exp(-rate*x); None: fitted to the budget
+    uniform_count: Optional[int] = count(None)  # uniform without budget matching: samples per old task per phase
+    exp_rate: Optional[float] = positive(None, high=1000)  # exponential n(x) = N*exp(-rate*x); None: fitted
+
+    def validate(self, where: str, exp: "ExperimentConfig") -> None:
+        # An option that the chosen schedule would not read is refused rather than silently ignored.
+        schedule = exp.stream.schedule
+        if self.n0 is not None and self.form != "shifted":
+            raise bad(f"{where}n0", self.n0, f"null unless {where}form=shifted")
+        if self.uniform_count is not None and (schedule != "uniform" or self.budget_match):
+            raise bad(f"{where}uniform_count", self.uniform_count,
+                      f"null unless stream.schedule=uniform and {where}budget_match=false")
+        if self.exp_rate is not None and (schedule != "exponential" or self.budget_match):
+            raise bad(f"{where}exp_rate", self.exp_rate,
+                      f"null unless stream.schedule=exponential and {where}budget_match=false")
 
 
 @dataclass
 class StreamConfig:
     name: str = "permuted"  # a registered stream family: permuted, rotated, split, split_cifar10, ...
     dataset: str = "mnist"  # a registered dataset: mnist, fashion_mnist, cifar10, cifar100
-    n_tasks: int = 10
+    n_tasks: int = count(10, high=1000)
     presentation: str = choice("task_aware", "task_aware", "task_agnostic")
     scenario: str = choice("class_incremental", "class_incremental", "task_incremental")  # split streams
     schedule: str = "none"  # a registered rehearsal schedule: none, joint, powerlaw, uniform, exponential
     rehearsal: RehearsalConfig = field(default_factory=RehearsalConfig)
     first_identity: bool = True  # permuted: task 0 keeps the original pixel order
-    max_angle: float = 180.0  # rotated: task t is rotated by t * max_angle / n_tasks degrees
-    train_per_task: Optional[int] = None  # subsample each task's training set (CPU-scale runs)
-    test_per_task: Optional[int] = None
-    order: Optional[list[int]] = None  # task id per phase, e.g. [0, 1, 2, 1, 3] for a recurring task
+    max_angle: float = bounded(180.0, -360, 360)  # rotated: task t is rotated by t * max_angle / n_tasks degrees
+    train_per_task: Optional[int] = count(None)  # subsample each task's training set (CPU-scale runs)
+    test_per_task: Optional[int] = count(None)
+    order: Optional[list[int]] = count(None, low=0, high=999)  # task id per phase, e.g. [0, 1, 2, 1, 3] (recurring)
+
+    def validate(self, where: str, exp: "ExperimentConfig") -> None:
+        if self.order is not None and set(self.order) != set(range(self.n_tasks)):
+            raise bad(f"{where}order", self.order,
+                      f"a list of task ids covering 0..{self.n_tasks - 1} ({where}n_tasks)")
 
 
 @dataclass
 class ModelConfig:
     name: str = "mlp"  # a registered model: mlp, lenet
-    hidden: list[int] = field(default_factory=lambda: [512, 512])  # mlp widths
+    hidden: list[int] = count([512, 512], high=1 << 16)  # mlp widths
 
 
 @dataclass
 class OptimConfig:
     name: str = choice("sgd", "sgd", "adam")
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 0.0
+    lr: float = positive(0.01, high=10)
+    momentum: float = fraction(0.9, high_open=True)
+    weight_decay: float = fraction(0.0)
     reset_per_task: bool = False  # a fresh optimizer state at each phase (False: one optimizer for the run)
+
+
+# Lightning's names that cltrain's trainer supports; tests/test_bad_inputs.py checks them against Lightning's
+# own registries, so they are known without importing Lightning (seconds) just to refuse a typo.
+ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
+STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook", "ddp_find_unused_parameters_true",
+              "ddp_find_unused_parameters_false", "single_device")
+PRECISIONS = ("32-true", "32", "64-true", "64", "16-mixed", "16", "bf16-mixed", "bf16", "16-true", "bf16-true")
 
 
 @dataclass
 class TrainerConfig:
-    epochs_per_task: int = 1
-    steps_per_task: Optional[int] = None  # iterations per phase; overrides epochs_per_task when set
-    batch_size: int = 128
-    eval_batch_size: int = 2000
-    accelerator: str = "cpu"
-    devices: Any = 1
-    strategy: str = "auto"
-    num_nodes: int = 1
-    precision: str = "32-true"
+    epochs_per_task: int = count(1, high=100_000)
+    steps_per_task: Optional[int] = count(None)  # iterations per phase; overrides epochs_per_task when set
+    batch_size: int = count(128, high=1 << 20)
+    eval_batch_size: int = count(2000, high=1 << 20)
+    accelerator: str = choice("cpu", *ACCELERATORS)
+    devices: Any = 1  # a number of devices (-1: all), "auto", a list of device indices or "0,1"
+    strategy: str = choice("auto", *STRATEGIES)
+    num_nodes: int = count(1, high=10_000)
+    precision: str = choice("32-true", *PRECISIONS)
     progress_bar: bool = True
     checkpoint: bool = True  # save a checkpoint after each phase (needed for resume)
 
@@ -98,13 +226,19 @@ class TrainerConfig:
         many_devices = (isinstance(d, int) and d > 1) or str(d) == "-1" or (isinstance(d, (list, tuple)) and len(d) > 1)
         return many_devices or self.num_nodes > 1
 
+    def validate(self, where: str, exp: "ExperimentConfig") -> None:
+        # Lightning would refuse these only when it builds its Trainer, after the run folder exists.
+        from cltrain.hardware import check_devices
+
+        check_devices(self, where)
+
 
 @dataclass
 class WandbConfig:
     mode: str = choice("offline", "offline", "online", "disabled")
-    project: str = "cltrain"
-    entity: Optional[str] = None
-    name: Optional[str] = None
+    project: str = text("cltrain")
+    entity: Optional[str] = text(None)
+    name: Optional[str] = text(None)
 
 
 @dataclass
@@ -117,23 +251,23 @@ class LoggerConfig:
 class SlurmConfig:
     """sbatch options for `cltrain sweep --launcher slurm` (one array task per grid point)."""
 
-    partition: Optional[str] = None
-    time: str = "02:00:00"
-    cpus_per_task: int = 2
-    mem: Optional[str] = None  # e.g. "16G"
-    gpus_per_node: int = 0
-    ntasks_per_node: Optional[int] = None  # None: trainer.devices when it is a number, else 1
-    max_parallel: Optional[int] = None  # array throttle: at most this many points at once
-    signal_grace_s: int = 90  # SIGUSR1 this long before the time limit: checkpoint and requeue
+    partition: Optional[str] = text(None)
+    time: str = text("02:00:00", r"^(\d+-)?\d+(:\d\d){0,2}$", "sbatch's time: MM, HH:MM:SS or D-HH:MM:SS")
+    cpus_per_task: int = count(2, high=4096)
+    mem: Optional[str] = text(None, r"^\d+[KMGT]?$", "sbatch's memory: a number with K, M, G or T (e.g. 16G)")
+    gpus_per_node: int = count(0, high=64, low=0)
+    ntasks_per_node: Optional[int] = count(None, high=4096)  # None: trainer.devices when it is a number, else 1
+    max_parallel: Optional[int] = count(None)  # array throttle: at most this many points at once
+    signal_grace_s: int = count(90, high=86_400)  # SIGUSR1 this long before the time limit: checkpoint and requeue
     extra: list[str] = field(default_factory=list)  # more lines, e.g. ["#SBATCH --account=abc"]
     setup: list[str] = field(default_factory=list)  # shell lines before the run, e.g. ["module load cuda"]
 
 
 @dataclass
 class ExperimentConfig:
-    name: str = "experiment"
-    seed: int = 0
-    run_dir: Optional[str] = None  # None: runs/<name>/<timestamp>
+    name: str = text("experiment")
+    seed: int = count(0, low=0, high=2**32 - 1)  # numpy's seeds stop at 2**32 - 1
+    run_dir: Optional[str] = text(None)  # None: runs/<name>/<timestamp>
     resume: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
@@ -224,35 +358,10 @@ def parse_overrides(overrides: list[str]) -> DictConfig:
         raise ConfigError(f"cannot parse overrides {overrides}: {exc}") from None
 
 
-def validate_choices(obj: Any, prefix: str = "") -> None:
-    """Check every `choice(...)` field of a (nested) dataclass instance."""
-    for f in fields(obj):
-        value = getattr(obj, f.name)
-        options = f.metadata.get("choices")
-        if options and value not in options:
-            raise ConfigError(f"bad value {value!r} for '{prefix}{f.name}'; valid: {', '.join(map(str, options))}")
-        if is_dataclass(value):
-            validate_choices(value, f"{prefix}{f.name}.")
-
-
-def check_positive(cfg: ExperimentConfig) -> None:
-    """Numeric sanity that types alone do not catch."""
-    checks = {
-        "stream.n_tasks": cfg.stream.n_tasks,
-        "trainer.batch_size": cfg.trainer.batch_size,
-        "trainer.eval_batch_size": cfg.trainer.eval_batch_size,
-        "trainer.epochs_per_task": cfg.trainer.epochs_per_task,
-        "optim.lr": cfg.optim.lr,
-    }
-    for key, value in checks.items():
-        if value <= 0:
-            raise ConfigError(f"bad value {value!r} for '{key}'; valid: a number > 0")
-    if cfg.trainer.steps_per_task is not None and cfg.trainer.steps_per_task <= 0:
-        raise ConfigError(f"bad value {cfg.trainer.steps_per_task!r} for 'trainer.steps_per_task'; valid: > 0 or null")
-
-
-def component_config(section: dict[str, Any], schema: Any, where: str) -> Any:
+def component_config(section: dict[str, Any], schema: Any, where: str, exp: Any = None) -> Any:
     """Validate a component's section (e.g. `learner` minus `name`) against its config dataclass."""
+    if not isinstance(section, dict):
+        raise ConfigError(f"bad value {section!r} for '{where}'; valid: a section of keys (e.g. {where}.<key>=...)")
     body = {k: v for k, v in section.items() if k != "name"}
     if schema is None:
         if body:
@@ -266,7 +375,7 @@ def component_config(section: dict[str, Any], schema: Any, where: str) -> Any:
     except (ValidationError, OmegaConfBaseException) as exc:
         raise ConfigError(f"bad value for '{where}.{getattr(exc, 'full_key', '?')}': {str(exc).splitlines()[0]}") from None
     obj = OmegaConf.to_object(merged)
-    validate_choices(obj, f"{where}.")
+    check_fields(obj, f"{where}.", exp)
     return obj
 
 
@@ -277,8 +386,7 @@ def load_config(experiment: str, overrides: list[str] = ()) -> ExperimentConfig:
     if OmegaConf.select(merged, "name") == "experiment":
         merged.name = experiment if not experiment.endswith((".yaml", ".yml")) else path.stem
     cfg: ExperimentConfig = OmegaConf.to_object(merged)
-    validate_choices(cfg)
-    check_positive(cfg)
+    check_fields(cfg, "", cfg)
     return cfg
 
 

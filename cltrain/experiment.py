@@ -48,11 +48,16 @@ class Components:
 def resolve_components(cfg: ExperimentConfig) -> Components:
     """Check every registry name and component section; fail before touching data or disk."""
     learner_cls = LEARNERS.get(str(cfg.learner.get("name", "finetune")))
-    method_cfg = component_config(cfg.learner, learner_cls.Config, "learner")
+    method_cfg = component_config(cfg.learner, learner_cls.Config, "learner", cfg)
+    check_presentation(f"learner.name={cfg.learner.get('name', 'finetune')!r}", learner_cls, cfg)
     plugin_cfgs = {}
     for name, section in cfg.plugins.items():
         plugin_cls = PLUGINS.get(name)
-        plugin_cfgs[name] = (plugin_cls, component_config(section or {}, plugin_cls.Config, f"plugins.{name}"))
+        plugin_cfgs[name] = (plugin_cls, component_config(section or {}, plugin_cls.Config, f"plugins.{name}", cfg))
+        check_presentation(f"plugins.{name}", plugin_cls, cfg)
+        if name in learner_cls.incompatible_plugins:
+            raise ConfigError(f"plugins.{name} cannot run with learner.name={cfg.learner['name']!r}: "
+                              f"{learner_cls.incompatible_plugins[name]} (valid: remove plugins.{name})")
     schedule = cfg.stream.schedule
     SCHEDULES.get(schedule)
     if learner_cls.schedule is not None:
@@ -69,6 +74,13 @@ def resolve_components(cfg: ExperimentConfig) -> Components:
                           f"(valid: {', '.join(SELF_SYNC_STRATEGIES)})")
     MODELS.get(cfg.model.name)
     return Components(learner_cls, method_cfg, plugin_cfgs, schedule)
+
+
+def check_presentation(who: str, component: Any, cfg: ExperimentConfig) -> None:
+    """A component declares the stream presentations it works with (its `presentations` class attribute)."""
+    if cfg.stream.presentation not in component.presentations:
+        raise ConfigError(f"{who} needs a {' or '.join(component.presentations)} stream; "
+                          f"stream.presentation={cfg.stream.presentation!r} (valid: {', '.join(component.presentations)})")
 
 
 def resolved_config(cfg: ExperimentConfig, parts: Components, run_dir: str) -> ExperimentConfig:

@@ -52,7 +52,7 @@ def test_bad_values_exit_2_with_the_valid_choices(tmp_path, capsys):
         ("bench/pmnist_naive", "stream.name=spiral", "permuted, rotated, split"),
         ("bench/pmnist_naive", "stream.dataset=svhn", "cifar10, cifar100, fashion_mnist, mnist"),
         ("bench/pmnist_naive", "trainer.batch_size=lots", "trainer.batch_size"),
-        ("bench/pmnist_naive", "trainer.batch_size=0", "> 0"),
+        ("bench/pmnist_naive", "trainer.batch_size=0", "1 <= batch_size"),
         ("bench/pmnist_naive", "learner.lam=3", "'learner' takes no options"),
         ("bench/pmnist_ewc", "learner.lambda=3", "valid keys under 'learner': lam, mode"),
         ("bench/pmnist_ewc", "learner.mode=sometimes", "offline, online"),

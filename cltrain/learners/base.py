@@ -36,6 +36,8 @@ class Learner(pl.LightningModule):
     # without Lightning's DistributedDataParallel wrapper (a module set that grows while training cannot be
     # wrapped once). Only plain `ddp` offers that, so other multi-process strategies are refused at config time.
     syncs_own_gradients: ClassVar[bool] = False
+    presentations: ClassVar[tuple[str, ...]] = ("task_aware", "task_agnostic")  # stream.presentation values it supports
+    incompatible_plugins: ClassVar[dict[str, str]] = {}  # plugin name -> why the two cannot run together
 
     def __init__(self, model: nn.Module, optim: OptimConfig, method: Any = None,
                  class_mask: Optional[torch.Tensor] = None, model_factory: Optional[Callable[[], nn.Module]] = None):

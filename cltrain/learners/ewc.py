@@ -14,18 +14,18 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from cltrain.config import choice
+from cltrain.config import bounded, choice, count, fraction
 from cltrain.learners.base import LEARNERS, Learner, TaskSamples, param_dict
 from cltrain.nn.modes import in_mode
 
 
 @dataclass
 class EWCConfig:
-    lam: float = 100.0  # penalty strength lambda
+    lam: float = bounded(100.0, 0, 1e12)  # penalty strength lambda
     mode: str = choice("offline", "offline", "online")
-    gamma: float = 1.0  # online mode: decay of the running Fisher
-    fisher_samples: int = 500  # training samples of the finished task used to estimate its Fisher
-    fisher_chunk: int = 64  # per-sample gradients computed this many at a time (memory bound)
+    gamma: float = fraction(1.0, low_open=True)  # online mode: decay of the running Fisher
+    fisher_samples: int = count(500)  # training samples of the finished task used to estimate its Fisher
+    fisher_chunk: int = count(64, high=1 << 16)  # per-sample gradients computed this many at a time (memory bound)
 
 
 def linear_fisher(learner: Learner, samples: TaskSamples, n: int, chunk: int) -> dict[str, torch.Tensor] | None:
@@ -96,6 +96,7 @@ def diagonal_fisher(learner: Learner, samples: TaskSamples, n: int, chunk: int) 
 
 @LEARNERS.register("ewc")
 class EWC(Learner):
+    presentations = ("task_aware",)  # the Fisher is taken at task ends
     Config = EWCConfig
 
     def __init__(self, *args, **kwargs):

@@ -11,17 +11,19 @@ from typing import Any
 
 import torch
 
+from cltrain.config import bounded, positive
 from cltrain.learners.base import LEARNERS, Learner, TaskSamples, param_dict
 
 
 @dataclass
 class SIConfig:
-    c: float = 10.0  # penalty strength (the power-law paper's permuted-MNIST value)
-    xi: float = 0.1  # damping of the importance denominator
+    c: float = bounded(10.0, 0, 1e12)  # penalty strength (the power-law paper's permuted-MNIST value)
+    xi: float = positive(0.1)  # damping of the importance denominator
 
 
 @LEARNERS.register("si")
 class SI(Learner):
+    presentations = ("task_aware",)  # importances are consolidated at task ends
     Config = SIConfig
 
     def __init__(self, *args, **kwargs):

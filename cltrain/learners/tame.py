@@ -35,12 +35,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from cltrain.config import choice
+from cltrain.config import bounded, choice, count, fraction, positive
 from cltrain.distributed import (all_sum, average_gradients, broadcast_module, from_rank0, gather_rows,
                                  module_digest, ranks_agree, world_size)
 from cltrain.learners.base import LEARNERS, Learner
 from cltrain.nn.modes import in_mode
-from cltrain.plugins.detection import DetectorConfig, build_detector, score_detections, true_shifts
+from cltrain.plugins.detection import DetectorConfig, build_detector, never_fires, score_detections, true_shifts
 from cltrain.plugins.pruning import Masks, apply_masks, count_params, finetune, prune_and_finetune, weight_sparsity
 from cltrain.priority_buffer import PriorityBuffer
 from cltrain.streams.loader import Batch, eval_batches
@@ -50,40 +50,43 @@ from cltrain.streams.loader import Batch, eval_batches
 class TAMEConfig:
     # shift detection (the paper's rule by default; detector=welch swaps in the t-test of plugins/detection.py)
     detector: str = choice("ema_window", "ema_window", "welch")
-    window: int = 100
-    alpha: float = 0.2
-    k: float = 3.0
-    std_floor: float = 0.005
-    significance: float = 1e-4  # welch only
-    min_window: int = 1  # no alarm until the active expert's window holds this many losses (1: the paper)
+    window: int = count(100, high=1_000_000)
+    alpha: float = fraction(0.2, low_open=True)
+    k: float = bounded(3.0, 0, 1000)
+    std_floor: float = bounded(0.005, 0, 1e6)
+    significance: float = fraction(1e-4, low_open=True, high_open=True)  # welch only
+    min_window: int = count(1, high=1_000_000)  # no alarm until the active expert's window holds this many losses (1: the paper)
     # experts
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    lr: float = positive(0.1, high=10)
+    momentum: float = fraction(0.9, high_open=True)
+    weight_decay: float = fraction(5e-4)
     bounded_loss: bool = True  # detection scores experts by sigmoid outputs + cross-entropy (bounded range)
     # the loss experts train on: bounded (the paper's code) or plain cross-entropy on the logits. With a head
     # over all 10 classes (ours; the paper's split-MNIST experts have 2) bounded training saturates both seen
     # classes' sigmoids at 1 and stalls at chance (measured), so the experiments train with ce.
     train_loss: str = choice("bounded", "bounded", "ce")
-    max_experts: int = 64  # beyond this, a shift reuses the expert with the lowest loss instead of spawning
+    max_experts: int = count(64, high=100_000)  # beyond this, a shift reuses the expert with the lowest loss instead of spawning
     # buffers
-    selector_capacity: int = 5000  # C_s
-    prune_capacity: int = 6000  # C_p
+    selector_capacity: int = count(5000)  # C_s
+    prune_capacity: int = count(6000)  # C_p
     selector_balance: str = choice("expert_class", "expert_class", "class")  # the paper's code: class
     # pruning (global L1 magnitude, then fine-tuning on the buffer)
     prune_experts: bool = True  # the reference code never prunes its experts; the paper says it does
-    expert_sparsity: float = 0.98
-    expert_prune_epochs: int = 10
-    expert_prune_lr: float = 0.01
-    expert_prune_rounds: int = 1  # 1: one-shot (the paper's code); more: gradual, same total epochs
-    selector_sparsity: float = 0.5
-    selector_prune_epochs: int = 5
-    selector_prune_lr: float = 0.01
+    expert_sparsity: float = fraction(0.98, high_open=True)
+    expert_prune_epochs: int = count(10, high=100_000, low=0)
+    expert_prune_lr: float = positive(0.01, high=10)
+    expert_prune_rounds: int = count(1, high=1000)  # 1: one-shot (the paper's code); more: gradual, same total epochs
+    selector_sparsity: float = fraction(0.5, high_open=True)
+    selector_prune_epochs: int = count(5, high=100_000, low=0)
+    selector_prune_lr: float = positive(0.01, high=10)
     # selector
-    selector_epochs: int = 30
-    selector_lr: float = 0.1
-    eval_selector_epochs: int = 10  # temporary selectors for evaluations before the end of the stream
-    batch_size: int = 128  # selector training and pruning fine-tuning
+    selector_epochs: int = count(30, high=100_000)
+    selector_lr: float = positive(0.1, high=10)
+    eval_selector_epochs: int = count(10, high=100_000)  # temporary selectors for evaluations before the end of the stream
+    batch_size: int = count(128, high=1 << 20)  # selector training and pruning fine-tuning
+
+    def validate(self, where: str, exp: Any) -> None:
+        never_fires(self.detector, self.window, self.min_window, 10, where)
 
 
 def bounded_cross_entropy(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -101,6 +104,8 @@ def replace_head(model: nn.Module, n_out: int) -> nn.Module:
 
 @LEARNERS.register("tame")
 class TAME(Learner):
+    presentations = ("task_agnostic",)  # it detects tasks itself; given boundaries would go unused
+    incompatible_plugins = {"pruning": "TAME prunes its own experts (learner.prune_experts)"}
     syncs_own_gradients = True  # the expert pool grows during training, outside any DDP wrapper
     Config = TAMEConfig
 

@@ -25,6 +25,7 @@ class PluginContext:
 class Plugin(Callback):
     Config: ClassVar[Optional[type]] = None
     name: ClassVar[str] = "plugin"
+    presentations: ClassVar[tuple[str, ...]] = ("task_aware", "task_agnostic")  # stream.presentation values it supports
 
     def __init__(self, cfg: Any, ctx: PluginContext):
         super().__init__()

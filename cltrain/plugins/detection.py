@@ -25,7 +25,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from cltrain.config import choice
+from cltrain.config import bad, bounded, choice, count, fraction
 from cltrain.distributed import all_sum, ranks_agree, world_size
 from cltrain.plugins.base import PLUGINS, Plugin, PluginContext
 from cltrain.registry import Registry
@@ -201,13 +201,26 @@ class WelchDetector(Detector):
 @dataclass
 class DetectorConfig:
     method: str = choice("ema_window", "ema_window", "welch")
-    window: int = 100  # losses in the window (ema_window) / reference window (welch)
-    alpha: float = 0.2  # ema_window: smoothing factor
-    k: float = 3.0  # ema_window: threshold = mean + k * std
-    std_floor: float = 0.005  # ema_window: the std never counts as smaller than this
-    recent: int = 10  # welch: recent losses tested against the reference
-    significance: float = 1e-4  # welch: declare a shift when p < significance
-    min_window: int = 1  # ema_window: no alarm before the window holds this many losses (1: TAME's rule)
+    window: int = count(100, high=1_000_000)  # losses in the window (ema_window) / reference window (welch)
+    alpha: float = fraction(0.2, low_open=True)  # ema_window: smoothing factor
+    k: float = bounded(3.0, 0, 1000)  # ema_window: threshold = mean + k * std
+    std_floor: float = bounded(0.005, 0, 1e6)  # ema_window: the std never counts as smaller than this
+    recent: int = count(10, high=1_000_000)  # welch: recent losses tested against the reference
+    significance: float = fraction(1e-4, low_open=True, high_open=True)  # welch: declare a shift when p < significance
+    min_window: int = count(1, high=1_000_000)  # ema_window: no alarm before the window holds this many losses (1: TAME's rule)
+
+    def validate(self, where: str, exp: Any) -> None:
+        never_fires(self.method, self.window, self.min_window, self.recent, where)
+
+
+def never_fires(method: str, window: int, min_window: int, recent: int, where: str) -> None:
+    """Refuse detector settings under which no shift can ever be declared (a silent no-op otherwise)."""
+    if method == "ema_window" and min_window > window:
+        raise bad(f"{where}min_window", min_window, f"<= {where}window ({window}): the window never holds more")
+    if method == "welch" and window < 20:  # WelchDetector's min_reference: fewer reference losses never test
+        raise bad(f"{where}window", window, "welch needs a reference window of >= 20 losses")
+    if method == "welch" and recent < 2:
+        raise bad(f"{where}recent", recent, "welch needs >= 2 recent losses for a t-test")
 
 
 DETECTORS: Registry[Any] = Registry("detector", "detector.method")
@@ -277,12 +290,12 @@ def plot_loss_trace(losses: np.ndarray, events: list[int], shifts: list[int], pa
 # ---- the plugin -----------------------------------------------------------------------------------------
 @dataclass
 class DetectionPluginConfig(DetectorConfig):
-    min_window: int = 20  # one network keeps training through a shift: let its new loss level settle first
+    min_window: int = count(20, high=1_000_000)  # one network keeps training through a shift: let its new loss level settle first
     # own: run the detector above on the loss; learner: record the learner's own decisions (outputs["shift"],
     # e.g. TAME's), so any detecting learner gets the same delay/miss/false-alarm scoring and plot
     source: str = choice("own", "own", "learner")
-    init_loss: Optional[float] = None  # the window's first value; None: the first loss seen
-    flush_every: int = 50  # losses are read back from the device this many batches at a time
+    init_loss: Optional[float] = bounded(None, 0, 1e6)  # the window's first value; None: the first loss seen
+    flush_every: int = count(50, high=1_000_000)  # losses are read back from the device this many batches at a time
     plot: bool = True  # write detection.png into the run folder
 
 

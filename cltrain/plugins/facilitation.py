@@ -14,14 +14,15 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from cltrain.config import count, fraction
 from cltrain.plugins.base import PLUGINS, Plugin, PluginContext
 
 
 @dataclass
 class FacilitationConfig:
-    criterion: float = 0.90  # training accuracy that counts as "learned"
-    window: int = 10  # batches in the running accuracy (single batches are noisy)
-    fixed_iters: int = 50  # report the running accuracy after this many iterations
+    criterion: float = fraction(0.90, low_open=True)  # training accuracy that counts as "learned"
+    window: int = count(10, high=1_000_000)  # batches in the running accuracy (single batches are noisy)
+    fixed_iters: int = count(50)  # report the running accuracy after this many iterations
 
 
 def running_accuracy(correct: np.ndarray, total: np.ndarray, window: int) -> np.ndarray:
@@ -34,6 +35,7 @@ def running_accuracy(correct: np.ndarray, total: np.ndarray, window: int) -> np.
 
 @PLUGINS.register("facilitation")
 class Facilitation(Plugin):
+    presentations = ("task_aware",)  # the new task is what on_task_start names
     Config = FacilitationConfig
     name = "facilitation"
 

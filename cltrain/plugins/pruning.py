@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from cltrain.buffers import ReservoirBuffer
-from cltrain.config import choice
+from cltrain.config import bad, choice, count, fraction, positive
 from cltrain.distributed import gather_rows
 from cltrain.nn.modes import in_mode
 from cltrain.plugins.base import PLUGINS, Plugin, PluginContext
@@ -118,12 +118,16 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 # ---- the plugin -----------------------------------------------------------------------------------------
 @dataclass
 class PruningConfig:
-    sparsity: float = 0.5  # fraction of conv/linear weights set to zero
+    sparsity: float = fraction(0.5, high_open=True)  # fraction of conv/linear weights set to zero
     when: str = choice("auto", "auto", "task_end", "stream_end")  # auto: task_end if task-aware, else stream_end
-    capacity: int = 2000  # reservoir of the stream used for fine-tuning after pruning
-    epochs: int = 3  # fine-tuning epochs over the buffer
-    lr: float = 0.01
-    batch_size: int = 128
+    capacity: int = count(2000)  # reservoir of the stream used for fine-tuning after pruning
+    epochs: int = count(3, high=100_000)  # fine-tuning epochs over the buffer
+    lr: float = positive(0.01, high=10)
+    batch_size: int = count(128, high=1 << 20)
+
+    def validate(self, where: str, exp: Any) -> None:
+        if self.when == "task_end" and exp.stream.presentation == "task_agnostic":  # no task ends are signalled
+            raise bad(f"{where}when", self.when, "auto or stream_end on a task_agnostic stream (task_end never fires)")
 
 
 @PLUGINS.register("pruning")
@@ -135,9 +139,6 @@ class Pruning(Plugin):
 
     def __init__(self, cfg: PruningConfig, ctx: PluginContext):
         super().__init__(cfg, ctx)
-        if not 0.0 <= cfg.sparsity < 1.0:
-            from cltrain.errors import ConfigError
-            raise ConfigError(f"bad value {cfg.sparsity} for 'plugins.pruning.sparsity'; valid: 0 <= s < 1")
         self.buffer = ReservoirBuffer(cfg.capacity, seed=ctx.seed + 3571)
         self.masks: Optional[Masks] = None
         self.n_pruned = 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from cltrain.config import count
 from cltrain.buffers import ReservoirBuffer
 from cltrain.plugins.base import PLUGINS, Plugin, PluginContext
 from cltrain.distributed import gather_rows, rank_rows, ranks_agree
@@ -12,8 +13,8 @@ from cltrain.streams.loader import Batch
 
 @dataclass
 class ReplayConfig:
-    capacity: int = 1000  # samples kept, over the whole run
-    batch_size: Optional[int] = None  # replayed samples per step; None: the training batch size
+    capacity: int = count(1000)  # samples kept, over the whole run
+    batch_size: Optional[int] = count(None, high=1 << 20)  # replayed samples per step; None: the training batch size
 
 
 @PLUGINS.register("replay")
