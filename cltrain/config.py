@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from cltrain.errors import ConfigError
@@ -342,10 +342,35 @@ def merge_checked(schema: Any, *layers: Any) -> DictConfig:
     try:
         merged = OmegaConf.structured(schema)
         for layer in layers:
-            merged = OmegaConf.merge(merged, layer)
+            try:
+                merged = OmegaConf.merge(merged, layer)
+            except TypeError:  # OmegaConf's plain error for a section given where a list belongs (or the reverse)
+                raise _container_mismatch(merged, layer) from None
         return merged
     except OmegaConfBaseException as exc:
         raise _explain(exc, schema) from None
+
+
+def _container_mismatch(base: Any, layer: Any) -> ConfigError:
+    key, valid = _find_mismatch(base, OmegaConf.to_container(layer) if isinstance(layer, DictConfig) else layer)
+    return ConfigError(f"bad value for '{key}'; valid: {valid}")
+
+
+def _find_mismatch(base: Any, layer: Any, prefix: str = "") -> tuple[str, str]:
+    """The key where `layer` puts a list on a section or a section on a list, and what belongs there."""
+    for key, value in (layer.items() if isinstance(layer, dict) else []):
+        # The node, not its value: an Optional list that is None still knows it is a list.
+        node = base._get_node(key) if isinstance(base, DictConfig) and key in base else None
+        where = f"{prefix}{key}"
+        if isinstance(node, ListConfig) and not isinstance(value, list):
+            return where, f"a list, e.g. {where}=[1,2]"
+        if isinstance(node, DictConfig) and not isinstance(value, dict):
+            return where, f"a section of keys ({where}.<key>=...)"
+        if isinstance(node, DictConfig):
+            found = _find_mismatch(node, value, f"{where}.")
+            if found[0] != "?":
+                return found
+    return "?", "a section where the schema has one, a list where it has a list"
 
 
 def parse_overrides(overrides: list[str]) -> DictConfig:
