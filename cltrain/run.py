@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import os
 import time
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Any, Optional
 
 import torch
 
+from cltrain import strict_json
 from cltrain.config import ExperimentConfig, to_yaml
 from cltrain.errors import ConfigError
 
@@ -75,7 +75,7 @@ class RunFolder:
 
     def write_json(self, name: str, data: dict[str, Any]) -> None:
         tmp = self.path / f".{name}.tmp"
-        tmp.write_text(json.dumps(data, indent=2))
+        tmp.write_text(strict_json.dumps(data, indent=2))  # NaN -> null: strict JSON
         os.replace(tmp, self.path / name)
 
     def write_csv(self, name: str, header: list[str], rows: list[list[Any]]) -> None:

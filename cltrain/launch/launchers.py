@@ -1,7 +1,6 @@
 """Launchers: how the points of a sweep get run (registered by name for `--launcher`)."""
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import shutil
@@ -10,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cltrain import strict_json
 from cltrain.config import ExperimentConfig
 from cltrain.errors import CltrainError
 from cltrain.launch.grid import Point
@@ -124,7 +124,7 @@ exit $code
             raise CltrainError(f"sbatch failed: {proc.stderr.strip()}")
         job_id = proc.stdout.strip().split(";")[0]
         meta["slurm_job_id"] = job_id
-        (self.root / "sweep.json").write_text(json.dumps(meta, indent=2))
+        (self.root / "sweep.json").write_text(strict_json.dumps(meta, indent=2))
         print(f"submitted SLURM job array {job_id} ({len(self.points)} tasks); "
               f"cltrain sweep --status {self.root}")
         return 0

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cltrain import strict_json
 from cltrain.config import ExperimentConfig, load_config
 from cltrain.errors import ConfigError
 from cltrain.launch.grid import Point, expand
@@ -44,7 +45,7 @@ def write_sweep(root: Path, experiment: str, points: list[Point], launcher: str)
         "python": sys.executable,
         "points": [{"name": p.name, "overrides": p.overrides, "run_dir": str(root / p.name)} for p in points],
     }
-    (root / "sweep.json").write_text(json.dumps(meta, indent=2))
+    (root / "sweep.json").write_text(strict_json.dumps(meta, indent=2))
     return meta
 
 
