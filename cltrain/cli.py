@@ -33,11 +33,14 @@ def _quiet_lightning() -> None:
 
 def cmd_fit(args: argparse.Namespace) -> int:
     from cltrain.config import load_config
-    from cltrain.experiment import run_experiment
+    from cltrain.resolve import check_config
 
     cfg = load_config(args.experiment, args.overrides)
+    check_config(cfg)  # every component rule, on their source: bad input is answered before the heavy imports
     _quiet_lightning()
     from lightning_fabric.utilities.exceptions import MisconfigurationException  # pytorch_lightning's too
+
+    from cltrain.experiment import run_experiment  # torch, Lightning, every component: seconds
 
     try:
         run_experiment(cfg)
@@ -48,15 +51,15 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from cltrain.catalog import known_names
     from cltrain.config import experiments_dirs
-    from cltrain.experiment import LEARNERS, MODELS, PLUGINS, SCHEDULES, STREAMS
 
     experiments = sorted({str(p.relative_to(d))[:-5] for d in experiments_dirs() if d.is_dir()
                           for p in d.rglob("*.yaml")})
-    for title, names in [("experiments", experiments), ("streams", STREAMS.names()),
-                         ("learners", LEARNERS.names()), ("plugins", PLUGINS.names()),
-                         ("schedules", SCHEDULES.names()), ("models", MODELS.names())]:
-        print(f"{title}: {', '.join(names)}")
+    print(f"experiments: {', '.join(experiments)}")
+    for title, registry in [("streams", "STREAMS"), ("learners", "LEARNERS"), ("plugins", "PLUGINS"),
+                            ("schedules", "SCHEDULES"), ("models", "MODELS")]:
+        print(f"{title}: {', '.join(known_names(registry))}")
     return 0
 
 

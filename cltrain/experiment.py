@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,13 +18,13 @@ import cltrain.learners  # noqa: F401  (registration)
 import cltrain.nn  # noqa: F401
 import cltrain.plugins  # noqa: F401
 import cltrain.streams  # noqa: F401
-from cltrain.config import ExperimentConfig, component_config
-from cltrain.distributed import SELF_SYNC_STRATEGIES
-from cltrain.errors import ConfigError
-from cltrain.learners.base import LEARNERS, Learner
+from cltrain import resolve
+from cltrain.config import ExperimentConfig
+from cltrain.learners.base import LEARNERS
 from cltrain.nn.registry import MODELS
 from cltrain.plots import schedule_png
-from cltrain.plugins.base import PLUGINS, Plugin, PluginContext
+from cltrain.plugins.base import PLUGINS, PluginContext
+from cltrain.resolve import Components
 from cltrain.run import RunFolder, default_run_dir
 from cltrain.streams.base import STREAMS, Stream
 from cltrain.streams.datasets import DATASETS
@@ -35,52 +34,14 @@ from cltrain.trainer import ContinualTrainer
 RUN_DIR_ENV = "CLTRAIN_RUN_DIR"  # shared with DDP worker processes, which re-run the same command line
 
 
-@dataclass
-class Components:
-    """The validated choices of an experiment, before any data is loaded."""
-
-    learner_cls: type[Learner]
-    method_cfg: Any
-    plugin_cfgs: dict[str, tuple[type[Plugin], Any]]
-    schedule: str
+# The imported registries, for resolve_components (the CLI ran the same checks on the catalog already).
+REGISTRIES = {"LEARNERS": LEARNERS, "PLUGINS": PLUGINS, "STREAMS": STREAMS, "DATASETS": DATASETS,
+              "SCHEDULES": SCHEDULES, "MODELS": MODELS}
 
 
 def resolve_components(cfg: ExperimentConfig) -> Components:
-    """Check every registry name and component section; fail before touching data or disk."""
-    learner_cls = LEARNERS.get(str(cfg.learner.get("name", "finetune")))
-    method_cfg = component_config(cfg.learner, learner_cls.Config, "learner", cfg)
-    check_presentation(f"learner.name={cfg.learner.get('name', 'finetune')!r}", learner_cls, cfg)
-    plugin_cfgs = {}
-    for name, section in cfg.plugins.items():
-        plugin_cls = PLUGINS.get(name)
-        plugin_cfgs[name] = (plugin_cls, component_config(section or {}, plugin_cls.Config, f"plugins.{name}", cfg))
-        check_presentation(f"plugins.{name}", plugin_cls, cfg)
-        if name in learner_cls.incompatible_plugins:
-            raise ConfigError(f"plugins.{name} cannot run with learner.name={cfg.learner['name']!r}: "
-                              f"{learner_cls.incompatible_plugins[name]} (valid: remove plugins.{name})")
-    schedule = cfg.stream.schedule
-    SCHEDULES.get(schedule)
-    if learner_cls.schedule is not None:
-        if schedule not in ("none", learner_cls.schedule):
-            raise ConfigError(f"learner.name={cfg.learner['name']!r} trains in the {learner_cls.schedule!r} "
-                              f"environment; stream.schedule={schedule!r} conflicts (valid: none, {learner_cls.schedule})")
-        schedule = learner_cls.schedule
-    STREAMS.get(cfg.stream.name)
-    DATASETS.get(cfg.stream.dataset)
-    t = cfg.trainer
-    if t.several_processes and learner_cls.syncs_own_gradients and t.strategy not in SELF_SYNC_STRATEGIES:
-        raise ConfigError(f"learner.name={cfg.learner['name']!r} syncs its own gradients and runs several "
-                          f"processes only with plain DDP; trainer.strategy={t.strategy!r} "
-                          f"(valid: {', '.join(SELF_SYNC_STRATEGIES)})")
-    MODELS.get(cfg.model.name)
-    return Components(learner_cls, method_cfg, plugin_cfgs, schedule)
-
-
-def check_presentation(who: str, component: Any, cfg: ExperimentConfig) -> None:
-    """A component declares the stream presentations it works with (its `presentations` class attribute)."""
-    if cfg.stream.presentation not in component.presentations:
-        raise ConfigError(f"{who} needs a {' or '.join(component.presentations)} stream; "
-                          f"stream.presentation={cfg.stream.presentation!r} (valid: {', '.join(component.presentations)})")
+    """Check every registry name and component section on the imported components (cltrain/resolve.py)."""
+    return resolve.resolve_components(cfg, lambda registry, name: REGISTRIES[registry].get(name))
 
 
 def resolved_config(cfg: ExperimentConfig, parts: Components, run_dir: str) -> ExperimentConfig:

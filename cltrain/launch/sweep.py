@@ -21,6 +21,7 @@ from cltrain.config import ExperimentConfig, load_config
 from cltrain.errors import ConfigError
 from cltrain.launch.grid import Point, expand
 from cltrain.launch.launchers import LAUNCHERS, point_state
+from cltrain.resolve import check_config
 
 
 def plan(experiment: str, overrides: list[str]) -> tuple[Path, list[Point], ExperimentConfig]:
@@ -29,6 +30,8 @@ def plan(experiment: str, overrides: list[str]) -> tuple[Path, list[Point], Expe
     given = [o.split("=", 1)[1] for o in overrides if o.startswith("run_dir=")]
     points = expand(rest)
     configs = [load_config(experiment, p.overrides) for p in points]
+    for cfg in configs:
+        check_config(cfg)  # components and combinations too, before anything is submitted
     root = Path(given[0] if given else Path("runs") / "sweeps" / configs[0].name /
                 time.strftime("%Y%m%d-%H%M%S")).resolve()
     return root, points, configs[0]
