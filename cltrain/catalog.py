@@ -199,8 +199,8 @@ def _run(light: types.ModuleType, node: ast.stmt, path: Path, flags: int) -> Non
     code = compile(ast.Module(body=[node], type_ignores=[]), str(path), "exec", flags=flags, dont_inherit=True)
     try:
         exec(code, light.__dict__)
-    except NameError:
-        pass  # it needs something heavy (a torch default, say): not a config, or looked up by import
+    except Exception:  # noqa: BLE001  it needs something heavy (a torch default, say): looked up by import
+        pass
 
 
 def known_names(registry: str) -> list[str]:
