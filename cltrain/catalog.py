@@ -44,7 +44,8 @@ REGISTRIES = {"LEARNERS": ("cltrain.learners.base", "learner", "learner.name"),
               "MODELS": ("cltrain.nn.registry", "model", "model.name")}
 # Traits of the framework's base classes (Learner, Plugin); tests/test_catalog.py compares them with the classes.
 BASE_TRAITS: dict[str, Any] = {"presentations": ("task_aware", "task_agnostic"), "incompatible_plugins": {},
-                               "schedule": None, "syncs_own_gradients": False}
+                               "schedule": None, "syncs_own_gradients": False, "reports_shifts": False,
+                               "learner_needs": {}}
 FRAMEWORK_BASES = {"Learner", "Plugin"}
 # Imported for real while reading: they import nothing heavy.
 LIGHT_MODULES = {"__future__", "dataclasses", "typing", "math", "enum", "re", "pathlib", "cltrain.config",

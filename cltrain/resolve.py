@@ -43,6 +43,7 @@ def resolve_components(cfg: ExperimentConfig, lookup: Lookup) -> Components:
         if name in learner.incompatible_plugins:
             raise ConfigError(f"plugins.{name} cannot run with learner.name={learner_name!r}: "
                               f"{learner.incompatible_plugins[name]} (valid: remove plugins.{name})")
+        check_learner_needs(name, plugin, plugin_cfgs[name][1], learner, learner_name)
     schedule = resolve_schedule(cfg, learner, learner_name, lookup)
     lookup("STREAMS", cfg.stream.name)
     lookup("DATASETS", cfg.stream.dataset)
@@ -61,6 +62,14 @@ def check_presentation(who: str, component: Any, cfg: ExperimentConfig) -> None:
     if cfg.stream.presentation not in component.presentations:
         raise ConfigError(f"{who} needs a {' or '.join(component.presentations)} stream; "
                           f"stream.presentation={cfg.stream.presentation!r} (valid: {', '.join(component.presentations)})")
+
+
+def check_learner_needs(name: str, plugin: Any, pcfg: Any, learner: Any, learner_name: str) -> None:
+    """A plugin setting that only means something with a learner of some trait (its `learner_needs`)."""
+    for (key, value), trait in plugin.learner_needs.items():
+        if getattr(pcfg, key) == value and not getattr(learner, trait):
+            raise ConfigError(f"plugins.{name}.{key}={value!r} needs a learner that {trait.replace('_', ' ')}; "
+                              f"learner.name={learner_name!r} does not (valid: another {key})")
 
 
 def resolve_schedule(cfg: ExperimentConfig, learner: Any, learner_name: str, lookup: Lookup) -> str:

@@ -58,7 +58,7 @@ def test_base_traits_are_the_base_classes_defaults():
     ["learner.name=tame"], ["learner.name=tame", "stream.presentation=task_agnostic", "learner.min_window=500"],
     ["learner.name=ewc", "learner.gamma=0"], ["plugins.detection.method=welch", "plugins.detection.window=5"],
     ["learner.name=tame", "stream.presentation=task_agnostic", "plugins.pruning.sparsity=0.5"],
-    ["learner.name=ewx"], ["stream.name=spiral"], ["model.name=resnet"],
+    ["learner.name=ewx"], ["stream.name=spiral"], ["model.name=resnet"], ["plugins.detection.source=learner"],
     ["learner.name=tame", "stream.presentation=task_agnostic", "trainer.devices=2", "trainer.strategy=ddp_spawn"],
 ])
 def test_the_catalog_and_the_imported_components_refuse_alike(overrides):

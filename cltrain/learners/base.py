@@ -38,6 +38,7 @@ class Learner(pl.LightningModule):
     syncs_own_gradients: ClassVar[bool] = False
     presentations: ClassVar[tuple[str, ...]] = ("task_aware", "task_agnostic")  # stream.presentation values it supports
     incompatible_plugins: ClassVar[dict[str, str]] = {}  # plugin name -> why the two cannot run together
+    reports_shifts: ClassVar[bool] = False  # its training_step returns outputs["shift"] (its own task-shift decisions)
 
     def __init__(self, model: nn.Module, optim: OptimConfig, method: Any = None,
                  class_mask: Optional[torch.Tensor] = None, model_factory: Optional[Callable[[], nn.Module]] = None):

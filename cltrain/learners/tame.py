@@ -106,6 +106,7 @@ def replace_head(model: nn.Module, n_out: int) -> nn.Module:
 class TAME(Learner):
     presentations = ("task_agnostic",)  # it detects tasks itself; given boundaries would go unused
     incompatible_plugins = {"pruning": "TAME prunes its own experts (learner.prune_experts)"}
+    reports_shifts = True
     syncs_own_gradients = True  # the expert pool grows during training, outside any DDP wrapper
     Config = TAMEConfig
 

@@ -26,6 +26,8 @@ class Plugin(Callback):
     Config: ClassVar[Optional[type]] = None
     name: ClassVar[str] = "plugin"
     presentations: ClassVar[tuple[str, ...]] = ("task_aware", "task_agnostic")  # stream.presentation values it supports
+    # (config key, value) -> the learner trait that setting needs, e.g. {("source", "learner"): "reports_shifts"}
+    learner_needs: ClassVar[dict[tuple[str, Any], str]] = {}
 
     def __init__(self, cfg: Any, ctx: PluginContext):
         super().__init__()

@@ -310,6 +310,7 @@ class Detection(Plugin):
     """
 
     Config = DetectionPluginConfig
+    learner_needs = {("source", "learner"): "reports_shifts"}  # else it would record no events at all
     name = "detection"
 
     def __init__(self, cfg: DetectionPluginConfig, ctx: PluginContext):
