@@ -279,6 +279,19 @@ class ExperimentConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
+    def validate(self, where: str, exp: "ExperimentConfig") -> None:
+        if self.run_dir is not None:
+            check_creatable(Path(self.run_dir).expanduser(), f"{where}run_dir")
+
+
+def check_creatable(path: Path, key: str) -> None:
+    """A folder that exists or can be made: checked up front, so a run never stops at its first write."""
+    if path.exists() and not path.is_dir():
+        raise bad(key, str(path), "a folder (this is a file)")
+    ancestor = next(p for p in [path, *path.parents] if p.exists())
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise bad(key, str(path), f"a folder that can be created ({ancestor} is not a writable folder)")
+
 
 def data_root(cfg: DataConfig) -> Path:
     """The data root: `data.root`, else $CLTRAIN_DATA, else a user cache folder."""
@@ -313,8 +326,10 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
         raise ConfigError(f"experiment {path} extends itself (cycle: {' -> '.join(map(str, seen))})")
     try:
         node = OmegaConf.load(path)
-    except Exception as exc:  # yaml errors come in several types
-        raise ConfigError(f"cannot read experiment {path}: {exc}") from None
+    except Exception as exc:  # yaml errors come in several types, over several lines
+        raise ConfigError(f"cannot read experiment {path}: {' '.join(str(exc).split())}") from None
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"experiment {path} holds a {type(node).__name__}; valid: a mapping of config keys")
     parent = node.pop("extends", None)
     if parent is None:
         return node
@@ -375,7 +390,7 @@ def _find_mismatch(base: Any, layer: Any, prefix: str = "") -> tuple[str, str]:
 
 def parse_overrides(overrides: list[str]) -> DictConfig:
     for item in overrides:
-        if "=" not in item:
+        if "=" not in item or not item.split("=", 1)[0].strip():
             raise ConfigError(f"override {item!r} is not key=value (e.g. trainer.epochs_per_task=2)")
     try:
         return OmegaConf.from_dotlist(list(overrides))
@@ -411,6 +426,10 @@ def load_config(experiment: str, overrides: list[str] = ()) -> ExperimentConfig:
     if OmegaConf.select(merged, "name") == "experiment":
         merged.name = experiment if not experiment.endswith((".yaml", ".yml")) else path.stem
     cfg: ExperimentConfig = OmegaConf.to_object(merged)
+    try:  # OmegaConf checks list elements' types only when the object is structured again (e.g. [[1]] in a list[str])
+        OmegaConf.structured(cfg)
+    except OmegaConfBaseException as exc:
+        raise _explain(exc, ExperimentConfig) from None
     check_fields(cfg, "", cfg)
     return cfg
 

@@ -56,7 +56,7 @@ def bad_values(tp: Any, meta: Any) -> list[str]:
     if typing.get_origin(tp) is list:
         (item,) = typing.get_args(tp)
         if item is str:
-            return ["{a: 1}"]
+            return ["{a: 1}", "[[1]]"]
         span = meta.get("range")
         assert span is not None, "every list of numbers declares the range of its elements"
         return ["lots", "{a: 1}", *(f"[{v}]" for v in _below_above(span, item is int))]
@@ -166,6 +166,27 @@ def test_ranges_and_combinations_from_the_issue(tmp_path, capsys):
 
     for args, key in COMBINATIONS:
         refused(main, capsys, tmp_path, args, key)
+
+
+def test_bad_experiment_files_overrides_and_run_folders(tmp_path, capsys):
+    from cltrain.cli import main
+
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    (tmp_path / "broken.yaml").write_text("trainer: [\n")
+    (tmp_path / "a_file").write_text("")
+    cases = [
+        (["fit", str(tmp_path / "list.yaml")], "a mapping of config keys"),
+        (["fit", str(tmp_path / "broken.yaml")], "line 2"),
+        (["fit", "bench/pmnist_naive", "=5"], "not key=value"),
+        (["fit", "bench/pmnist_naive", f"run_dir={tmp_path / 'a_file'}"], "this is a file"),
+        (["fit", "bench/pmnist_naive", f"run_dir={tmp_path / 'a_file' / 'run'}"], "not a writable folder"),
+    ]
+    for args, expected in cases:
+        code = main(args)
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 2 and len(lines) == 1 and expected in lines[0], (args, err[-2000:])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "broken.yaml", "list.yaml"]
 
 
 @pytest.mark.parametrize("args,key", [
