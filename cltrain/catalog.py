@@ -45,7 +45,7 @@ REGISTRIES = {"LEARNERS": ("cltrain.learners.base", "learner", "learner.name"),
 # Traits of the framework's base classes (Learner, Plugin); tests/test_catalog.py compares them with the classes.
 BASE_TRAITS: dict[str, Any] = {"presentations": ("task_aware", "task_agnostic"), "incompatible_plugins": {},
                                "schedule": None, "syncs_own_gradients": False, "reports_shifts": False,
-                               "learner_needs": {}}
+                               "learner_needs": {}, "reads": ()}
 FRAMEWORK_BASES = {"Learner", "Plugin"}
 # Imported for real while reading: they import nothing heavy.
 LIGHT_MODULES = {"__future__", "dataclasses", "typing", "math", "enum", "re", "pathlib", "cltrain.config",
@@ -81,8 +81,9 @@ def entries(registry: str) -> dict[str, Entry]:
         module = f"{package}.{path.stem}" if path.stem != "__init__" else package
         tree = _parse(path)
         for node in tree.body:
-            for name in _registered_names(node, registry):
-                found[name] = _entry(name, module, node, tree)
+            for call in _registrations(node, registry):
+                entry = _entry(call, module, node, tree)
+                found[entry.name] = entry
     return found
 
 
@@ -99,20 +100,28 @@ def _is_register(call: ast.AST, registry: str) -> Optional[str]:
     return None
 
 
-def _registered_names(node: ast.stmt, registry: str) -> list[str]:
+def _registrations(node: ast.stmt, registry: str) -> list[ast.Call]:
+    """The `registry.register("name", **traits)` calls of a statement."""
     if isinstance(node, (ast.ClassDef, ast.FunctionDef)):  # @REGISTRY.register("name")
-        return [n for n in (_is_register(d, registry) for d in node.decorator_list) if n]
-    if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):  # REGISTRY.register("name")(obj)
-        name = _is_register(node.value.func, registry)
-        return [name] if name else []
-    return []
+        calls = node.decorator_list
+    elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):  # REGISTRY.register("name")(obj)
+        calls = [node.value.func]
+    else:
+        calls = []
+    return [c for c in calls if _is_register(c, registry)]
 
 
-def _entry(name: str, module: str, node: ast.stmt, tree: ast.Module) -> Entry:
+def _entry(call: ast.Call, module: str, node: ast.stmt, tree: ast.Module) -> Entry:
+    name = _is_register(call, registry=call.func.value.id)
+    try:  # traits given to register() itself
+        traits = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+    except ValueError:
+        traits = {"?": True}
     if not isinstance(node, ast.ClassDef):
-        return Entry(name, module)  # a function or object: no config section, no traits
+        return Entry(name, module, None, traits)  # a function or object: no config section
     classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
-    config_name, traits = _class_attributes(node, classes)
+    config_name, class_traits = _class_attributes(node, classes)
+    traits = {**class_traits, **traits}
     if config_name is UNKNOWN:
         return Entry(name, module, UNKNOWN, traits)
     config = None if config_name is None else getattr(light_module(module), config_name, UNKNOWN)

@@ -161,6 +161,10 @@ class RehearsalConfig:
                       f"null unless stream.schedule=exponential and {where}budget_match=false")
 
 
+# StreamConfig keys that only some stream families read (each declares them: STREAMS.register(name, reads=...))
+STREAM_FAMILY_KEYS = ("scenario", "first_identity", "max_angle")
+
+
 @dataclass
 class StreamConfig:
     name: str = "permuted"  # a registered stream family: permuted, rotated, split, split_cifar10, ...

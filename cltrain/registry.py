@@ -19,10 +19,14 @@ class Registry(Generic[T]):
         self.config_key = config_key  # the config key users set to pick one, named in errors
         self._items: dict[str, T] = {}
 
-    def register(self, name: str) -> Callable[[T], T]:
+    def register(self, name: str, **traits: object) -> Callable[[T], T]:
+        """Register under `name`; `traits` (literal values) become attributes of the item, e.g. the config keys a
+        stream family reads: `@STREAMS.register("rotated", reads=("max_angle",))`."""
         def add(item: T) -> T:
             if name in self._items:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
+            for trait, value in traits.items():
+                setattr(item, trait, value)
             self._items[name] = item
             return item
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from cltrain import catalog
-from cltrain.config import ExperimentConfig, component_config
+from cltrain.config import STREAM_FAMILY_KEYS, ExperimentConfig, StreamConfig, component_config
 from cltrain.errors import ConfigError
 
 # (registry variable, name) -> the component: an imported class / function, or a catalog Entry with the same
@@ -45,7 +45,7 @@ def resolve_components(cfg: ExperimentConfig, lookup: Lookup) -> Components:
                               f"{learner.incompatible_plugins[name]} (valid: remove plugins.{name})")
         check_learner_needs(name, plugin, plugin_cfgs[name][1], learner, learner_name)
     schedule = resolve_schedule(cfg, learner, learner_name, lookup)
-    lookup("STREAMS", cfg.stream.name)
+    check_stream_keys(cfg, lookup("STREAMS", cfg.stream.name))
     lookup("DATASETS", cfg.stream.dataset)
     lookup("MODELS", cfg.model.name)
     check_processes(cfg, learner, learner_name)
@@ -70,6 +70,16 @@ def check_learner_needs(name: str, plugin: Any, pcfg: Any, learner: Any, learner
         if getattr(pcfg, key) == value and not getattr(learner, trait):
             raise ConfigError(f"plugins.{name}.{key}={value!r} needs a learner that {trait.replace('_', ' ')}; "
                               f"learner.name={learner_name!r} does not (valid: another {key})")
+
+
+def check_stream_keys(cfg: ExperimentConfig, stream: Any) -> None:
+    """A family-specific stream key changed from its default must be read by the chosen family (its `reads`)."""
+    defaults = StreamConfig()
+    for key in STREAM_FAMILY_KEYS:
+        value, default = getattr(cfg.stream, key), getattr(defaults, key)
+        if value != default and key not in getattr(stream, "reads", ()):
+            raise ConfigError(f"stream.{key}={value!r} is not read by stream.name={cfg.stream.name!r} (it would be "
+                              f"ignored); valid: its default, {default!r}, or a stream family that reads it")
 
 
 def resolve_schedule(cfg: ExperimentConfig, learner: Any, learner_name: str, lookup: Lookup) -> str:

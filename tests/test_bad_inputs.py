@@ -150,7 +150,9 @@ COMBINATIONS = [
     (["plugins.facilitation.window=5", "stream.presentation=task_agnostic"], "presentation"),
     (["learner.name=tame", "stream.presentation=task_agnostic", "plugins.pruning.sparsity=0.5"], "pruning"),
     (["stream.presentation=task_agnostic", "plugins.pruning.when=task_end"], "when"),
-    (["plugins.detection.source=learner"], "source"),  # finetune reports no shifts: no events, silently
+    (["plugins.detection.source=learner"], "source"),
+    (["stream.scenario=task_incremental"], "scenario"),  # permuted tasks share one label space: ignored
+    (["stream.name=split", "stream.max_angle=90"], "max_angle"),  # finetune reports no shifts: no events, silently
     (["trainer.accelerator=gpu"], "accelerator"),  # no GPU on this machine
     (["trainer.precision=16-bit"], "precision"),
     (["trainer.strategy=deepspeed"], "strategy"),

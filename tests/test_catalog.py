@@ -28,13 +28,13 @@ def _field_view(schema):
              dict(f.metadata)) for f in dataclasses.fields(schema)]
 
 
-@pytest.mark.parametrize("registry", ["LEARNERS", "PLUGINS"])
+@pytest.mark.parametrize("registry", ["LEARNERS", "PLUGINS", "STREAMS"])
 def test_configs_and_traits_read_from_source_equal_the_imported_classes(registry):
     real = _imported(registry)
     for name, entry in catalog.entries(registry).items():
         cls = real.get(name)
         assert entry.complete, name
-        if cls.Config is None:
+        if getattr(cls, "Config", None) is None:
             assert entry.Config is None, name
         else:
             assert entry.Config.__name__ == cls.Config.__name__, name
@@ -59,6 +59,7 @@ def test_base_traits_are_the_base_classes_defaults():
     ["learner.name=ewc", "learner.gamma=0"], ["plugins.detection.method=welch", "plugins.detection.window=5"],
     ["learner.name=tame", "stream.presentation=task_agnostic", "plugins.pruning.sparsity=0.5"],
     ["learner.name=ewx"], ["stream.name=spiral"], ["model.name=resnet"], ["plugins.detection.source=learner"],
+    ["stream.scenario=task_incremental"], ["stream.name=rotated", "stream.first_identity=false"],
     ["learner.name=tame", "stream.presentation=task_agnostic", "trainer.devices=2", "trainer.strategy=ddp_spawn"],
 ])
 def test_the_catalog_and_the_imported_components_refuse_alike(overrides):
