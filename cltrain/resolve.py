@@ -60,8 +60,9 @@ def check_config(cfg: ExperimentConfig) -> Components:
 def check_presentation(who: str, component: Any, cfg: ExperimentConfig) -> None:
     """A component declares the stream presentations it works with (its `presentations` class attribute)."""
     if cfg.stream.presentation not in component.presentations:
-        raise ConfigError(f"{who} needs a {' or '.join(component.presentations)} stream; "
-                          f"stream.presentation={cfg.stream.presentation!r} (valid: {', '.join(component.presentations)})")
+        valid = component.presentations
+        raise ConfigError(f"{who} needs a {' or '.join(valid)} stream; "
+                          f"stream.presentation={cfg.stream.presentation!r} (valid: {', '.join(valid)})")
 
 
 def check_learner_needs(name: str, plugin: Any, pcfg: Any, learner: Any, learner_name: str) -> None:

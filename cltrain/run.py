@@ -44,7 +44,8 @@ class RunFolder:
         try:
             self.checkpoints.mkdir(parents=True, exist_ok=True)
         except OSError as exc:  # checked at resolve time; the file system may still refuse (quota, a race)
-            raise ConfigError(f"run_dir {self.path} cannot be created ({exc.strerror}); valid: a writable folder") from None
+            raise ConfigError(f"run_dir {self.path} cannot be created ({exc.strerror}); "
+                              "valid: a writable folder") from None
         (self.path / "config.yaml").write_text(to_yaml(cfg))
 
     # May differ on resume: where and how the run executes, not what it computes.

@@ -55,7 +55,8 @@ class TAMEConfig:
     k: float = bounded(3.0, 0, 1000)
     std_floor: float = bounded(0.005, 0, 1e6)
     significance: float = fraction(1e-4, low_open=True, high_open=True)  # welch only
-    min_window: int = count(1, high=1_000_000)  # no alarm until the active expert's window holds this many losses (1: the paper)
+    # no alarm until the active expert's window holds this many losses (1: the paper)
+    min_window: int = count(1, high=1_000_000)
     # experts
     lr: float = positive(0.1, high=10)
     momentum: float = fraction(0.9, high_open=True)
@@ -65,7 +66,8 @@ class TAMEConfig:
     # over all 10 classes (ours; the paper's split-MNIST experts have 2) bounded training saturates both seen
     # classes' sigmoids at 1 and stalls at chance (measured), so the experiments train with ce.
     train_loss: str = choice("bounded", "bounded", "ce")
-    max_experts: int = count(64, high=100_000)  # beyond this, a shift reuses the expert with the lowest loss instead of spawning
+    # beyond this, a shift reuses the expert with the lowest loss instead of spawning
+    max_experts: int = count(64, high=100_000)
     # buffers
     selector_capacity: int = count(5000)  # C_s
     prune_capacity: int = count(6000)  # C_p
@@ -82,11 +84,11 @@ class TAMEConfig:
     # selector
     selector_epochs: int = count(30, high=100_000)
     selector_lr: float = positive(0.1, high=10)
-    eval_selector_epochs: int = count(10, high=100_000)  # temporary selectors for evaluations before the end of the stream
+    eval_selector_epochs: int = count(10, high=100_000)  # temporary selectors for evaluations before the end
     batch_size: int = count(128, high=1 << 20)  # selector training and pruning fine-tuning
 
     def validate(self, where: str, exp: Any) -> None:
-        never_fires(self.detector, self.window, self.min_window, 10, where)
+        never_fires(self.detector, self.window, self.min_window, DetectorConfig.recent, where)  # default recent
 
 
 def bounded_cross_entropy(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:

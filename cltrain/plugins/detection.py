@@ -206,8 +206,9 @@ class DetectorConfig:
     k: float = bounded(3.0, 0, 1000)  # ema_window: threshold = mean + k * std
     std_floor: float = bounded(0.005, 0, 1e6)  # ema_window: the std never counts as smaller than this
     recent: int = count(10, high=1_000_000)  # welch: recent losses tested against the reference
-    significance: float = fraction(1e-4, low_open=True, high_open=True)  # welch: declare a shift when p < significance
-    min_window: int = count(1, high=1_000_000)  # ema_window: no alarm before the window holds this many losses (1: TAME's rule)
+    significance: float = fraction(1e-4, low_open=True, high_open=True)  # welch: a shift when p < significance
+    # ema_window: no alarm before the window holds this many losses (1: TAME's rule)
+    min_window: int = count(1, high=1_000_000)
 
     def validate(self, where: str, exp: Any) -> None:
         never_fires(self.method, self.window, self.min_window, self.recent, where)
@@ -290,7 +291,8 @@ def plot_loss_trace(losses: np.ndarray, events: list[int], shifts: list[int], pa
 # ---- the plugin -----------------------------------------------------------------------------------------
 @dataclass
 class DetectionPluginConfig(DetectorConfig):
-    min_window: int = count(20, high=1_000_000)  # one network keeps training through a shift: let its new loss level settle first
+    # one network keeps training through a shift: let its new loss level settle first
+    min_window: int = count(20, high=1_000_000)
     # own: run the detector above on the loss; learner: record the learner's own decisions (outputs["shift"],
     # e.g. TAME's), so any detecting learner gets the same delay/miss/false-alarm scoring and plot
     source: str = choice("own", "own", "learner")
