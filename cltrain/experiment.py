@@ -27,6 +27,7 @@ from cltrain.nn.registry import MODELS
 from cltrain.plots import schedule_png
 from cltrain.plugins.base import PLUGINS, Plugin, PluginContext
 from cltrain.run import RunFolder, default_run_dir
+from cltrain.seeding import seeded
 from cltrain.streams.base import STREAMS, Stream
 from cltrain.streams.datasets import DATASETS
 from cltrain.streams.schedules import SCHEDULES
@@ -120,11 +121,12 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         print(f"[cltrain] {cfg.name}: {stream.n_phases} phases, schedule {parts.schedule!r}, training samples per "
               f"phase {counts.sum(1).tolist()} (per task: {run.path / 'schedule_counts.csv'})", flush=True)
 
-    torch.manual_seed(cfg.seed)  # model initialisation depends on the seed alone
-    def build_model() -> torch.nn.Module:
+    def build_model() -> torch.nn.Module:  # callers seed it (seeding.seeded(seed, "model", j)) when they call it
         return MODELS.get(cfg.model.name)(cfg.model, stream.input_shape, stream.n_classes)
 
-    learner = parts.learner_cls(build_model(), cfg.optim, parts.method_cfg, stream.class_mask(), build_model)
+    with seeded(cfg.seed, "model", 0):  # the run's first network depends on the seed alone
+        model = build_model()
+    learner = parts.learner_cls(model, cfg.optim, parts.method_cfg, stream.class_mask(), build_model, seed=cfg.seed)
     ctx = PluginContext(seed=cfg.seed, batch_size=cfg.trainer.batch_size, run_dir=run_dir)
     plugins = {name: cls(pcfg, ctx) for name, (cls, pcfg) in parts.plugin_cfgs.items()}
     return ContinualTrainer(cfg, stream, learner, plugins, counts, run).fit()

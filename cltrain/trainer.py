@@ -29,6 +29,7 @@ from cltrain.plots import acc_matrix_png, retention_png
 from cltrain.plugins.base import Plugin
 from cltrain.preemption import Preempted, PreemptionWatcher
 from cltrain.run import RunFolder
+from cltrain.seeding import derive_seed, generator, rng_snapshot
 from cltrain.streams.base import Stream
 from cltrain.streams.loader import PhaseLoader, Segment, eval_batches
 from cltrain.streams.schedules import phase_indices
@@ -61,13 +62,18 @@ class ContinualTrainer:
         self.rank, self.world_size = 0, 1
         self.watcher = PreemptionWatcher()
         self.ranks_agree: Optional[bool] = None  # DDP: did every rank end every fit with the same weights?
-        self._rng_state: Optional[torch.Tensor] = None
+        self._rng_state: Optional[dict[str, Any]] = None  # a checkpoint's global RNG, put back at its batch
+        self._precision_state: dict[str, Any] = {}  # the precision plugin's (grad scaler's) state, across fits
 
     # ---- the loop -------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         start = time.perf_counter()
+        threads = torch.get_num_threads()  # _place may lower it for DDP on CPU; the caller gets it back
         if self.cfg.resume:
             self._restore(self.run.load_checkpoint())
+        else:
+            # In-model randomness (dropout) draws from torch's global RNG; every other consumer has its own.
+            torch.manual_seed(derive_seed(self.cfg.seed, "torch_global"))
         self.loggers = RunLoggers(self.cfg, self.run)
         remaining = list(range(self.progress.next_phase, self.stream.n_phases))
         groups = [[k] for k in remaining] if self.stream.task_aware else ([remaining] if remaining else [])
@@ -78,6 +84,7 @@ class ContinualTrainer:
                 self._fit_phases(phases)
         finally:
             self.watcher.uninstall()
+            torch.set_num_threads(threads)
         return self._finish()
 
     def _pl_trainer(self, callbacks: list[Callback]) -> pl.Trainer:
@@ -99,8 +106,9 @@ class ContinualTrainer:
     def _fit_phases(self, phases: list[int]) -> None:
         phase_start = time.perf_counter() - self.progress.phase_elapsed
         segments = [self.segment(k) for k in phases]
-        if self.progress.batches_into_phase:  # resuming a preempted phase: skip what it already trained on
-            segments[0].skip, segments[0].rng_state = self.progress.batches_into_phase, self._rng_state
+        # resuming: skip what a preempted phase already trained on; the global RNG continues from the checkpoint
+        segments[0].skip, segments[0].rng_state = self.progress.batches_into_phase, self._rng_state
+        self._rng_state = None
         driver = _PhaseDriver(self, phases, segments, phase_start)
         trainer = self._pl_trainer([*self.plugins.values(), driver])
         self._place(trainer)
@@ -152,6 +160,7 @@ class ContinualTrainer:
         p.phase_end_steps.append(p.steps)
         p.next_phase = phase + 1
         p.batches_into_phase, p.phase_elapsed = 0, 0.0
+        self._precision_state = precision_state(trainer)
         if self.rank == 0:
             seen = seen_average(np.array(p.rows), self.stream.order)[-1]
             self.loggers.log_phase(phase, row, seen, p.steps)
@@ -165,6 +174,7 @@ class ContinualTrainer:
         p = self.progress
         if batches_done:  # at a phase boundary end_phase has just saved everything already
             p.batches_into_phase, p.phase_elapsed = batches_done, elapsed
+            self._precision_state = precision_state(trainer)
             if self.rank == 0:
                 self.run.save_checkpoint(self.checkpoint_state(), phase)
         trainer.strategy.barrier()
@@ -177,7 +187,7 @@ class ContinualTrainer:
     def task_samples(self, task_id: int, batch_size: int, max_samples: int):
         """Batches of up to max_samples training samples of one task (a seeded subset), for method hooks."""
         task = self.stream.tasks[task_id]
-        gen = torch.Generator().manual_seed(self.cfg.seed + 104_729 * (task_id + 1))
+        gen = generator(self.cfg.seed, "task_samples", task_id)
         pick = torch.randperm(task.n_train, generator=gen)[:max_samples].to(task.train_idx.device)
         idx = task.train_idx[pick]
         segment = Segment(-1 - task_id, idx, torch.full_like(idx, task_id), -(-idx.numel() // batch_size))
@@ -206,7 +216,8 @@ class ContinualTrainer:
             "learner": self.learner.state_dict(),
             "optimizer": self.learner.optimizer_state(),
             "plugins": {name: plugin.state_dict() for name, plugin in self.plugins.items()},
-            "torch_rng": torch.get_rng_state(),
+            "rng": rng_snapshot(self.stream.train.images.device),
+            "precision": self._precision_state,
             "config": to_yaml(self.cfg),
         }
 
@@ -216,7 +227,8 @@ class ContinualTrainer:
         self.learner.load_optimizer_state(state["optimizer"])
         for name, plugin in self.plugins.items():
             plugin.load_state_dict(state["plugins"].get(name, {}))
-        self._rng_state = state.get("torch_rng")
+        self._rng_state = state["rng"]
+        self._precision_state = state.get("precision", {})
 
     # ---- the end --------------------------------------------------------------------------------------
     def _finish(self) -> dict[str, Any]:
@@ -262,6 +274,30 @@ class ContinualTrainer:
               f"forgetting {metrics['forgetting']:.4f}  ({metrics['wall_time_s']:.1f} s) -> {run.path}", flush=True)
 
 
+def continue_logging_step(trainer: pl.Trainer, steps: int) -> None:
+    """Continue Lightning's logging step across our per-phase fits, so curves do not restart at 0 each phase.
+
+    Lightning has no public setter for it: this is the one place that writes its private counter, and it
+    fails loudly (tests/test_trainer_internals.py runs it on a real fit) if Lightning renames or drops it.
+    """
+    loop = trainer.fit_loop.epoch_loop
+    if not isinstance(getattr(loop, "_batches_that_stepped", None), int):
+        raise RuntimeError(f"pytorch_lightning {pl.__version__}: fit_loop.epoch_loop._batches_that_stepped is gone; "
+                           "cltrain.trainer.continue_logging_step must be ported")
+    loop._batches_that_stepped = steps
+
+
+def precision_state(trainer: pl.Trainer) -> dict[str, Any]:
+    """The precision plugin's state (16-mixed: the grad scaler's scale and growth tracker; else empty)."""
+    return trainer.strategy.precision_plugin.state_dict()
+
+
+def load_precision_state(trainer: pl.Trainer, state: dict[str, Any]) -> None:
+    """Carry the scaler across per-phase fits and resumes, as one uninterrupted loop would keep it."""
+    if state:
+        trainer.strategy.precision_plugin.load_state_dict(state)
+
+
 class _PhaseDriver(Callback):
     """Finds phase boundaries inside a fit by counting batches; the learner never sees this."""
 
@@ -276,8 +312,8 @@ class _PhaseDriver(Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         owner = self.owner
         owner.watcher.install()  # Lightning has just installed its own signal handlers; ours take over
-        # Continue the logging step across per-phase fits, so curves do not restart at 0 each phase.
-        trainer.fit_loop.epoch_loop._batches_that_stepped = owner.progress.steps
+        continue_logging_step(trainer, owner.progress.steps)
+        load_precision_state(trainer, owner._precision_state)
         if owner.progress.acc_init is None:
             owner.progress.acc_init = owner.evaluate(trainer)  # b_j for forward transfer
         if not owner.progress.batches_into_phase:  # a resumed phase has had its start already

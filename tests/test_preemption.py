@@ -27,3 +27,19 @@ def test_sigterm_mid_phase_checkpoints_and_resume_matches(tmp_path):
     resumed = run_cli(*JOB, f"run_dir={cut}", "resume=true")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert _metrics(cut) == _metrics(full)
+
+
+def test_reset_per_task_adam_resumes_exactly_mid_phase(tmp_path):
+    """optim.reset_per_task: each phase starts Adam from zero, yet a phase stopped mid-way must resume with the
+    moments it had built up (the optimizer Lightning trains with is the one the checkpoint saves)."""
+    job = (*JOB, "learner.name=finetune", "optim.name=adam", "optim.reset_per_task=true")
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert run_cli(*job, f"run_dir={full}").returncode == 0
+    code, out = signal_mid_phase([*job, f"run_dir={cut}"], signal.SIGTERM)
+    assert code == 1 and "checkpointing at phase 2, batch" in out, out[-3000:]
+    import torch
+    state = torch.load(cut / "checkpoints" / "last.pt", weights_only=False)
+    assert state["optimizer"]["state"], "a mid-phase checkpoint must carry the phase's Adam moments"
+    resumed = run_cli(*job, f"run_dir={cut}", "resume=true")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _metrics(cut) == _metrics(full)

@@ -43,6 +43,7 @@ from cltrain.nn.modes import in_mode
 from cltrain.plugins.detection import DetectorConfig, build_detector, score_detections, true_shifts
 from cltrain.plugins.pruning import Masks, apply_masks, count_params, finetune, prune_and_finetune, weight_sparsity
 from cltrain.priority_buffer import PriorityBuffer
+from cltrain.seeding import derive_seed, generator, seeded
 from cltrain.streams.loader import Batch, eval_batches
 
 
@@ -110,7 +111,6 @@ class TAME(Learner):
             raise ValueError("TAME needs a model_factory to build experts")
         cfg: TAMEConfig = self.method
         self.automatic_optimization = False  # experts and their optimizers come and go during the fit
-        self.seed = torch.initial_seed()  # run_experiment seeds torch with cfg.seed just before building us
         self.model = None  # no single model: the pool below (state_dict keys experts.<i>.*)
         self.experts = nn.ModuleList([model])
         self.selector: Optional[nn.Module] = None  # the final, pruned selector (end of the stream)
@@ -122,8 +122,8 @@ class TAME(Learner):
         self.selector_masks: Optional[Masks] = None
         self.active = 0
         self.finalized = False
-        self.sel_buffer = PriorityBuffer(cfg.selector_capacity, seed=self.seed + 101)
-        self.prune_buffer = PriorityBuffer(cfg.prune_capacity, seed=self.seed + 202)
+        self.sel_buffer = PriorityBuffer(cfg.selector_capacity, seed=derive_seed(self.seed, "tame_selector_buffer"))
+        self.prune_buffer = PriorityBuffer(cfg.prune_capacity, seed=derive_seed(self.seed, "tame_prune_buffer"))
         self.step = 0
         self.trace: dict[str, list] = {"expert": [], "loss": [], "ema": []}  # one entry per batch
         self.events: list[dict[str, Any]] = []  # shifts: {step, from, to, kind: recur|spawn}
@@ -164,8 +164,17 @@ class TAME(Learner):
                 opt.load_state_dict(state)
             self._pending_opt_states = None
 
+    def _new_expert(self, j: int) -> nn.Module:
+        """Expert j's network, initialised from (seed, "model", j) alone: not from when or where it is spawned."""
+        with seeded(self.seed, "model", j):
+            return self.model_factory().to(self.device)
+
+    def _new_selector(self, n_experts: int, purpose: str) -> nn.Module:
+        with seeded(self.seed, purpose, 0):
+            return replace_head(self.model_factory(), n_experts)
+
     def _spawn(self) -> int:
-        expert = self.model_factory().to(self.device)
+        expert = self._new_expert(len(self.experts))
         broadcast_module(expert)  # DDP: rank 0's initialisation everywhere
         self.experts.append(expert)
         self._opts.append(self._new_optimizer(expert))
@@ -278,7 +287,7 @@ class TAME(Learner):
         if not c.prune_experts or len(self.prune_buffer) == 0:
             return
         x, y, _ = self.prune_buffer.contents()
-        seed = self.seed + 7919 * (len(self.prune_log) + 1)
+        seed = derive_seed(self.seed, "tame_prune", len(self.prune_log))
         before = self._buffer_loss(j, x, y)
         self.masks[j] = prune_and_finetune(self.experts[j], x, y, c.expert_sparsity, c.expert_prune_epochs,
                                            c.expert_prune_lr, c.batch_size, seed, loss_fn=self.train_loss,
@@ -298,33 +307,31 @@ class TAME(Learner):
                         for i in range(0, len(y), chunk))
         return total / max(len(y), 1)
 
-    def _train_selector(self, epochs: int, sparsity: float, seed: int) -> tuple[Optional[nn.Module], Optional[Masks]]:
+    def _train_selector(self, epochs: int, sparsity: float, purpose: str) -> tuple[Optional[nn.Module], Optional[Masks]]:
         """A selector over the current experts, trained on the selector buffer (None with a single expert).
 
-        Its initialisation and shuffling use their own seeds, so training one never moves the global RNG that
-        the experts' training depends on.
+        Its initialisation (0), shuffling (1) and pruning (2) draw from seeds of their own (seeding, `purpose`),
+        so training one never moves the global RNG, and nothing else moves its draws.
         """
         if len(self.experts) < 2 or len(self.sel_buffer) == 0:
             return None, None
         c = self.method
         x, _, tag = self.sel_buffer.contents()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            selector = replace_head(self.model_factory(), len(self.experts)).to(x.device)
-        gen = torch.Generator().manual_seed(seed)
+        selector = self._new_selector(len(self.experts), purpose).to(x.device)
+        gen = generator(self.seed, purpose, 1)
         finetune(selector, x, tag, None, epochs, c.selector_lr, c.batch_size, gen,
                  momentum=c.momentum, weight_decay=c.weight_decay)
         masks = None
         if sparsity > 0:
             masks = prune_and_finetune(selector, x, tag, sparsity, c.selector_prune_epochs, c.selector_prune_lr,
-                                       c.batch_size, seed + 1)
+                                       c.batch_size, derive_seed(self.seed, purpose, 2))
         selector.eval()
         return selector, masks
 
     def _finalize(self) -> None:
         self._prune_expert(self.active)
         self.selector, self.selector_masks = self._train_selector(self.method.selector_epochs,
-                                                                  self.method.selector_sparsity, self.seed + 4242)
+                                                                  self.method.selector_sparsity, "tame_selector")
         if self.selector is not None:
             broadcast_module(self.selector)
         self.finalized = True
@@ -335,7 +342,7 @@ class TAME(Learner):
             return self.selector
         key = (len(self.experts), self.sel_buffer.seen)
         if self._eval_selector[0] != key:
-            selector, _ = self._train_selector(self.method.eval_selector_epochs, 0.0, self.seed + 999)
+            selector, _ = self._train_selector(self.method.eval_selector_epochs, 0.0, "tame_eval_selector")
             self._eval_selector = (key, selector)
         return self._eval_selector[1]
 
@@ -380,11 +387,11 @@ class TAME(Learner):
     def _grow_to(self, extra: dict) -> None:
         """Make the module tree match a saved one (more experts, a selector) so its weights can load."""
         while len(self.experts) < extra["n_experts"]:
-            self.experts.append(self.model_factory().to(self.device))
+            self.experts.append(self._new_expert(len(self.experts)))
             self.detectors.append(build_detector(self.detector_cfg, self.init_loss))
             self.masks.append(None)
         if extra["selector_out"] is not None and self.selector is None:
-            self.selector = replace_head(self.model_factory(), extra["selector_out"]).to(self.device)
+            self.selector = self._new_selector(extra["selector_out"], "tame_selector").to(self.device)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         extra = state_dict.get("_extra_state")

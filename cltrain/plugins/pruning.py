@@ -25,6 +25,7 @@ from cltrain.config import choice
 from cltrain.distributed import gather_rows
 from cltrain.nn.modes import in_mode
 from cltrain.plugins.base import PLUGINS, Plugin, PluginContext
+from cltrain.seeding import derive_seed
 
 Masks = dict[str, torch.Tensor]  # parameter name -> bool mask (True: kept)
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -138,7 +139,7 @@ class Pruning(Plugin):
         if not 0.0 <= cfg.sparsity < 1.0:
             from cltrain.errors import ConfigError
             raise ConfigError(f"bad value {cfg.sparsity} for 'plugins.pruning.sparsity'; valid: 0 <= s < 1")
-        self.buffer = ReservoirBuffer(cfg.capacity, seed=ctx.seed + 3571)
+        self.buffer = ReservoirBuffer(cfg.capacity, seed=derive_seed(ctx.seed, "pruning_buffer"))
         self.masks: Optional[Masks] = None
         self.n_pruned = 0
         self.buffer_acc: dict[str, float] = {}
@@ -172,7 +173,7 @@ class Pruning(Plugin):
         x, y = self.buffer.x[: len(self.buffer)], self.buffer.y[: len(self.buffer)]
         before = accuracy(model, x, y)
         self.masks = prune_and_finetune(model, x, y, self.cfg.sparsity, self.cfg.epochs, self.cfg.lr,
-                                        self.cfg.batch_size, seed=self.ctx.seed + 7 * self.n_pruned)
+                                        self.cfg.batch_size, seed=derive_seed(self.ctx.seed, "pruning_finetune", self.n_pruned))
         self.n_pruned += 1
         self.buffer_acc = {"pruning_buffer_acc_before": before, "pruning_buffer_acc_after": accuracy(model, x, y)}
 
