@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -20,7 +21,7 @@ import torch
 from pytorch_lightning import Callback
 
 from cltrain.config import ExperimentConfig, to_yaml
-from cltrain.distributed import SelfSyncDDPStrategy, all_sum, module_digest, ranks_agree
+from cltrain.distributed import SelfSyncDDPStrategy, all_sum, barrier, collective_check, module_digest, ranks_agree
 from cltrain.learners.base import FinalContext, Learner
 from cltrain.loggers import RunLoggers
 from cltrain.metrics import seen_average, summary
@@ -117,7 +118,8 @@ class ContinualTrainer:
             rank=trainer.global_rank, world_size=trainer.world_size, hide_task_ids=not self.stream.task_aware,
         )
         driver.boundaries = loader.boundaries
-        trainer.fit(self.learner, train_dataloaders=loader)
+        with collective_check():
+            trainer.fit(self.learner, train_dataloaders=loader)
 
     def _place(self, trainer: pl.Trainer) -> None:
         """Move the stream's arrays to the training device once per run (not per phase)."""
@@ -177,7 +179,7 @@ class ContinualTrainer:
             self._precision_state = precision_state(trainer)
             if self.rank == 0:
                 self.run.save_checkpoint(self.checkpoint_state(), phase)
-        trainer.strategy.barrier()
+        barrier()
         requeued = self.watcher.requeue_if_asked() if self.rank == 0 else None
         where = f"phase {phase + 1}, batch {batches_done}" if batches_done else f"the end of phase {phase}"
         raise Preempted(f"stopped by signal {self.watcher.received} after checkpointing at {where} in "
@@ -250,9 +252,15 @@ class ContinualTrainer:
             metrics["ddp_weights_agree"] = self.ranks_agree
         ctx = FinalContext(self.stream, p.phase_end_steps, self.stream.train.images.device,
                            self.cfg.trainer.eval_batch_size, self.rank, self.world_size)
-        metrics.update(self.learner.final_metrics(ctx))
-        for plugin in self.plugins.values():
-            metrics.update(plugin.final_metrics(ctx))
+        warnings: list[str] = []
+        for part in [self.learner, *self.plugins.values()]:
+            figures = part.final_metrics(ctx)
+            warnings += figures.pop("warnings", [])  # any part may warn; all warnings go to one list
+            metrics.update(figures)
+        metrics["warnings"] = warnings
+        if self.rank == 0:
+            for warning in warnings:
+                print(f"[cltrain] warning: {warning}", file=sys.stderr, flush=True)
         if self.rank == 0:
             self._write_outputs(metrics, R)
         return metrics

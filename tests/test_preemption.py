@@ -1,17 +1,12 @@
 """Preemption: SIGTERM / SIGUSR1 in the middle of a phase -> checkpoint, stop; resume=true ends identically."""
-import json
 import signal
 
-from conftest import QUICK, run_cli, signal_mid_phase
+from conftest import QUICK, results, run_cli, signal_mid_phase
 
 # SI + replay + facilitation: learner, optimizer, plugin and RNG state must all survive a mid-phase stop.
 JOB = ("fit", "powerlaw/pmnist", *QUICK, "stream.n_tasks=3", "learner.name=si", "plugins.replay.capacity=200",
        "model.hidden=[100,100]", "trainer.steps_per_task=300")
-TIMING = {"wall_time_s", "phase_wall_time_s"}
-
-
-def _metrics(run):
-    return {k: v for k, v in json.loads((run / "metrics.json").read_text()).items() if k not in TIMING}
+_metrics = results
 
 
 def test_sigterm_mid_phase_checkpoints_and_resume_matches(tmp_path):

@@ -122,7 +122,8 @@ class Learner(pl.LightningModule):
     def final_metrics(self, ctx: "FinalContext") -> dict[str, Any]:
         """Method-specific figures for metrics.json, computed once at the end of the run.
 
-        `ctx` knows the true tasks and boundaries (for reporting only: training is over).
+        `ctx` knows the true tasks and boundaries (for reporting only: training is over). A "warnings" entry
+        (a list of one-line strings) is printed at the end of the run and kept in metrics.json's "warnings".
         """
         return {}
 

@@ -37,14 +37,15 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from cltrain.config import choice
 from cltrain.distributed import (all_sum, average_gradients, broadcast_module, from_rank0, gather_rows,
-                                 module_digest, ranks_agree, world_size)
+                                 module_digest, to_device, world_size)
+from cltrain.learners import tame_report
 from cltrain.learners.base import LEARNERS, Learner
 from cltrain.nn.modes import in_mode
-from cltrain.plugins.detection import DetectorConfig, build_detector, score_detections, true_shifts
-from cltrain.plugins.pruning import Masks, apply_masks, count_params, finetune, prune_and_finetune, weight_sparsity
+from cltrain.plugins.detection import DetectorConfig, build_detector
+from cltrain.plugins.pruning import Masks, apply_masks, finetune, prune_and_finetune, weight_sparsity
 from cltrain.priority_buffer import PriorityBuffer
 from cltrain.seeding import derive_seed, generator, seeded
-from cltrain.streams.loader import Batch, eval_batches
+from cltrain.streams.loader import Batch
 
 
 @dataclass
@@ -221,6 +222,13 @@ class TAME(Learner):
     def configure_optimizers(self):
         return None  # manual optimization: one optimizer per expert, created with the expert
 
+    def on_train_start(self) -> None:
+        # once per fit: restored masks arrive on the CPU; apply_masks runs after every step
+        self.masks = to_device(self.masks, self.device)
+        self.selector_masks = to_device(self.selector_masks, self.device)
+        self.sel_buffer.to(self.device)
+        self.prune_buffer.to(self.device)
+
     def training_step(self, batch: Batch, batch_idx: int) -> dict[str, Any]:
         self._ensure_optimizers()
         x, y = batch.x, batch.y
@@ -239,7 +247,8 @@ class TAME(Learner):
             # DDP check: the experts as trained, before _finalize's broadcasts would hide any disagreement
             self._trained_digest = module_digest(self.experts)
             self._finalize()  # the stream ended (not a task boundary: there is no more data at all)
-        return {"loss": torch.tensor(loss), "shift": shift}
+        # on the module's device: the detection plugin all-reduces it under DDP (NCCL takes no CPU tensors)
+        return {"loss": torch.tensor(loss, device=self.device), "shift": shift}
 
     def _on_shift(self, losses: list[float], x: torch.Tensor, y: torch.Tensor) -> float:
         """Switch to a returning expert or spawn one; returns the new active expert's loss on the batch."""
@@ -421,64 +430,6 @@ class TAME(Learner):
         self._opts = []
         self._pending_opt_states = None if not state else list(state["experts"])
 
-    # ---- reporting --------------------------------------------------------------------------------------
-    def task_owners(self, ctx) -> dict[int, int]:
-        """The expert that was active for most of each true task's training batches (ids: reporting only)."""
-        order, ends = ctx.stream.order, ctx.phase_end_steps
-        experts = np.asarray(self.trace["expert"])
-        votes: dict[int, np.ndarray] = {}
-        for k, task in enumerate(order):
-            seg = experts[(ends[k - 1] if k else 0):ends[k]]
-            votes[task] = votes.get(task, 0) + np.bincount(seg, minlength=len(self.experts))
-        return {task: int(np.argmax(v)) for task, v in votes.items()}
-
-    @torch.no_grad()
+    # ---- reporting (cltrain/learners/tame_report.py) ---------------------------------------------------------
     def final_metrics(self, ctx) -> dict[str, Any]:
-        self.to(ctx.device)  # Lightning's teardown may have moved the module back to the CPU
-        stream = ctx.stream
-        owners = self.task_owners(ctx)
-        local = torch.zeros(stream.n_classes, dtype=torch.long, device=ctx.device)  # class -> index in its task
-        for task in stream.tasks:
-            local[task.classes] = torch.arange(len(task.classes), device=ctx.device)
-        # per task: correct, strict, lenient, routed right, samples (each DDP rank scores its share; summed)
-        counts = torch.zeros(len(stream.tasks), 5, dtype=torch.float64, device=ctx.device)
-        for task in stream.tasks:
-            for x, y in eval_batches(stream, task.id, ctx.eval_batch_size, ctx.rank, ctx.world_size):
-                preds, routes = self.predict_routed(x)
-                right_expert = routes == owners.get(task.id, -1)
-                correct = preds == y
-                counts[task.id] += torch.stack([correct.sum(), (correct & right_expert).sum(),
-                                                (local[preds] == local[y]).sum(), right_expert.sum(),
-                                                torch.tensor(len(y), device=ctx.device)]).double()
-        counts = all_sum(counts).cpu().numpy()
-        seen = sorted(set(stream.order))
-        acc = counts[seen, :4] / counts[seen, 4:]
-        expert_tot = [count_params(e) for e in self.experts]
-        sel_tot = count_params(self.selector) if self.selector is not None else (0, 0)
-        shifts = true_shifts(ctx.phase_end_steps, stream.order)
-        det = score_detections([e["step"] for e in self.events], shifts, len(self.trace["expert"]))
-        return {
-            "strict_acc": float(acc[:, 1].mean()), "lenient_acc": float(acc[:, 2].mean()),
-            "routing_acc": float(acc[:, 3].mean()), "routed_class_acc": float(acc[:, 0].mean()),
-            "per_task_strict_acc": acc[:, 1].tolist(), "per_task_routing_acc": acc[:, 3].tolist(),
-            "n_experts": len(self.experts), "n_true_tasks": len(seen),
-            "task_to_expert": {str(k): v for k, v in sorted(owners.items())},
-            "total_params": sum(t for t, _ in expert_tot) + sel_tot[0],
-            "nonzero_params": sum(nz for _, nz in expert_tot) + sel_tot[1],
-            "expert_nonzero_params": [nz for _, nz in expert_tot], "selector_nonzero_params": sel_tot[1],
-            "expert_weight_sparsity": [weight_sparsity(e) for e in self.experts],
-            "selector_weight_sparsity": weight_sparsity(self.selector) if self.selector is not None else None,
-            "shift_events": self.events, "prune_log": self.prune_log,
-            **{f"tame_{k}": v for k, v in det.items() if k != "true_shifts"}, "true_shifts": shifts,
-            **self._ranks_agree(ctx),
-        }
-
-    def _ranks_agree(self, ctx) -> dict[str, bool]:
-        """DDP: did every rank take the same decisions, fill the same buffers and train the same experts?"""
-        if ctx.world_size == 1:
-            return {}
-        mine = [self.sel_buffer.digest(), self.prune_buffer.digest(), float(self.step), float(len(self.events)),
-                float(sum(e["step"] * (e["to"] + 1) for e in self.events))]
-        if self._trained_digest is not None:  # None after resuming a finished stream
-            mine.append(self._trained_digest)
-        return {"tame_ranks_agree": ranks_agree(mine, ctx.device, rtol=1e-9)}
+        return tame_report.final_metrics(self, ctx)

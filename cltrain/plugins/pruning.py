@@ -22,7 +22,7 @@ from torch.nn.utils import prune
 
 from cltrain.buffers import ReservoirBuffer
 from cltrain.config import choice
-from cltrain.distributed import gather_rows
+from cltrain.distributed import gather_rows, to_device
 from cltrain.nn.modes import in_mode
 from cltrain.plugins.base import PLUGINS, Plugin, PluginContext
 from cltrain.seeding import derive_seed
@@ -151,6 +151,11 @@ class Pruning(Plugin):
             raise TypeError(f"the pruning plugin prunes learner.model; {type(learner).__name__} has none "
                             "(TAME prunes its experts itself)")
         return learner.model
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # once per fit: restored masks and buffer arrive on the CPU, and apply_masks runs every step
+        self.masks = to_device(self.masks, pl_module.device)
+        self.buffer.to(pl_module.device)
 
     def on_train_batch_end(self, trainer, pl_module, outputs: Any, batch, batch_idx: int) -> None:
         apply_masks(self._model(pl_module), self.masks)  # after the optimizer step: pruned weights stay zero

@@ -33,6 +33,9 @@ class Replay(Plugin):
         self.buffer = ReservoirBuffer(cfg.capacity, seed=derive_seed(ctx.seed, "replay_buffer"))
         self.ranks_agree: Optional[bool] = None  # set under DDP: are the buffers identical on all ranks?
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.buffer.to(pl_module.device)  # once per fit: restored contents arrive on the CPU
+
     def on_train_batch_start(self, trainer, pl_module, batch: Batch, batch_idx: int) -> None:
         if len(self.buffer) == 0:
             return
