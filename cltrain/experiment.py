@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -102,15 +103,32 @@ def choose_run_dir(cfg: ExperimentConfig) -> str:
         return cfg.run_dir
     if rank_zero_only.rank != 0 and os.environ.get(RUN_DIR_ENV):
         return os.environ[RUN_DIR_ENV]
-    run_dir = str(default_run_dir(cfg))
-    # Lightning's DDP launcher re-runs this command line in worker processes, which inherit the environment.
-    os.environ[RUN_DIR_ENV] = run_dir
-    return run_dir
+    return str(default_run_dir(cfg))
+
+
+@contextmanager
+def exported(name: str, value: str) -> Iterator[None]:
+    """os.environ[name] = value for the block only. Lightning's DDP launcher re-runs this command line in
+    worker processes started inside the run, which inherit the environment; the caller gets its own back."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     parts = resolve_components(cfg)
     run_dir = choose_run_dir(cfg)
+    with exported(RUN_DIR_ENV, run_dir):
+        return _run(cfg, parts, run_dir)
+
+
+def _run(cfg: ExperimentConfig, parts: Components, run_dir: str) -> dict[str, Any]:
     cfg = resolved_config(cfg, parts, run_dir)
     stream = STREAMS.get(cfg.stream.name)(cfg)
     counts = schedule_counts(stream, parts.schedule, cfg)
