@@ -102,3 +102,29 @@ def test_tame_restored_masks_and_buffers_move_to_its_device_once():
     learner.on_train_start()
     assert {m.device for m in learner.masks[0].values()} == {META}
     assert learner.sel_buffer.x.device == META
+
+
+@pytest.mark.parametrize("name", ["ewc", "si"])
+def test_regularisers_restored_state_moves_to_the_module_device(name):
+    """EWC's Fisher/anchors and SI's importances come back from a checkpoint on the CPU; their penalty mixes them
+    with the parameters every step, so they must be on the parameters' device before training resumes."""
+    from cltrain.learners.base import LEARNERS
+
+    cls = LEARNERS.get(name)
+    learner = cls(torch.nn.Linear(3, 2), OptimConfig(), cls.Config())
+    state = {"weight": torch.ones(2, 3), "bias": torch.ones(2)}
+    if name == "ewc":
+        learner.set_extra_state({"fishers": [state], "anchors": [dict(state)]})
+    else:
+        learner.set_extra_state({k: dict(state) for k in learner._STATE})
+    learner.to(META)
+    learner.on_train_start()
+    tensors = _tensors(learner.get_extra_state())
+    assert len(tensors) >= 4 and {t.device for t in tensors} == {META}
+
+
+def _tensors(tree) -> list:
+    if isinstance(tree, torch.Tensor):
+        return [tree]
+    values = tree.values() if isinstance(tree, dict) else tree if isinstance(tree, (list, tuple)) else []
+    return [t for v in values for t in _tensors(v)]
