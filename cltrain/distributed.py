@@ -4,7 +4,7 @@ Plugins and learners that hold state outside the gradient sync (buffers, detecto
 identical either by feeding every rank the same inputs (`gather_rows`, `all_sum`) or by copying rank 0's
 result (`broadcast_module`, `from_rank0`).
 
-Every collective cltrain issues goes through this module (`_all_reduce`, `_broadcast`, `_all_gather`,
+Every collective cltrain issues goes through this module (`_all_reduce_`, `_broadcast`, `_all_gather`,
 `barrier`), which hands torch.distributed tensors on the process group's device (`group_device`: the current
 CUDA device under NCCL, the CPU under gloo) and gives results back on the caller's device. A tensor made on
 the wrong device therefore costs a copy, never a crash on NCCL. With CLTRAIN_CHECK_COLLECTIVES=1 (the DDP
@@ -72,11 +72,13 @@ def _on_group(v: torch.Tensor) -> torch.Tensor:
     return v if v.device == device else v.to(device)
 
 
-def _all_reduce(v: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
-    """All-reduce into a new tensor on v's device."""
-    out = _on_group(v.clone())
+def _all_reduce_(v: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
+    """All-reduce v in place (through a copy on the group's device if v lives elsewhere); returns v."""
+    out = _on_group(v)
     dist.all_reduce(out, op=op)
-    return out.to(v.device)
+    if out is not v:
+        v.copy_(out)
+    return v
 
 
 def _broadcast(v: torch.Tensor, src: int = 0) -> None:
@@ -102,12 +104,12 @@ def barrier() -> None:
 
 def all_sum(v: torch.Tensor) -> torch.Tensor:
     """The elementwise sum of `v` over all ranks (the same result on every rank, on v's device)."""
-    return v if world_size() == 1 else _all_reduce(v, dist.ReduceOp.SUM)
+    return v if world_size() == 1 else _all_reduce_(v.clone(), dist.ReduceOp.SUM)
 
 
 def all_max(v: torch.Tensor) -> torch.Tensor:
     """The elementwise maximum of `v` over all ranks."""
-    return v if world_size() == 1 else _all_reduce(v, dist.ReduceOp.MAX)
+    return v if world_size() == 1 else _all_reduce_(v.clone(), dist.ReduceOp.MAX)
 
 
 def from_rank0(value: float, device: torch.device) -> float:
@@ -164,7 +166,7 @@ def average_gradients(params: list[nn.Parameter], weight: float) -> None:
         return
     grads = [p.grad for p in params if p.grad is not None]
     flat = torch.cat([g.reshape(-1) for g in grads]) * weight  # gradients share one dtype: no casts
-    _unflat(_all_reduce(flat), grads)
+    _unflat(_all_reduce_(flat), grads)
 
 
 # trainer.strategy values under which a self-syncing learner runs (as SelfSyncDDPStrategy) with several processes

@@ -229,7 +229,7 @@ class ContinualTrainer:
         self.learner.load_optimizer_state(state["optimizer"])
         for name, plugin in self.plugins.items():
             plugin.load_state_dict(state["plugins"].get(name, {}))
-        self._rng_state = state["rng"]
+        self._rng_state = state["rng"] if "rng" in state else {"cpu": state["torch_rng"]}  # older checkpoints
         self._precision_state = state.get("precision", {})
 
     # ---- the end --------------------------------------------------------------------------------------
@@ -252,18 +252,22 @@ class ContinualTrainer:
             metrics["ddp_weights_agree"] = self.ranks_agree
         ctx = FinalContext(self.stream, p.phase_end_steps, self.stream.train.images.device,
                            self.cfg.trainer.eval_batch_size, self.rank, self.world_size)
-        warnings: list[str] = []
-        for part in [self.learner, *self.plugins.values()]:
-            figures = part.final_metrics(ctx)
-            warnings += figures.pop("warnings", [])  # any part may warn; all warnings go to one list
-            metrics.update(figures)
-        metrics["warnings"] = warnings
+        metrics.update(self._method_figures(ctx))
         if self.rank == 0:
-            for warning in warnings:
+            for warning in metrics["warnings"]:
                 print(f"[cltrain] warning: {warning}", file=sys.stderr, flush=True)
-        if self.rank == 0:
             self._write_outputs(metrics, R)
         return metrics
+
+    def _method_figures(self, ctx: FinalContext) -> dict[str, Any]:
+        """The learner's and every plugin's own figures; their "warnings" lists are joined into one."""
+        figures: dict[str, Any] = {}
+        warnings: list[str] = []
+        for part in [self.learner, *self.plugins.values()]:
+            own = part.final_metrics(ctx)
+            warnings += own.pop("warnings", [])
+            figures.update(own)
+        return {**figures, "warnings": warnings}
 
     def _write_outputs(self, metrics: dict[str, Any], R: np.ndarray) -> None:
         run, n_tasks = self.run, R.shape[1]

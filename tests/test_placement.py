@@ -58,16 +58,18 @@ def test_collective_check_is_off_without_the_variable(gloo_group, monkeypatch):
         stray(torch.ones(3))
 
 
-def test_wrappers_place_tensors_on_the_group_device(gloo_group, monkeypatch):
-    """A tensor on another device is moved to the group's device for the collective and back (no crash)."""
+def test_all_sum_reaches_torch_distributed_with_a_tensor_on_the_group_device(gloo_group, monkeypatch):
+    """With more than one rank all_sum is one all_reduce of a copy on the group's device (gloo: the CPU); the
+    caller's tensor is left alone."""
     import cltrain.distributed as d
 
     seen = []
     original = dist.all_reduce
     monkeypatch.setattr(dist, "all_reduce", lambda t, op=None: (seen.append(t.device), original(t, op=op)))
     monkeypatch.setattr(d, "world_size", lambda: 2)  # take the collective path in one process
-    out = d._all_reduce(torch.arange(3.0))
-    assert seen == [torch.device("cpu")] and torch.equal(out, torch.arange(3.0))
+    mine = torch.arange(3.0)
+    out = d.all_sum(mine)
+    assert seen == [torch.device("cpu")] and torch.equal(out, torch.arange(3.0)) and out is not mine
 
 
 def test_restored_plugin_state_moves_to_the_module_device_at_fit_start():
