@@ -202,6 +202,9 @@ def to_device(tree: Any, device: torch.device) -> Any:
 _COLLECTIVES = ("barrier", "all_reduce", "broadcast", "all_gather", "all_gather_into_tensor", "reduce_scatter_tensor",
                 "gather", "scatter", "reduce", "all_to_all_single")
 _HERE = Path(__file__).resolve()
+# code that only relays a collective someone else asked for (Lightning's strategy.reduce, torch's wrappers)
+_RELAYS = ("/torch/distributed/", "/pytorch_lightning/strategies/", "/lightning_fabric/utilities/distributed",
+           "/lightning_fabric/strategies/")
 _PACKAGE = _HERE.parent
 
 
@@ -215,8 +218,7 @@ def _initiator() -> Optional[Path]:
     frame = sys._getframe(2)
     while frame is not None:
         path = frame.f_code.co_filename.replace("\\", "/")
-        if not any(part in path for part in ("/torch/distributed/", "/pytorch_lightning/strategies/",
-                                             "/lightning_fabric/utilities/distributed", "/lightning_fabric/strategies/")):
+        if not any(part in path for part in _RELAYS):
             resolved = Path(path).resolve()
             return resolved if _PACKAGE in resolved.parents else None
         frame = frame.f_back

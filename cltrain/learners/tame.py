@@ -316,7 +316,8 @@ class TAME(Learner):
                         for i in range(0, len(y), chunk))
         return total / max(len(y), 1)
 
-    def _train_selector(self, epochs: int, sparsity: float, purpose: str) -> tuple[Optional[nn.Module], Optional[Masks]]:
+    def _train_selector(self, epochs: int, sparsity: float,
+                        purpose: str) -> tuple[Optional[nn.Module], Optional[Masks]]:
         """A selector over the current experts, trained on the selector buffer (None with a single expert).
 
         Its initialisation (0), shuffling (1) and pruning (2) draw from seeds of their own (seeding, `purpose`),

@@ -178,7 +178,8 @@ class Pruning(Plugin):
         x, y = self.buffer.x[: len(self.buffer)], self.buffer.y[: len(self.buffer)]
         before = accuracy(model, x, y)
         self.masks = prune_and_finetune(model, x, y, self.cfg.sparsity, self.cfg.epochs, self.cfg.lr,
-                                        self.cfg.batch_size, seed=derive_seed(self.ctx.seed, "pruning_finetune", self.n_pruned))
+                                        self.cfg.batch_size,
+                                        seed=derive_seed(self.ctx.seed, "pruning_finetune", self.n_pruned))
         self.n_pruned += 1
         self.buffer_acc = {"pruning_buffer_acc_before": before, "pruning_buffer_acc_after": accuracy(model, x, y)}
 
