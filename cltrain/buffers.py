@@ -69,6 +69,12 @@ class ReservoirBuffer:
         n = len(self)
         return rows_digest(self.x[:n], self.y[:n], self.t[:n])
 
+    def to(self, device: torch.device) -> "ReservoirBuffer":
+        """Move the contents (a checkpoint restores them on the CPU) to the training device."""
+        if self.x is not None:
+            self.x, self.y, self.t = self.x.to(device), self.y.to(device), self.t.to(device)
+        return self
+
     def state_dict(self) -> dict:
         return {"capacity": self.capacity, "seen": self.seen, "generator": self.generator.get_state(),
                 "x": self.x, "y": self.y, "t": self.t}

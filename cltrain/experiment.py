@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ from cltrain.plots import schedule_png
 from cltrain.plugins.base import PLUGINS, PluginContext
 from cltrain.resolve import Components
 from cltrain.run import RunFolder, default_run_dir
+from cltrain.seeding import seeded
 from cltrain.streams.base import STREAMS, Stream
 from cltrain.streams.datasets import DATASETS
 from cltrain.streams.schedules import SCHEDULES
@@ -74,15 +76,32 @@ def choose_run_dir(cfg: ExperimentConfig) -> str:
         return cfg.run_dir
     if rank_zero_only.rank != 0 and os.environ.get(RUN_DIR_ENV):
         return os.environ[RUN_DIR_ENV]
-    run_dir = str(default_run_dir(cfg))
-    # Lightning's DDP launcher re-runs this command line in worker processes, which inherit the environment.
-    os.environ[RUN_DIR_ENV] = run_dir
-    return run_dir
+    return str(default_run_dir(cfg))
+
+
+@contextmanager
+def exported(name: str, value: str) -> Iterator[None]:
+    """os.environ[name] = value for the block only. Lightning's DDP launcher re-runs this command line in
+    worker processes started inside the run, which inherit the environment; the caller gets its own back."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     parts = resolve_components(cfg)
     run_dir = choose_run_dir(cfg)
+    with exported(RUN_DIR_ENV, run_dir):
+        return _run(cfg, parts, run_dir)
+
+
+def _run(cfg: ExperimentConfig, parts: Components, run_dir: str) -> dict[str, Any]:
     cfg = resolved_config(cfg, parts, run_dir)
     stream = STREAMS.get(cfg.stream.name)(cfg)
     counts = schedule_counts(stream, parts.schedule, cfg)
@@ -93,11 +112,12 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         print(f"[cltrain] {cfg.name}: {stream.n_phases} phases, schedule {parts.schedule!r}, training samples per "
               f"phase {counts.sum(1).tolist()} (per task: {run.path / 'schedule_counts.csv'})", flush=True)
 
-    torch.manual_seed(cfg.seed)  # model initialisation depends on the seed alone
-    def build_model() -> torch.nn.Module:
+    def build_model() -> torch.nn.Module:  # callers seed it (seeding.seeded(seed, "model", j)) when they call it
         return MODELS.get(cfg.model.name)(cfg.model, stream.input_shape, stream.n_classes)
 
-    learner = parts.learner_cls(build_model(), cfg.optim, parts.method_cfg, stream.class_mask(), build_model)
+    with seeded(cfg.seed, "model", 0):  # the run's first network depends on the seed alone
+        model = build_model()
+    learner = parts.learner_cls(model, cfg.optim, parts.method_cfg, stream.class_mask(), build_model, seed=cfg.seed)
     ctx = PluginContext(seed=cfg.seed, batch_size=cfg.trainer.batch_size, run_dir=run_dir)
     plugins = {name: cls(pcfg, ctx) for name, (cls, pcfg) in parts.plugin_cfgs.items()}
     return ContinualTrainer(cfg, stream, learner, plugins, counts, run).fit()

@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 import torch
 
+from cltrain.distributed import all_max
 from cltrain.errors import CltrainError
 
 SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
@@ -59,8 +60,7 @@ class PreemptionWatcher:
         if trainer.world_size > 1:
             if step % self.CHECK_EVERY:
                 return False
-            t = torch.tensor([float(got)], device=trainer.strategy.root_device)
-            got = int(trainer.strategy.reduce(t, reduce_op="max").item())
+            got = int(all_max(torch.tensor([float(got)], device=trainer.strategy.root_device)).item())
             self.received = self.received or got or None  # rank 0 requeues on SIGUSR1 that only rank 1 got
         return bool(got)
 

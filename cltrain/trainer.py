@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -20,7 +21,7 @@ import torch
 from pytorch_lightning import Callback
 
 from cltrain.config import ExperimentConfig, to_yaml
-from cltrain.distributed import SelfSyncDDPStrategy, all_sum, module_digest, ranks_agree
+from cltrain.distributed import SelfSyncDDPStrategy, all_sum, barrier, collective_check, module_digest, ranks_agree
 from cltrain.learners.base import FinalContext, Learner
 from cltrain.loggers import RunLoggers
 from cltrain.metrics import seen_average, summary
@@ -29,6 +30,7 @@ from cltrain.plots import acc_matrix_png, retention_png
 from cltrain.plugins.base import Plugin
 from cltrain.preemption import Preempted, PreemptionWatcher
 from cltrain.run import RunFolder
+from cltrain.seeding import derive_seed, generator, rng_snapshot
 from cltrain.streams.base import Stream
 from cltrain.streams.loader import PhaseLoader, Segment, eval_batches
 from cltrain.streams.schedules import phase_indices
@@ -61,13 +63,18 @@ class ContinualTrainer:
         self.rank, self.world_size = 0, 1
         self.watcher = PreemptionWatcher()
         self.ranks_agree: Optional[bool] = None  # DDP: did every rank end every fit with the same weights?
-        self._rng_state: Optional[torch.Tensor] = None
+        self._rng_state: Optional[dict[str, Any]] = None  # a checkpoint's global RNG, put back at its batch
+        self._precision_state: dict[str, Any] = {}  # the precision plugin's (grad scaler's) state, across fits
 
     # ---- the loop -------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         start = time.perf_counter()
+        threads = torch.get_num_threads()  # _place may lower it for DDP on CPU; the caller gets it back
         if self.cfg.resume:
             self._restore(self.run.load_checkpoint())
+        else:
+            # In-model randomness (dropout) draws from torch's global RNG; every other consumer has its own.
+            torch.manual_seed(derive_seed(self.cfg.seed, "torch_global"))
         self.loggers = RunLoggers(self.cfg, self.run)
         remaining = list(range(self.progress.next_phase, self.stream.n_phases))
         groups = [[k] for k in remaining] if self.stream.task_aware else ([remaining] if remaining else [])
@@ -78,6 +85,7 @@ class ContinualTrainer:
                 self._fit_phases(phases)
         finally:
             self.watcher.uninstall()
+            torch.set_num_threads(threads)
         return self._finish()
 
     def _pl_trainer(self, callbacks: list[Callback]) -> pl.Trainer:
@@ -99,8 +107,9 @@ class ContinualTrainer:
     def _fit_phases(self, phases: list[int]) -> None:
         phase_start = time.perf_counter() - self.progress.phase_elapsed
         segments = [self.segment(k) for k in phases]
-        if self.progress.batches_into_phase:  # resuming a preempted phase: skip what it already trained on
-            segments[0].skip, segments[0].rng_state = self.progress.batches_into_phase, self._rng_state
+        # resuming: skip what a preempted phase already trained on; the global RNG continues from the checkpoint
+        segments[0].skip, segments[0].rng_state = self.progress.batches_into_phase, self._rng_state
+        self._rng_state = None
         driver = _PhaseDriver(self, phases, segments, phase_start)
         trainer = self._pl_trainer([*self.plugins.values(), driver])
         self._place(trainer)
@@ -109,7 +118,8 @@ class ContinualTrainer:
             rank=trainer.global_rank, world_size=trainer.world_size, hide_task_ids=not self.stream.task_aware,
         )
         driver.boundaries = loader.boundaries
-        trainer.fit(self.learner, train_dataloaders=loader)
+        with collective_check():
+            trainer.fit(self.learner, train_dataloaders=loader)
 
     def _place(self, trainer: pl.Trainer) -> None:
         """Move the stream's arrays to the training device once per run (not per phase)."""
@@ -152,6 +162,7 @@ class ContinualTrainer:
         p.phase_end_steps.append(p.steps)
         p.next_phase = phase + 1
         p.batches_into_phase, p.phase_elapsed = 0, 0.0
+        self._precision_state = precision_state(trainer)
         if self.rank == 0:
             seen = seen_average(np.array(p.rows), self.stream.order)[-1]
             self.loggers.log_phase(phase, row, seen, p.steps)
@@ -165,9 +176,10 @@ class ContinualTrainer:
         p = self.progress
         if batches_done:  # at a phase boundary end_phase has just saved everything already
             p.batches_into_phase, p.phase_elapsed = batches_done, elapsed
+            self._precision_state = precision_state(trainer)
             if self.rank == 0:
                 self.run.save_checkpoint(self.checkpoint_state(), phase)
-        trainer.strategy.barrier()
+        barrier()
         requeued = self.watcher.requeue_if_asked() if self.rank == 0 else None
         where = f"phase {phase + 1}, batch {batches_done}" if batches_done else f"the end of phase {phase}"
         raise Preempted(f"stopped by signal {self.watcher.received} after checkpointing at {where} in "
@@ -177,7 +189,7 @@ class ContinualTrainer:
     def task_samples(self, task_id: int, batch_size: int, max_samples: int):
         """Batches of up to max_samples training samples of one task (a seeded subset), for method hooks."""
         task = self.stream.tasks[task_id]
-        gen = torch.Generator().manual_seed(self.cfg.seed + 104_729 * (task_id + 1))
+        gen = generator(self.cfg.seed, "task_samples", task_id)
         pick = torch.randperm(task.n_train, generator=gen)[:max_samples].to(task.train_idx.device)
         idx = task.train_idx[pick]
         segment = Segment(-1 - task_id, idx, torch.full_like(idx, task_id), -(-idx.numel() // batch_size))
@@ -206,7 +218,8 @@ class ContinualTrainer:
             "learner": self.learner.state_dict(),
             "optimizer": self.learner.optimizer_state(),
             "plugins": {name: plugin.state_dict() for name, plugin in self.plugins.items()},
-            "torch_rng": torch.get_rng_state(),
+            "rng": rng_snapshot(self.stream.train.images.device),
+            "precision": self._precision_state,
             "config": to_yaml(self.cfg),
         }
 
@@ -216,7 +229,8 @@ class ContinualTrainer:
         self.learner.load_optimizer_state(state["optimizer"])
         for name, plugin in self.plugins.items():
             plugin.load_state_dict(state["plugins"].get(name, {}))
-        self._rng_state = state.get("torch_rng")
+        self._rng_state = state["rng"] if "rng" in state else {"cpu": state["torch_rng"]}  # older checkpoints
+        self._precision_state = state.get("precision", {})
 
     # ---- the end --------------------------------------------------------------------------------------
     def _finish(self) -> dict[str, Any]:
@@ -238,12 +252,22 @@ class ContinualTrainer:
             metrics["ddp_weights_agree"] = self.ranks_agree
         ctx = FinalContext(self.stream, p.phase_end_steps, self.stream.train.images.device,
                            self.cfg.trainer.eval_batch_size, self.rank, self.world_size)
-        metrics.update(self.learner.final_metrics(ctx))
-        for plugin in self.plugins.values():
-            metrics.update(plugin.final_metrics(ctx))
+        metrics.update(self._method_figures(ctx))
         if self.rank == 0:
+            for warning in metrics["warnings"]:
+                print(f"[cltrain] warning: {warning}", file=sys.stderr, flush=True)
             self._write_outputs(metrics, R)
         return metrics
+
+    def _method_figures(self, ctx: FinalContext) -> dict[str, Any]:
+        """The learner's and every plugin's own figures; their "warnings" lists are joined into one."""
+        figures: dict[str, Any] = {}
+        warnings: list[str] = []
+        for part in [self.learner, *self.plugins.values()]:
+            own = part.final_metrics(ctx)
+            warnings += own.pop("warnings", [])
+            figures.update(own)
+        return {**figures, "warnings": warnings}
 
     def _write_outputs(self, metrics: dict[str, Any], R: np.ndarray) -> None:
         run, n_tasks = self.run, R.shape[1]
@@ -262,6 +286,30 @@ class ContinualTrainer:
               f"forgetting {metrics['forgetting']:.4f}  ({metrics['wall_time_s']:.1f} s) -> {run.path}", flush=True)
 
 
+def continue_logging_step(trainer: pl.Trainer, steps: int) -> None:
+    """Continue Lightning's logging step across our per-phase fits, so curves do not restart at 0 each phase.
+
+    Lightning has no public setter for it: this is the one place that writes its private counter, and it
+    fails loudly (tests/test_trainer_internals.py runs it on a real fit) if Lightning renames or drops it.
+    """
+    loop = trainer.fit_loop.epoch_loop
+    if not isinstance(getattr(loop, "_batches_that_stepped", None), int):
+        raise RuntimeError(f"pytorch_lightning {pl.__version__}: fit_loop.epoch_loop._batches_that_stepped is gone; "
+                           "cltrain.trainer.continue_logging_step must be ported")
+    loop._batches_that_stepped = steps
+
+
+def precision_state(trainer: pl.Trainer) -> dict[str, Any]:
+    """The precision plugin's state (16-mixed: the grad scaler's scale and growth tracker; else empty)."""
+    return trainer.strategy.precision_plugin.state_dict()
+
+
+def load_precision_state(trainer: pl.Trainer, state: dict[str, Any]) -> None:
+    """Carry the scaler across per-phase fits and resumes, as one uninterrupted loop would keep it."""
+    if state:
+        trainer.strategy.precision_plugin.load_state_dict(state)
+
+
 class _PhaseDriver(Callback):
     """Finds phase boundaries inside a fit by counting batches; the learner never sees this."""
 
@@ -276,8 +324,8 @@ class _PhaseDriver(Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         owner = self.owner
         owner.watcher.install()  # Lightning has just installed its own signal handlers; ours take over
-        # Continue the logging step across per-phase fits, so curves do not restart at 0 each phase.
-        trainer.fit_loop.epoch_loop._batches_that_stepped = owner.progress.steps
+        continue_logging_step(trainer, owner.progress.steps)
+        load_precision_state(trainer, owner._precision_state)
         if owner.progress.acc_init is None:
             owner.progress.acc_init = owner.evaluate(trainer)  # b_j for forward transfer
         if not owner.progress.batches_into_phase:  # a resumed phase has had its start already

@@ -1,6 +1,7 @@
 """Shared fixtures: the real data root, quick real-data configs, and running the real CLI."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -28,6 +29,30 @@ QUICK = [
 ]
 
 
+# metrics.json keys that measure time or name files, not results: left out when two runs are compared
+TIMING = frozenset({"wall_time_s", "phase_wall_time_s", "detection_plot"})
+
+
+def results(metrics: dict | Path) -> dict:
+    """A run's metrics (a dict, or a run folder's metrics.json) without the TIMING keys."""
+    if isinstance(metrics, Path):
+        metrics = json.loads((metrics / "metrics.json").read_text())
+    return {k: v for k, v in metrics.items() if k not in TIMING}
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for in-process training: the CI box has 2 shared cores, and more threads than cores
+    make torch's OpenMP workers spin against each other (measured 20x slower). Use with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def data_root() -> Path:
     if not (DATA / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
@@ -36,15 +61,20 @@ def data_root() -> Path:
     return DATA
 
 
+# Every CLI run of the tests checks its collectives (cltrain.distributed.collective_check): under DDP a
+# collective issued outside cltrain/distributed.py, or with a tensor off the process group's device, fails it.
+CLI_ENV = {"CLTRAIN_DATA": str(DATA), "PYTHONUNBUFFERED": "1", "CLTRAIN_CHECK_COLLECTIVES": "1"}
+
+
 def run_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "CLTRAIN_DATA": str(DATA), "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env = {**os.environ, **CLI_ENV, **(env or {})}
     return subprocess.run([sys.executable, "-m", "cltrain.cli", *args], cwd=REPO, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
 
 
 def signal_mid_phase(args: list[str], sig: int, after: str = "phase 1/3") -> tuple[int, str]:
     """Start `cltrain <args>`, send `sig` to it shortly after it prints `after` (inside the next phase)."""
-    env = {**os.environ, "CLTRAIN_DATA": str(DATA), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **CLI_ENV}
     proc = subprocess.Popen([sys.executable, "-m", "cltrain.cli", *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out = []

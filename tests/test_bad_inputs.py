@@ -9,8 +9,6 @@ through the real `python -m cltrain.cli`.
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import typing
 from typing import Any, Union
 

@@ -6,17 +6,13 @@ import torch.nn.functional as F
 from cltrain.config import load_config
 from cltrain.experiment import run_experiment
 from cltrain.nn.lenet import LeNet5
-from cltrain.plugins.pruning import accuracy, apply_masks, count_params, prune_and_finetune, weight_sparsity
+from cltrain.plugins.pruning import (accuracy, apply_masks, count_params, global_magnitude_prune, prunable,
+                                     prune_and_finetune, weight_sparsity)
 from cltrain.streams.base import STREAMS
 from conftest import QUICK
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: one intra-op thread avoids oversubscription
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _mnist(n_train=4000, n_test=1000):
@@ -65,3 +61,24 @@ def test_pruning_plugin_on_any_learner(tmp_path):
     assert abs(metrics["weight_sparsity"] - 0.9) < 1e-3
     assert metrics["nonzero_params"] < 0.11 * metrics["total_params"]
     assert metrics["acc_matrix"][-1][1] > 0.5  # the pruned network still predicts the task it just learned
+
+
+def test_global_pruning_zeroes_exactly_the_smallest_magnitudes_over_all_layers():
+    torch.manual_seed(0)
+    model = LeNet5(1, 28, 10)
+    with torch.no_grad():  # layers on different scales: a per-layer rule would prune differently from a global one
+        prunable(model)[2][1].weight.mul_(0.1)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if n.endswith("weight")}
+    flat = torch.cat([w.abs().flatten() for w in before.values()])
+    n_pruned = round(0.7 * flat.numel())
+    cutoff = flat.sort().values[n_pruned - 1]
+    masks = global_magnitude_prune(model, 0.7)
+    after = dict(model.named_parameters())
+    assert sum(int((~m).sum()) for m in masks.values()) == n_pruned
+    for name, w in before.items():
+        pruned = ~masks[name]
+        assert torch.all(w.abs()[pruned] <= cutoff) and torch.all(w.abs()[~pruned] >= cutoff)
+        assert torch.all(after[name][pruned] == 0)
+        assert torch.equal(after[name][~pruned], w[~pruned])  # survivors keep their values
+    # layers end with different sparsities: the threshold is one for the whole network
+    assert len({round(float((~m).float().mean()), 3) for m in masks.values()}) > 1

@@ -1,22 +1,16 @@
 """Reproducibility: same seed -> same metrics; a SIGKILLed run resumed from its checkpoint ends identically."""
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
 
-from conftest import DATA, QUICK, REPO, run_cli
+from conftest import DATA, QUICK, REPO, results, run_cli
 
 # SI (learner state), replay (plugin state, its own RNG) and SGD momentum (optimizer state) all must survive.
 JOB = ("fit", "bench/pmnist_si", *QUICK, "stream.n_tasks=4", "stream.train_per_task=4000",
        "trainer.epochs_per_task=2", "plugins.replay.capacity=300")
-TIMING = {"wall_time_s", "phase_wall_time_s"}
-
-
-def _metrics(run):
-    data = json.loads((run / "metrics.json").read_text())
-    return {k: v for k, v in data.items() if k not in TIMING}
+_metrics = results
 
 
 def test_same_seed_twice_gives_identical_metrics(tmp_path):

@@ -116,3 +116,32 @@ def test_short_real_run_of_each_schedule(schedule, tmp_path):
         if iters is not None:  # new-task rows until the criterion: at most a full batch per iteration
             assert 0 < samples <= iters * 128
     assert json.loads((run / "metrics.json").read_text())["facilitation"] == fac
+
+
+def test_loader_trains_each_phase_on_exactly_the_scheduled_counts(tmp_path, monkeypatch):
+    """A real power-law run, one epoch per phase: the rows the loader hands Lightning, counted per task and
+    phase, equal schedule_counts.csv, and no sample comes twice within a phase."""
+    from cltrain.streams.loader import PhaseLoader
+
+    drawn: dict = {}
+    original = PhaseLoader._make
+
+    def counting(self, segment, rows, n_global):
+        batch = original(self, segment, rows, n_global)
+        if segment.phase >= 0:  # not a method hook's task_samples loader
+            drawn.setdefault(segment.phase, []).append(segment.idx[rows] + 10**6 * segment.task_ids[rows])
+        return batch
+
+    monkeypatch.setattr(PhaseLoader, "_make", counting)
+    run = tmp_path / "run"
+    run_experiment(load_config("powerlaw/pmnist", [
+        *QUICK, "stream.n_tasks=4", "stream.train_per_task=600", "trainer.steps_per_task=null", "trainer.epochs_per_task=1",
+        "trainer.batch_size=64",
+        "model.hidden=[50]", f"run_dir={run}"]))
+    with open(run / "schedule_counts.csv") as f:
+        scheduled = [[int(v) for k, v in row.items() if k.startswith("task_")] for row in csv.DictReader(f)]
+    assert len(drawn) == 4 and sum(map(sum, scheduled)) > 4 * 600  # old tasks are rehearsed
+    for phase, keys in drawn.items():
+        keys = torch.cat(keys)
+        assert keys.unique().numel() == keys.numel()  # each scheduled sample once per epoch
+        assert torch.bincount(keys // 10**6, minlength=4).tolist() == scheduled[phase]

@@ -41,10 +41,13 @@ class Learner(pl.LightningModule):
     reports_shifts: ClassVar[bool] = False  # its training_step returns outputs["shift"] (its own task-shift decisions)
 
     def __init__(self, model: nn.Module, optim: OptimConfig, method: Any = None,
-                 class_mask: Optional[torch.Tensor] = None, model_factory: Optional[Callable[[], nn.Module]] = None):
+                 class_mask: Optional[torch.Tensor] = None, model_factory: Optional[Callable[[], nn.Module]] = None,
+                 seed: int = 0):
         super().__init__()
         self.model = model
-        self.model_factory = model_factory  # builds a fresh network of the configured kind (expert pools)
+        # builds a fresh network of the configured kind (expert pools); wrap calls in seeding.seeded(seed, ...)
+        self.model_factory = model_factory
+        self.seed = seed  # the run's seed: derive a generator per random purpose from it (cltrain.seeding)
         self.optim_cfg = optim
         self.method = method
         # Task-incremental streams: logits outside the task's classes are masked when the task id is known.
@@ -106,7 +109,15 @@ class Learner(pl.LightningModule):
     # ---- continual hooks (task-aware streams only) -----------------------------------------------------
     def on_task_start(self, task_id: int) -> None:
         if self.optim_cfg.reset_per_task:
-            self._optimizer = None
+            self.reset_optimizer_state()
+
+    def reset_optimizer_state(self) -> None:
+        """Forget momentum / Adam moments, keeping the optimizer object. Lightning has already taken this very
+        object for the phase's fit (configure_optimizers runs before the task hooks), so the state it builds up
+        is the state a mid-phase checkpoint saves: dropping the object instead would train with an orphan
+        that no checkpoint sees, and a resumed phase would restart its optimizer from zero."""
+        if self._optimizer is not None:
+            self._optimizer.state.clear()
 
     def on_task_end(self, task_id: int, samples: TaskSamples) -> None:
         """Called after the last step on a task; `samples` reads that task's training data."""
@@ -114,7 +125,8 @@ class Learner(pl.LightningModule):
     def final_metrics(self, ctx: "FinalContext") -> dict[str, Any]:
         """Method-specific figures for metrics.json, computed once at the end of the run.
 
-        `ctx` knows the true tasks and boundaries (for reporting only: training is over).
+        `ctx` knows the true tasks and boundaries (for reporting only: training is over). A "warnings" entry
+        (a list of one-line strings) is printed at the end of the run and kept in metrics.json's "warnings".
         """
         return {}
 

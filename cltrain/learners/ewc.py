@@ -15,6 +15,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from cltrain.config import bounded, choice, count, fraction
+from cltrain.distributed import to_device
 from cltrain.learners.base import LEARNERS, Learner, TaskSamples, param_dict
 from cltrain.nn.modes import in_mode
 
@@ -128,3 +129,7 @@ class EWC(Learner):
 
     def set_extra_state(self, state: Any) -> None:
         self.fishers, self.anchors = state["fishers"], state["anchors"]
+
+    def on_train_start(self) -> None:
+        # a checkpoint restores them on the CPU: to the training device once per fit, not mixed in every step
+        self.fishers, self.anchors = to_device(self.fishers, self.device), to_device(self.anchors, self.device)

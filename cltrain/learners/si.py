@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from cltrain.config import bounded, positive
+from cltrain.distributed import to_device
 from cltrain.learners.base import LEARNERS, Learner, TaskSamples, param_dict
 
 
@@ -85,3 +86,8 @@ class SI(Learner):
     def set_extra_state(self, state: Any) -> None:
         for k in self._STATE:
             setattr(self, k, state[k])
+
+    def on_train_start(self) -> None:
+        # a checkpoint restores them on the CPU: to the training device once per fit, not mixed in every step
+        for k in self._STATE:
+            setattr(self, k, to_device(getattr(self, k), self.device))

@@ -37,13 +37,15 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from cltrain.config import bounded, choice, count, fraction, positive
 from cltrain.distributed import (all_sum, average_gradients, broadcast_module, from_rank0, gather_rows,
-                                 module_digest, ranks_agree, world_size)
+                                 module_digest, to_device, world_size)
+from cltrain.learners import tame_report
 from cltrain.learners.base import LEARNERS, Learner
 from cltrain.nn.modes import in_mode
-from cltrain.plugins.detection import DetectorConfig, build_detector, never_fires, score_detections, true_shifts
-from cltrain.plugins.pruning import Masks, apply_masks, count_params, finetune, prune_and_finetune, weight_sparsity
+from cltrain.plugins.detection import DetectorConfig, build_detector, check_can_fire
+from cltrain.plugins.pruning import Masks, apply_masks, finetune, prune_and_finetune, weight_sparsity
 from cltrain.priority_buffer import PriorityBuffer
-from cltrain.streams.loader import Batch, eval_batches
+from cltrain.seeding import derive_seed, generator, seeded
+from cltrain.streams.loader import Batch
 
 
 @dataclass
@@ -88,7 +90,7 @@ class TAMEConfig:
     batch_size: int = count(128, high=1 << 20)  # selector training and pruning fine-tuning
 
     def validate(self, where: str, exp: Any) -> None:
-        never_fires(self.detector, self.window, self.min_window, DetectorConfig.recent, where)  # default recent
+        check_can_fire(self.detector, self.window, self.min_window, DetectorConfig.recent, where)  # default recent
 
 
 def bounded_cross_entropy(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -118,7 +120,6 @@ class TAME(Learner):
             raise ValueError("TAME needs a model_factory to build experts")
         cfg: TAMEConfig = self.method
         self.automatic_optimization = False  # experts and their optimizers come and go during the fit
-        self.seed = torch.initial_seed()  # run_experiment seeds torch with cfg.seed just before building us
         self.model = None  # no single model: the pool below (state_dict keys experts.<i>.*)
         self.experts = nn.ModuleList([model])
         self.selector: Optional[nn.Module] = None  # the final, pruned selector (end of the stream)
@@ -130,8 +131,8 @@ class TAME(Learner):
         self.selector_masks: Optional[Masks] = None
         self.active = 0
         self.finalized = False
-        self.sel_buffer = PriorityBuffer(cfg.selector_capacity, seed=self.seed + 101)
-        self.prune_buffer = PriorityBuffer(cfg.prune_capacity, seed=self.seed + 202)
+        self.sel_buffer = PriorityBuffer(cfg.selector_capacity, seed=derive_seed(self.seed, "tame_selector_buffer"))
+        self.prune_buffer = PriorityBuffer(cfg.prune_capacity, seed=derive_seed(self.seed, "tame_prune_buffer"))
         self.step = 0
         self.trace: dict[str, list] = {"expert": [], "loss": [], "ema": []}  # one entry per batch
         self.events: list[dict[str, Any]] = []  # shifts: {step, from, to, kind: recur|spawn}
@@ -172,8 +173,17 @@ class TAME(Learner):
                 opt.load_state_dict(state)
             self._pending_opt_states = None
 
+    def _new_expert(self, j: int) -> nn.Module:
+        """Expert j's network, initialised from (seed, "model", j) alone: not from when or where it is spawned."""
+        with seeded(self.seed, "model", j):
+            return self.model_factory().to(self.device)
+
+    def _new_selector(self, n_experts: int, purpose: str) -> nn.Module:
+        with seeded(self.seed, purpose, 0):
+            return replace_head(self.model_factory(), n_experts)
+
     def _spawn(self) -> int:
-        expert = self.model_factory().to(self.device)
+        expert = self._new_expert(len(self.experts))
         broadcast_module(expert)  # DDP: rank 0's initialisation everywhere
         self.experts.append(expert)
         self._opts.append(self._new_optimizer(expert))
@@ -220,6 +230,13 @@ class TAME(Learner):
     def configure_optimizers(self):
         return None  # manual optimization: one optimizer per expert, created with the expert
 
+    def on_train_start(self) -> None:
+        # once per fit: restored masks arrive on the CPU; apply_masks runs after every step
+        self.masks = to_device(self.masks, self.device)
+        self.selector_masks = to_device(self.selector_masks, self.device)
+        self.sel_buffer.to(self.device)
+        self.prune_buffer.to(self.device)
+
     def training_step(self, batch: Batch, batch_idx: int) -> dict[str, Any]:
         self._ensure_optimizers()
         x, y = batch.x, batch.y
@@ -238,7 +255,8 @@ class TAME(Learner):
             # DDP check: the experts as trained, before _finalize's broadcasts would hide any disagreement
             self._trained_digest = module_digest(self.experts)
             self._finalize()  # the stream ended (not a task boundary: there is no more data at all)
-        return {"loss": torch.tensor(loss), "shift": shift}
+        # on the module's device: the detection plugin all-reduces it under DDP (NCCL takes no CPU tensors)
+        return {"loss": torch.tensor(loss, device=self.device), "shift": shift}
 
     def _on_shift(self, losses: list[float], x: torch.Tensor, y: torch.Tensor) -> float:
         """Switch to a returning expert or spawn one; returns the new active expert's loss on the batch."""
@@ -286,7 +304,7 @@ class TAME(Learner):
         if not c.prune_experts or len(self.prune_buffer) == 0:
             return
         x, y, _ = self.prune_buffer.contents()
-        seed = self.seed + 7919 * (len(self.prune_log) + 1)
+        seed = derive_seed(self.seed, "tame_prune", len(self.prune_log))
         before = self._buffer_loss(j, x, y)
         self.masks[j] = prune_and_finetune(self.experts[j], x, y, c.expert_sparsity, c.expert_prune_epochs,
                                            c.expert_prune_lr, c.batch_size, seed, loss_fn=self.train_loss,
@@ -306,33 +324,32 @@ class TAME(Learner):
                         for i in range(0, len(y), chunk))
         return total / max(len(y), 1)
 
-    def _train_selector(self, epochs: int, sparsity: float, seed: int) -> tuple[Optional[nn.Module], Optional[Masks]]:
+    def _train_selector(self, epochs: int, sparsity: float,
+                        purpose: str) -> tuple[Optional[nn.Module], Optional[Masks]]:
         """A selector over the current experts, trained on the selector buffer (None with a single expert).
 
-        Its initialisation and shuffling use their own seeds, so training one never moves the global RNG that
-        the experts' training depends on.
+        Its initialisation (0), shuffling (1) and pruning (2) draw from seeds of their own (seeding, `purpose`),
+        so training one never moves the global RNG, and nothing else moves its draws.
         """
         if len(self.experts) < 2 or len(self.sel_buffer) == 0:
             return None, None
         c = self.method
         x, _, tag = self.sel_buffer.contents()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            selector = replace_head(self.model_factory(), len(self.experts)).to(x.device)
-        gen = torch.Generator().manual_seed(seed)
+        selector = self._new_selector(len(self.experts), purpose).to(x.device)
+        gen = generator(self.seed, purpose, 1)
         finetune(selector, x, tag, None, epochs, c.selector_lr, c.batch_size, gen,
                  momentum=c.momentum, weight_decay=c.weight_decay)
         masks = None
         if sparsity > 0:
             masks = prune_and_finetune(selector, x, tag, sparsity, c.selector_prune_epochs, c.selector_prune_lr,
-                                       c.batch_size, seed + 1)
+                                       c.batch_size, derive_seed(self.seed, purpose, 2))
         selector.eval()
         return selector, masks
 
     def _finalize(self) -> None:
         self._prune_expert(self.active)
         self.selector, self.selector_masks = self._train_selector(self.method.selector_epochs,
-                                                                  self.method.selector_sparsity, self.seed + 4242)
+                                                                  self.method.selector_sparsity, "tame_selector")
         if self.selector is not None:
             broadcast_module(self.selector)
         self.finalized = True
@@ -343,7 +360,7 @@ class TAME(Learner):
             return self.selector
         key = (len(self.experts), self.sel_buffer.seen)
         if self._eval_selector[0] != key:
-            selector, _ = self._train_selector(self.method.eval_selector_epochs, 0.0, self.seed + 999)
+            selector, _ = self._train_selector(self.method.eval_selector_epochs, 0.0, "tame_eval_selector")
             self._eval_selector = (key, selector)
         return self._eval_selector[1]
 
@@ -388,11 +405,11 @@ class TAME(Learner):
     def _grow_to(self, extra: dict) -> None:
         """Make the module tree match a saved one (more experts, a selector) so its weights can load."""
         while len(self.experts) < extra["n_experts"]:
-            self.experts.append(self.model_factory().to(self.device))
+            self.experts.append(self._new_expert(len(self.experts)))
             self.detectors.append(build_detector(self.detector_cfg, self.init_loss))
             self.masks.append(None)
         if extra["selector_out"] is not None and self.selector is None:
-            self.selector = replace_head(self.model_factory(), extra["selector_out"]).to(self.device)
+            self.selector = self._new_selector(extra["selector_out"], "tame_selector").to(self.device)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         extra = state_dict.get("_extra_state")
@@ -422,64 +439,6 @@ class TAME(Learner):
         self._opts = []
         self._pending_opt_states = None if not state else list(state["experts"])
 
-    # ---- reporting --------------------------------------------------------------------------------------
-    def task_owners(self, ctx) -> dict[int, int]:
-        """The expert that was active for most of each true task's training batches (ids: reporting only)."""
-        order, ends = ctx.stream.order, ctx.phase_end_steps
-        experts = np.asarray(self.trace["expert"])
-        votes: dict[int, np.ndarray] = {}
-        for k, task in enumerate(order):
-            seg = experts[(ends[k - 1] if k else 0):ends[k]]
-            votes[task] = votes.get(task, 0) + np.bincount(seg, minlength=len(self.experts))
-        return {task: int(np.argmax(v)) for task, v in votes.items()}
-
-    @torch.no_grad()
+    # ---- reporting (cltrain/learners/tame_report.py) ---------------------------------------------------------
     def final_metrics(self, ctx) -> dict[str, Any]:
-        self.to(ctx.device)  # Lightning's teardown may have moved the module back to the CPU
-        stream = ctx.stream
-        owners = self.task_owners(ctx)
-        local = torch.zeros(stream.n_classes, dtype=torch.long, device=ctx.device)  # class -> index in its task
-        for task in stream.tasks:
-            local[task.classes] = torch.arange(len(task.classes), device=ctx.device)
-        # per task: correct, strict, lenient, routed right, samples (each DDP rank scores its share; summed)
-        counts = torch.zeros(len(stream.tasks), 5, dtype=torch.float64, device=ctx.device)
-        for task in stream.tasks:
-            for x, y in eval_batches(stream, task.id, ctx.eval_batch_size, ctx.rank, ctx.world_size):
-                preds, routes = self.predict_routed(x)
-                right_expert = routes == owners.get(task.id, -1)
-                correct = preds == y
-                counts[task.id] += torch.stack([correct.sum(), (correct & right_expert).sum(),
-                                                (local[preds] == local[y]).sum(), right_expert.sum(),
-                                                torch.tensor(len(y), device=ctx.device)]).double()
-        counts = all_sum(counts).cpu().numpy()
-        seen = sorted(set(stream.order))
-        acc = counts[seen, :4] / counts[seen, 4:]
-        expert_tot = [count_params(e) for e in self.experts]
-        sel_tot = count_params(self.selector) if self.selector is not None else (0, 0)
-        shifts = true_shifts(ctx.phase_end_steps, stream.order)
-        det = score_detections([e["step"] for e in self.events], shifts, len(self.trace["expert"]))
-        return {
-            "strict_acc": float(acc[:, 1].mean()), "lenient_acc": float(acc[:, 2].mean()),
-            "routing_acc": float(acc[:, 3].mean()), "routed_class_acc": float(acc[:, 0].mean()),
-            "per_task_strict_acc": acc[:, 1].tolist(), "per_task_routing_acc": acc[:, 3].tolist(),
-            "n_experts": len(self.experts), "n_true_tasks": len(seen),
-            "task_to_expert": {str(k): v for k, v in sorted(owners.items())},
-            "total_params": sum(t for t, _ in expert_tot) + sel_tot[0],
-            "nonzero_params": sum(nz for _, nz in expert_tot) + sel_tot[1],
-            "expert_nonzero_params": [nz for _, nz in expert_tot], "selector_nonzero_params": sel_tot[1],
-            "expert_weight_sparsity": [weight_sparsity(e) for e in self.experts],
-            "selector_weight_sparsity": weight_sparsity(self.selector) if self.selector is not None else None,
-            "shift_events": self.events, "prune_log": self.prune_log,
-            **{f"tame_{k}": v for k, v in det.items() if k != "true_shifts"}, "true_shifts": shifts,
-            **self._ranks_agree(ctx),
-        }
-
-    def _ranks_agree(self, ctx) -> dict[str, bool]:
-        """DDP: did every rank take the same decisions, fill the same buffers and train the same experts?"""
-        if ctx.world_size == 1:
-            return {}
-        mine = [self.sel_buffer.digest(), self.prune_buffer.digest(), float(self.step), float(len(self.events)),
-                float(sum(e["step"] * (e["to"] + 1) for e in self.events))]
-        if self._trained_digest is not None:  # None after resuming a finished stream
-            mine.append(self._trained_digest)
-        return {"tame_ranks_agree": ranks_agree(mine, ctx.device, rtol=1e-9)}
+        return tame_report.final_metrics(self, ctx)

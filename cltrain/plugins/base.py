@@ -47,7 +47,8 @@ class Plugin(Callback):
         pass
 
     def final_metrics(self, ctx) -> dict[str, Any]:
-        """Figures for metrics.json at the end of the run; ctx is a learners.base.FinalContext."""
+        """Figures for metrics.json at the end of the run; ctx is a learners.base.FinalContext. A "warnings"
+        entry (a list of one-line strings) is printed at the end and kept in metrics.json's "warnings"."""
         return {}
 
 

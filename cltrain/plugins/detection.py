@@ -211,10 +211,10 @@ class DetectorConfig:
     min_window: int = count(1, high=1_000_000)
 
     def validate(self, where: str, exp: Any) -> None:
-        never_fires(self.method, self.window, self.min_window, self.recent, where)
+        check_can_fire(self.method, self.window, self.min_window, self.recent, where)
 
 
-def never_fires(method: str, window: int, min_window: int, recent: int, where: str) -> None:
+def check_can_fire(method: str, window: int, min_window: int, recent: int, where: str) -> None:
     """Refuse detector settings under which no shift can ever be declared (a silent no-op otherwise)."""
     if method == "ema_window" and min_window > window:
         raise bad(f"{where}min_window", min_window, f"<= {where}window ({window}): the window never holds more")
@@ -262,6 +262,19 @@ def score_detections(events: list[int], shifts: list[int], end: int) -> dict[str
         "detection_events": events,
         "true_shifts": shifts,
     }
+
+
+def never_fired(who: str, events: list[int], shifts: list[int], phase_end_steps: list[int],
+                cfg: DetectorConfig) -> Optional[str]:
+    """A warning when the stream changes task but the detector never fired (None otherwise), with the numbers
+    that usually explain it: tasks shorter than the window, or a threshold (k, floor) the shifts never cross."""
+    if events or not shifts:
+        return None
+    lengths = np.diff([0, *phase_end_steps])
+    return (f"{who} never detected a shift: {len(shifts)} true task change(s) in {int(lengths.sum())} batches, "
+            f"shortest phase {int(lengths.min())} batches; detector {cfg.method} with window={cfg.window}, "
+            f"k={cfg.k}, std_floor={cfg.std_floor}, min_window={cfg.min_window}. One network learned every task: "
+            "lengthen the tasks or shorten the window")
 
 
 def plot_loss_trace(losses: np.ndarray, events: list[int], shifts: list[int], path: Path, title: str,
@@ -368,6 +381,11 @@ class Detection(Plugin):
         self.flush()
         shifts = true_shifts(ctx.phase_end_steps, ctx.stream.order)
         out = score_detections(self.events, shifts, len(self.losses))
+        # source=learner: the learner's own detector missed, and the learner reports that with its own numbers
+        warning = self.cfg.source == "own" and never_fired("the detection plugin", self.events, shifts,
+                                                           ctx.phase_end_steps, self.cfg)
+        if warning:
+            out["warnings"] = [warning]
         if ctx.world_size > 1:
             mine = [float(len(self.events)), float(sum(self.events)), float(sum(self.losses))]
             out["detection_ranks_agree"] = ranks_agree(mine, ctx.device)

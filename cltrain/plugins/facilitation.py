@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from cltrain.config import count, fraction
+from cltrain.distributed import all_sum, to_device
 from cltrain.plugins.base import PLUGINS, Plugin, PluginContext
 
 
@@ -49,15 +50,16 @@ class Facilitation(Plugin):
         self.samples_to_criterion: list[Optional[int]] = []
         self.acc_at_iters: list[float] = []
         self.tasks: list[int] = []
-        self._trainer = None
 
     def on_task_start(self, learner, task_id: int) -> None:
         self.task, self.counts = task_id, []
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.counts = to_device(self.counts, pl_module.device)  # restored mid-phase counts arrive on the CPU
+
     def on_train_batch_end(self, trainer, pl_module, outputs: Any, batch, batch_idx: int) -> None:
         if self.task is None or batch.t is None or not isinstance(outputs, dict) or "logits" not in outputs:
             return
-        self._trainer = trainer
         new = slice(0, batch.n_new)
         rows = batch.t[new] == self.task
         hit = (outputs["logits"][new].argmax(1) == batch.y[new]) & rows
@@ -66,10 +68,7 @@ class Facilitation(Plugin):
     def on_task_end(self, learner, task_id: int) -> None:
         if not self.counts:
             return
-        counts = torch.stack(self.counts).double()
-        if self._trainer is not None and self._trainer.world_size > 1:
-            counts = self._trainer.strategy.reduce(counts, reduce_op="sum")  # every rank's share of the batch
-        counts = counts.cpu().numpy()
+        counts = all_sum(torch.stack(self.counts).double()).cpu().numpy()  # every rank's share of the batches
         acc = running_accuracy(counts[:, 0], counts[:, 1], self.cfg.window)
         reached = np.nonzero(acc >= self.cfg.criterion)[0]
         self.iters_to_criterion.append(int(reached[0]) + 1 if reached.size else None)

@@ -22,9 +22,10 @@ from torch.nn.utils import prune
 
 from cltrain.buffers import ReservoirBuffer
 from cltrain.config import bad, choice, count, fraction, positive
-from cltrain.distributed import gather_rows
+from cltrain.distributed import gather_rows, to_device
 from cltrain.nn.modes import in_mode
 from cltrain.plugins.base import PLUGINS, Plugin, PluginContext
+from cltrain.seeding import derive_seed
 
 Masks = dict[str, torch.Tensor]  # parameter name -> bool mask (True: kept)
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -139,7 +140,7 @@ class Pruning(Plugin):
 
     def __init__(self, cfg: PruningConfig, ctx: PluginContext):
         super().__init__(cfg, ctx)
-        self.buffer = ReservoirBuffer(cfg.capacity, seed=ctx.seed + 3571)
+        self.buffer = ReservoirBuffer(cfg.capacity, seed=derive_seed(ctx.seed, "pruning_buffer"))
         self.masks: Optional[Masks] = None
         self.n_pruned = 0
         self.buffer_acc: dict[str, float] = {}
@@ -151,6 +152,11 @@ class Pruning(Plugin):
             raise TypeError(f"the pruning plugin prunes learner.model; {type(learner).__name__} has none "
                             "(TAME prunes its experts itself)")
         return learner.model
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # once per fit: restored masks and buffer arrive on the CPU, and apply_masks runs every step
+        self.masks = to_device(self.masks, pl_module.device)
+        self.buffer.to(pl_module.device)
 
     def on_train_batch_end(self, trainer, pl_module, outputs: Any, batch, batch_idx: int) -> None:
         apply_masks(self._model(pl_module), self.masks)  # after the optimizer step: pruned weights stay zero
@@ -173,7 +179,8 @@ class Pruning(Plugin):
         x, y = self.buffer.x[: len(self.buffer)], self.buffer.y[: len(self.buffer)]
         before = accuracy(model, x, y)
         self.masks = prune_and_finetune(model, x, y, self.cfg.sparsity, self.cfg.epochs, self.cfg.lr,
-                                        self.cfg.batch_size, seed=self.ctx.seed + 7 * self.n_pruned)
+                                        self.cfg.batch_size,
+                                        seed=derive_seed(self.ctx.seed, "pruning_finetune", self.n_pruned))
         self.n_pruned += 1
         self.buffer_acc = {"pruning_buffer_acc_before": before, "pruning_buffer_acc_after": accuracy(model, x, y)}
 

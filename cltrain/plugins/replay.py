@@ -7,6 +7,7 @@ from typing import Any, Optional
 from cltrain.config import count
 from cltrain.buffers import ReservoirBuffer
 from cltrain.plugins.base import PLUGINS, Plugin, PluginContext
+from cltrain.seeding import derive_seed
 from cltrain.distributed import gather_rows, rank_rows, ranks_agree
 from cltrain.streams.loader import Batch
 
@@ -30,8 +31,11 @@ class Replay(Plugin):
 
     def __init__(self, cfg: ReplayConfig, ctx: PluginContext):
         super().__init__(cfg, ctx)
-        self.buffer = ReservoirBuffer(cfg.capacity, seed=ctx.seed + 7919)
+        self.buffer = ReservoirBuffer(cfg.capacity, seed=derive_seed(ctx.seed, "replay_buffer"))
         self.ranks_agree: Optional[bool] = None  # set under DDP: are the buffers identical on all ranks?
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.buffer.to(pl_module.device)  # once per fit: restored contents arrive on the CPU
 
     def on_train_batch_start(self, trainer, pl_module, batch: Batch, batch_idx: int) -> None:
         if len(self.buffer) == 0:

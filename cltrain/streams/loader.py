@@ -12,6 +12,7 @@ from typing import Iterator, Optional
 
 import torch
 
+from cltrain.seeding import generator, rng_restore
 from cltrain.streams.base import Stream
 
 
@@ -50,26 +51,21 @@ class Segment:
     task_ids: torch.Tensor
     n_batches: int
     skip: int = 0  # batches already trained before a preemption; the loader starts after them
-    rng_state: Optional[torch.Tensor] = None  # global torch RNG at the preemption, restored after skipping
+    # resuming: torch's global RNG as the checkpoint saved it, restored just before the first batch drawn
+    rng_state: Optional[dict] = None
 
     @staticmethod
     def batches_for(n_samples: int, batch_size: int, epochs: int, steps: Optional[int]) -> int:
         return steps if steps is not None else epochs * math.ceil(n_samples / batch_size)
 
 
-def mix_seed(*parts: int) -> int:
-    """A deterministic 63-bit seed from integers (Python's hash() of ints is not mixed enough)."""
-    value = 0x9E3779B97F4A7C15
-    for part in parts:
-        value = (value ^ (part + 0x9E3779B97F4A7C15 + (value << 6) + (value >> 2))) & 0x7FFFFFFFFFFFFFFF
-    return value
-
-
 class PhaseLoader:
     """Iterates the batches of consecutive segments; reshuffles every pass over a segment's data.
 
-    Shuffling uses a generator seeded by (seed, phase, pass), and the global torch RNG is reseeded at every
-    segment start, so a run resumed at phase k draws exactly what the uninterrupted run drew.
+    Shuffling uses a generator of its own per (phase, pass) (cltrain.seeding, purpose "loader_order"), so a
+    run resumed at phase k draws exactly what the uninterrupted run drew. The loader never reseeds torch's
+    global RNG at a segment start (that would tie in-model randomness to where hidden boundaries fall); a
+    resumed segment only puts back the global RNG state its checkpoint saved (`Segment.rng_state`).
     Under DDP every rank draws the same global batch and keeps rows rank::world of it: the union over ranks
     is the single-process batch, which keeps DDP runs comparable with single-process runs.
     """
@@ -96,11 +92,10 @@ class PhaseLoader:
         return out
 
     def _order(self, segment: Segment, pass_no: int) -> torch.Tensor:
-        gen = torch.Generator().manual_seed(mix_seed(self.seed, segment.phase, pass_no))
+        gen = generator(self.seed, "loader_order", segment.phase, pass_no)
         return torch.randperm(segment.idx.numel(), generator=gen).to(segment.idx.device)
 
     def _segment_batches(self, segment: Segment) -> Iterator[Batch]:
-        torch.manual_seed(mix_seed(self.seed, segment.phase, 1 << 20))
         n, drawn, pass_no = segment.idx.numel(), 0, 0
         while drawn < segment.n_batches:
             order = self._order(segment, pass_no)
@@ -109,7 +104,7 @@ class PhaseLoader:
                     return
                 if drawn >= segment.skip:
                     if drawn == segment.skip and segment.rng_state is not None:
-                        torch.set_rng_state(segment.rng_state)
+                        rng_restore(segment.rng_state, segment.idx.device)
                     global_rows = order[start:start + self.batch_size]
                     yield self._make(segment, global_rows[self.rank::self.world_size], global_rows.numel())
                 drawn += 1

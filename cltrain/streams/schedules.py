@@ -15,7 +15,7 @@ import torch
 from cltrain.config import RehearsalConfig
 from cltrain.registry import Registry
 from cltrain.streams.base import Stream
-from cltrain.streams.loader import mix_seed
+from cltrain.seeding import generator
 
 
 def ages(order: list[int], n_tasks: int) -> np.ndarray:
@@ -146,8 +146,10 @@ def phase_indices(stream: Stream, counts_row: np.ndarray, phase: int, seed: int,
         if count <= 0:
             continue
         task = stream.tasks[task_id]
-        key = mix_seed(seed, task_id) if nested else mix_seed(seed, task_id, phase + 1)
-        perm = torch.randperm(task.n_train, generator=torch.Generator().manual_seed(key)).to(task.train_idx.device)
+        # nested: one permutation per task for the whole run; independent: a fresh one per phase
+        index = (task_id,) if nested else (task_id, phase)
+        gen = generator(seed, "schedule_subset", *index)
+        perm = torch.randperm(task.n_train, generator=gen).to(task.train_idx.device)
         chosen = task.train_idx[perm[:count]]
         idx.append(chosen)
         tids.append(torch.full_like(chosen, task_id))

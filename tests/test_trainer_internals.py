@@ -1,0 +1,72 @@
+"""The trainer's contact points with Lightning internals, each on a real Lightning fit: if a Lightning upgrade
+changes them, these fail loudly instead of runs silently logging or scaling differently."""
+import csv
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning import Callback
+from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.plugins.precision import MixedPrecision
+
+from cltrain.trainer import continue_logging_step, load_precision_state, precision_state
+
+
+class Tiny(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 2)
+
+    def training_step(self, batch, batch_idx):
+        loss = self.layer(batch[0]).pow(2).mean()
+        self.log("loss", loss)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+class AtStart(Callback):
+    def __init__(self, fn):
+        self.fn = fn
+
+    def on_train_start(self, trainer, pl_module):
+        self.fn(trainer)
+
+
+def _fit(callbacks, logger=False, plugins=None, batches=5):
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8 * batches, 4)), batch_size=8)
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=logger, callbacks=callbacks, plugins=plugins,
+                         log_every_n_steps=1, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    trainer.fit(Tiny(), data)
+    return trainer
+
+
+def test_logging_step_continues_from_the_given_count(tmp_path):
+    logger = CSVLogger(tmp_path, name="run", version=0)
+    _fit([AtStart(lambda trainer: continue_logging_step(trainer, 1000))], logger=logger)
+    with open(tmp_path / "run" / "version_0" / "metrics.csv") as f:
+        steps = [int(row["step"]) for row in csv.DictReader(f)]
+    assert steps == [1000, 1001, 1002, 1003, 1004]
+
+
+def test_logging_step_fails_loudly_if_lightning_drops_its_counter():
+    trainer = _fit([])
+    del trainer.fit_loop.epoch_loop._batches_that_stepped  # what a renaming upgrade would look like
+    with pytest.raises(RuntimeError, match="_batches_that_stepped is gone"):
+        continue_logging_step(trainer, 5)
+
+
+def test_grad_scaler_state_is_carried_into_the_next_fit():
+    """16-mixed's scaler (real fp16 autocast on the CPU here): a phase's fit starts where the last one ended."""
+    def amp():
+        return [MixedPrecision("16-mixed", "cpu", torch.amp.GradScaler("cpu", init_scale=1.0, growth_interval=1))]
+
+    first = _fit([], plugins=amp())
+    state = precision_state(first)
+    assert state["scale"] == 2.0 ** 5  # doubled after each of 5 finite steps
+    second = _fit([AtStart(lambda trainer: load_precision_state(trainer, state))], plugins=amp())
+    assert precision_state(second)["scale"] == 2.0 ** 10  # continued, not restarted at 1
+    assert precision_state(_fit([], plugins=amp()))["scale"] == 2.0 ** 5  # without it: a fresh scaler
+    assert precision_state(_fit([])) == {}  # 32-true has nothing to carry
