@@ -156,7 +156,10 @@ def _class_attributes(node: ast.ClassDef, classes: dict[str, ast.ClassDef]) -> t
 @lru_cache(maxsize=None)
 def light_module(module: str) -> types.ModuleType:
     """A stand-in for `module` holding only its dataclasses and functions, built without its heavy imports."""
-    light = types.ModuleType(f"_cltrain_light.{module}")
+    name = f"_cltrain_light.{module}"
+    if name in sys.modules:  # an import cycle (a package and its files): the partial stand-in, as Python does
+        return sys.modules[name]
+    light = types.ModuleType(name)
     sys.modules[light.__name__] = light  # dataclasses and typing.get_type_hints look their module up there
     path = PACKAGE_ROOT.joinpath(*module.split(".")[1:])
     path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
