@@ -22,6 +22,11 @@ def check_devices(t: Any, where: str = "trainer.") -> None:
             and not str(t.devices).strip().isdigit():
         raise ConfigError(f"bad value {t.devices!r} for '{where}devices' with {where}accelerator={t.accelerator!r} "
                           f"(no GPU); valid: a number of CPU processes >= 1, or 'auto'")
+    if not wants_gpu and t.accelerator != "mps" and str(t.precision) in ("16-mixed", "16"):
+        # Lightning would train in bf16-mixed instead, with a warning: a different computation than asked for.
+        raise ConfigError(f"bad value {t.precision!r} for '{where}precision' on the CPU (fp16 autocast needs a GPU; "
+                          f"Lightning would silently use bf16-mixed); valid on CPU: 32-true, 64-true, bf16-mixed, "
+                          f"bf16-true, 16-true")
     if t.strategy == "single_device" and (t.several_processes or str(t.devices).strip() == "auto"):
         raise ConfigError(f"{where}strategy='single_device' runs one process; {where}devices={t.devices!r} "
                           f"{where}num_nodes={t.num_nodes} ask for more (valid: devices=1 and num_nodes=1, "

@@ -153,6 +153,7 @@ COMBINATIONS = [
     (["stream.name=split", "stream.max_angle=90"], "max_angle"),  # finetune reports no shifts: no events, silently
     (["trainer.accelerator=gpu"], "accelerator"),  # no GPU on this machine
     (["trainer.precision=16-bit"], "precision"),
+    (["trainer.precision=16-mixed"], "precision"),  # CPU: Lightning would silently train in bf16-mixed
     (["trainer.strategy=deepspeed"], "strategy"),
     (["trainer.devices=[0,1]"], "devices"),  # CPU processes are counted, not indexed
     (["trainer.strategy=single_device", "trainer.devices=2"], "single_device"),
