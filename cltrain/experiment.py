@@ -49,6 +49,7 @@ def resolve_components(cfg: ExperimentConfig) -> Components:
     """Check every registry name and component section; fail before touching data or disk."""
     learner_cls = LEARNERS.get(str(cfg.learner.get("name", "finetune")))
     method_cfg = component_config(cfg.learner, learner_cls.Config, "learner")
+    learner_cls.check_config(cfg, method_cfg)
     plugin_cfgs = {}
     for name, section in cfg.plugins.items():
         plugin_cls = PLUGINS.get(name)

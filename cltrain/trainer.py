@@ -237,7 +237,7 @@ class ContinualTrainer:
         if self.ranks_agree is not None:
             metrics["ddp_weights_agree"] = self.ranks_agree
         ctx = FinalContext(self.stream, p.phase_end_steps, self.stream.train.images.device,
-                           self.cfg.trainer.eval_batch_size, self.rank, self.world_size)
+                           self.cfg.trainer.eval_batch_size, self.rank, self.world_size, str(self.run.path))
         metrics.update(self.learner.final_metrics(ctx))
         for plugin in self.plugins.values():
             metrics.update(plugin.final_metrics(ctx))

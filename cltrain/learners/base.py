@@ -100,6 +100,11 @@ class Learner(pl.LightningModule):
     def load_optimizer_state(self, state: Optional[dict]) -> None:
         self._optimizer, self._pending_optimizer_state = None, state
 
+    @classmethod
+    def check_config(cls, cfg: Any, method: Any) -> None:
+        """Checks across config sections (the model or stream a method needs, ranges of its options), run when
+        the config is resolved, before any data is read or run folder made; raise ConfigError."""
+
     # ---- continual hooks (task-aware streams only) -----------------------------------------------------
     def on_task_start(self, task_id: int) -> None:
         if self.optim_cfg.reset_per_task:
@@ -126,6 +131,7 @@ class FinalContext:
     eval_batch_size: int
     rank: int = 0  # under DDP: split evaluation work with eval_batches(..., rank, world_size) + all_sum
     world_size: int = 1
+    run_dir: Optional[str] = None  # the run folder, for a method's own plots (rank 0 writes them)
 
 
 # name -> Learner subclass. One file per method registers itself here.

@@ -1,0 +1,149 @@
+"""IBCL: imprecise Bayesian continual learning (Lu, Caprio, Eaton, Lee; arXiv 2305.14782). Spec:
+../shared/docs/methods/ibcl.md.
+
+Per task, m prior chains (m = len(prior_scales), 3 by default) each learn one posterior over the Bayesian
+head's weights by variational inference (one Monte-Carlo sample per step, ELBO = NLL + KL / N with the analytic
+Gaussian KL and N the task's training samples); the m chains are trained together in one batched step. At the
+task's end each posterior is stored in the knowledge base unless a stored one lies within d (normalised
+2-Wasserstein, cltrain/learners/ibcl_credal.py), which then substitutes for it, also as that chain's prior for
+the next task (priors are detached copies). A model for any preference over the tasks seen so far is then built
+without training: cltrain/learners/ibcl_eval.py and `cltrain ibcl-model`.
+
+Accuracy matrix: `predict` uses the mean model of the uniform preference over the tasks seen so far (before
+the first task ends: the average of the chains' current means).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+
+from cltrain.errors import ConfigError
+from cltrain.learners.base import LEARNERS, FinalContext, Learner, TaskSamples
+from cltrain.learners.ibcl_credal import KnowledgeBase, barycenter
+from cltrain.nn.bayes import BayesMLP
+
+
+@dataclass
+class IBCLConfig:
+    prior_scales: list[float] = field(default_factory=lambda: [0.2, 0.25, 0.3])  # one prior chain each: N(0, s^2)
+    sigma_init: float = 0.01  # posterior std every weight starts from (first task)
+    d: float = 0.01  # redundancy threshold on the normalised W2 distance (RMS per weight); 0: store everything
+    alpha: float = 0.01  # zero-shot samples come from the highest-density region at level 1 - alpha
+    n_samples: int = 10  # K models sampled per preference (the mean model is always a candidate too)
+    n_preferences: int = 10  # random preferences per phase in the evaluation (plus one-hot and uniform)
+    pareto_tasks: list[int] = field(default_factory=lambda: [0, 1])  # the two tasks of the Pareto-front plot
+
+
+def to_labels(logits: torch.Tensor) -> torch.Tensor:
+    """Logits [..., out] -> labels: one logit means Bernoulli (label 1 when positive), else argmax."""
+    return (logits[..., 0] > 0).long() if logits.shape[-1] == 1 else logits.argmax(-1)
+
+
+def chain_nll(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood of each chain: logits [C, B, out], y [B] -> [C]."""
+    if logits.shape[-1] == 1:
+        target = y.to(logits.dtype).expand(logits.shape[0], -1)
+        return F.binary_cross_entropy_with_logits(logits[..., 0], target, reduction="none").mean(1)
+    c, b, k = logits.shape
+    return F.cross_entropy(logits.reshape(c * b, k), y.repeat(c), reduction="none").view(c, b).mean(1)
+
+
+@LEARNERS.register("ibcl")
+class IBCL(Learner):
+    Config = IBCLConfig
+
+    def __init__(self, model: BayesMLP, optim, method: IBCLConfig, class_mask=None, model_factory=None):
+        # The configured head, rebuilt with one chain per prior scale (the registry builds a single chain).
+        head = BayesMLP(model.dims[0], model.dims[1:-1], model.dims[-1], method.prior_scales, method.sigma_init)
+        super().__init__(head, optim, method, class_mask, None)
+        self.kb = KnowledgeBase()
+        self.n_train = 1
+        self._predictor: Optional[torch.Tensor] = None
+
+    @classmethod
+    def check_config(cls, cfg, method: IBCLConfig) -> None:
+        from cltrain.streams.binary import FEATURE_STREAMS
+
+        checks = [
+            (cfg.model.name == "bayes_mlp", "model.name", cfg.model.name, "bayes_mlp (IBCL's Bayesian head)"),
+            (cfg.stream.presentation == "task_aware", "stream.presentation", cfg.stream.presentation,
+             "task_aware (IBCL stores posteriors at task boundaries)"),
+            (cfg.stream.name in FEATURE_STREAMS, "stream.name", cfg.stream.name,
+             f"{', '.join(FEATURE_STREAMS)} (they carry the validation split IBCL chooses models on)"),
+            (len(method.prior_scales) >= 1 and all(s > 0 for s in method.prior_scales), "learner.prior_scales",
+             method.prior_scales, "a non-empty list of numbers > 0"),
+            (method.sigma_init > 0, "learner.sigma_init", method.sigma_init, "a number > 0"),
+            (method.d >= 0, "learner.d", method.d, "a number >= 0"),
+            (0 < method.alpha < 1, "learner.alpha", method.alpha, "a number in (0, 1); the region's level is 1 - alpha"),
+            (method.n_samples >= 1, "learner.n_samples", method.n_samples, "an integer >= 1"),
+            (method.n_preferences >= 0, "learner.n_preferences", method.n_preferences, "an integer >= 0"),
+            (len(method.pareto_tasks) == 2 and len(set(method.pareto_tasks)) == 2
+             and all(0 <= t < cfg.stream.n_tasks for t in method.pareto_tasks), "learner.pareto_tasks",
+             method.pareto_tasks, f"two different task ids in 0..{cfg.stream.n_tasks - 1}"),
+        ]
+        for ok, key, value, valid in checks:
+            if not ok:
+                raise ConfigError(f"bad value {value!r} for '{key}'; valid: {valid}")
+
+    # ---- training -------------------------------------------------------------------------------------
+    def on_train_start(self) -> None:
+        # N of the ELBO: the training samples of this phase (the trainer's loader knows its segment)
+        segments = getattr(self.trainer.train_dataloader, "segments", None)
+        self.n_train = int(segments[0].idx.numel()) if segments else 1
+
+    def training_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        logits = self.model(batch.x)  # [C, B, out]: one weight sample per chain
+        nll = chain_nll(logits, batch.y)
+        # Chains share nothing, so the sum of their ELBOs trains each on its own one.
+        loss = (nll + self.model.kl() / self.n_train).sum()
+        if self.trainer is not None and batch_idx % self.trainer.log_every_n_steps == 0:
+            self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(batch))
+        return {"loss": loss}
+
+    def on_task_end(self, task_id: int, samples: TaskSamples) -> None:
+        phase = len(self.kb.phase_tasks)
+        mu, sigma = (t.cpu() for t in self.model.posterior())
+        extremes = [self.kb.add_or_substitute(mu[c], sigma[c], task_id, c, phase, self.method.d)
+                    for c in range(self.model.n_chains)]
+        self.kb.record_phase(task_id, extremes)
+        kept_mu, kept_sigma = self.kb.mu[extremes].to(self.device), self.kb.sigma[extremes].to(self.device)
+        self.model.set_posterior(kept_mu, kept_sigma)  # a substituted chain continues from its stand-in
+        self.model.set_prior(kept_mu, kept_sigma)
+        self._predictor = None
+
+    # ---- prediction ------------------------------------------------------------------------------------
+    def preference_mean(self, phase: int, tasks: list[int], w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Barycenter (mu_hat, sigma_hat) [P] of preference w over `tasks`, from the knowledge base after `phase`."""
+        ext = self.kb.extremes_at(phase)
+        groups = torch.tensor([ext[t] for t in tasks])
+        return barycenter(self.kb.mu, self.kb.sigma, groups, w)
+
+    def _predict_weights(self) -> torch.Tensor:
+        if not self.kb.phase_tasks:
+            return self.model.posterior()[0].mean(0, keepdim=True)
+        if self._predictor is None:
+            last = len(self.kb.phase_tasks) - 1
+            seen = sorted(self.kb.extremes_at(last))
+            mu, _ = self.preference_mean(last, seen, torch.full((len(seen),), 1.0 / len(seen), dtype=torch.float64))
+            self._predictor = mu[None].to(self.device)
+        return self._predictor
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, t: Optional[torch.Tensor]) -> torch.Tensor:
+        return to_labels(self.model.functional(x, self._predict_weights())[0])
+
+    # ---- state and results -----------------------------------------------------------------------------
+    def get_extra_state(self) -> Any:
+        return {"kb": self.kb.state()}
+
+    def set_extra_state(self, state: Any) -> None:
+        self.kb = KnowledgeBase.from_state(state["kb"])
+        self._predictor = None
+
+    def final_metrics(self, ctx: FinalContext) -> dict[str, Any]:
+        from cltrain.learners.ibcl_eval import ibcl_metrics
+
+        return ibcl_metrics(self, ctx)
