@@ -3,10 +3,10 @@ without training.
 
 Reads the run's knowledge base (its last checkpoint), forms the barycenter of the preference, draws K models from
 its 1 - alpha region, picks among them and the mean model on the validation split (training data, never the
-test set), evaluates the pick on every task's test set, and writes it as a TorchScript file:
+test set), evaluates the pick on every task's test set, and writes it as an exported torch program (any batch size):
 
-    model = torch.jit.load("model.pt")        # no cltrain needed
-    logits = model(features)                  # features [B, 512] -> [B, 1]; label 1 where the logit is > 0
+    model = torch.export.load("model.pt2").module()   # no cltrain needed
+    logits = model(features)                           # features [B, 512] -> [B, 1]; label 1 where the logit is > 0
 """
 from __future__ import annotations
 
@@ -83,6 +83,12 @@ def as_module(dims: list[int], theta: torch.Tensor) -> nn.Sequential:
     return nn.Sequential(*layers).eval()
 
 
+def save_program(module: nn.Module, n_in: int, out: Path) -> None:
+    example = (torch.zeros(2, n_in),)
+    program = torch.export.export(module, example, dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, str(out))
+
+
 def _unflatten(dims: list[int], theta: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
     out, at = [], 0
     for n_in, n_out in zip(dims[:-1], dims[1:]):
@@ -107,9 +113,8 @@ def cmd_ibcl_model(args: argparse.Namespace) -> int:
     shot = zero_shot(learner, TaskData(stream, cfg.trainer.eval_batch_size), last, tasks, w, args.alpha,
                      args.samples, gen)
     pick = shot.pick
-    out = Path(args.out) if args.out else run_dir / ("ibcl_model_" + "_".join(f"{v:g}" for v in w.tolist()) + ".pt")
-    module = as_module(learner.model.dims, shot.thetas[pick].cpu())
-    torch.jit.save(torch.jit.script(module), str(out))
+    out = Path(args.out) if args.out else run_dir / ("ibcl_model_" + "_".join(f"{v:g}" for v in w.tolist()) + ".pt2")
+    save_program(as_module(learner.model.dims, shot.thetas[pick].cpu()), learner.model.dims[0], out)
     report = {
         "preference": w.tolist(), "tasks": tasks, "alpha": args.alpha, "samples": args.samples,
         "picked": "mean model" if pick == 0 else f"sample {pick}",
@@ -132,5 +137,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--alpha", type=float, default=0.01, help="sample from the 1 - alpha region (default 0.01)")
     parser.add_argument("--samples", type=int, default=10, help="models drawn from the region (default 10)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the draws")
-    parser.add_argument("--out", help="model file (default RUN_DIR/ibcl_model_<preference>.pt); a .json beside it")
+    parser.add_argument("--out", help="model file (default RUN_DIR/ibcl_model_<preference>.pt2); a .json beside it")
     parser.set_defaults(func=cmd_ibcl_model)
