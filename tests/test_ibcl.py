@@ -66,15 +66,15 @@ def test_elbo_scale_does_not_change_with_batch_size():
     for repeats in (2, 32):  # batches of 16 and 256 rows holding the same 8 samples equally often
         torch.manual_seed(3)  # the same weight draw per chain (one draw per step, not per sample)
         batch = Batch(x.repeat(repeats, 1), y.repeat(repeats), None, 8 * repeats)
-        losses.append(float(learner.elbo_loss(batch)))
+        losses.append(float(learner.elbo_loss(batch).detach()))
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
     # and the KL enters as KL / N: doubling N halves its share
     torch.manual_seed(3)
     batch = Batch(x, y, None, 8)
-    full = float(learner.elbo_loss(batch))
+    full = float(learner.elbo_loss(batch).detach())
     learner.n_train = 2000
     torch.manual_seed(3)
-    half_kl = float(learner.elbo_loss(batch))
+    half_kl = float(learner.elbo_loss(batch).detach())
     kl = float(learner.model.kl().sum().detach())
     assert full - half_kl == pytest.approx(kl / 1000 - kl / 2000, rel=1e-4)
 
@@ -185,3 +185,60 @@ def test_feature_cache_checksum_rejects_a_damaged_file(tmp_path, monkeypatch):
     torch.save({"train": train + 1, "test": test}, path)  # contents no longer match the recorded SHA-256
     path.with_suffix(".json").write_text(json.dumps(meta))
     assert features._load_cached(path, record) is None
+
+
+def test_cifar100_pairs_reader_on_a_small_file_in_torchvision_format(tmp_path):
+    import pickle
+
+    import numpy as np
+
+    from cltrain.streams.paper_datasets import cifar100_pair_tasks
+
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 40), ("test", 20)):
+        labels = [i % 6 for i in range(n)]
+        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        with open(folder / split, "wb") as handle:
+            pickle.dump({"data": data, "fine_labels": labels, "coarse_labels": [0] * n}, handle)
+    tasks = cifar100_pair_tasks(tmp_path, n_tasks=3)
+    assert [t.name for t in tasks] == ["cifar100-0-vs-1", "cifar100-2-vs-3", "cifar100-4-vs-5"]
+    first = tasks[1].train
+    assert first.images.shape[1:] == (3, 32, 32) and len(first.labels) == 40 * 2 // 6 + 1
+    assert set(first.labels.tolist()) == {0, 1}
+    # the image of the first class-3 sample is the right row of the file, in CHW layout
+    with open(folder / "train", "rb") as handle:
+        raw = pickle.load(handle)
+    row = [i for i in range(40) if i % 6 == 3][0]
+    k = [i for i in range(40) if i % 6 in (2, 3)].index(row)
+    assert torch.equal(first.images[k], torch.as_tensor(raw["data"][row]).view(3, 32, 32)) and first.labels[k] == 1
+    with pytest.raises(Exception, match="not found"):
+        cifar100_pair_tasks(tmp_path / "missing")
+
+
+def test_celeba_attribute_reader_on_small_files_in_torchvision_format(tmp_path):
+    from PIL import Image
+
+    from cltrain.streams.paper_datasets import celeba_attribute_tasks
+
+    folder = tmp_path / "celeba"
+    (folder / "img_align_celeba").mkdir(parents=True)
+    names = ["Smiling", "Young", "Male"]
+    files = [f"{i:06d}.jpg" for i in range(1, 7)]
+    table = {f: [1 if (i + j) % 2 else -1 for j in range(3)] for i, f in enumerate(files)}
+    attr_lines = [str(len(files)), " ".join(names)] + [f"{f} " + " ".join(f"{v:2d}" for v in table[f]) for f in files]
+    (folder / "list_attr_celeba.txt").write_text("\n".join(attr_lines) + "\n")
+    parts = [0, 0, 0, 1, 2, 2]
+    (folder / "list_eval_partition.txt").write_text("\n".join(f"{f} {p}" for f, p in zip(files, parts)) + "\n")
+    for i, f in enumerate(files):
+        Image.new("RGB", (20, 24), (10 * i, 50, 200)).save(folder / "img_align_celeba" / f)
+    tasks = celeba_attribute_tasks(tmp_path, attributes=["Young", "Male"], image_size=8)
+    assert [t.name for t in tasks] == ["celeba-Young", "celeba-Male"]
+    young = tasks[0]
+    assert young.train.images.shape == (3, 3, 8, 8) and young.test.images.shape == (2, 3, 8, 8)
+    assert young.train.labels.tolist() == [1 if (i + 1) % 2 else 0 for i in range(3)]
+    assert young.test.labels.tolist() == [1 if (i + 1) % 2 else 0 for i in (4, 5)]
+    assert int(young.train.images[2, 0, 0, 0]) == pytest.approx(20, abs=3)  # image 3's red channel (JPEG rounding)
+    with pytest.raises(ValueError, match="valid: Smiling, Young, Male"):
+        celeba_attribute_tasks(tmp_path, attributes=["Bald"])
