@@ -102,7 +102,7 @@ def test_preference_model_needs_no_optimizer_step_and_beats_uniform_on_its_task(
     assert acc_favour > acc_uniform + 0.02, (acc_favour, acc_uniform)
 
 
-def test_ibcl_model_command_writes_a_torch_model_and_refuses_bad_preferences(pairs_run, tmp_path):
+def test_ibcl_model_command_writes_a_model_that_torch_alone_loads(pairs_run, tmp_path):
     out = tmp_path / "m.pt2"
     result = run_cli("ibcl-model", str(pairs_run), "--preference", "0.7,0.3,0", "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -119,14 +119,21 @@ def test_ibcl_model_command_writes_a_torch_model_and_refuses_bad_preferences(pai
     acc = float(((model(x)[:, 0] > 0).long() == stream.test.labels[task.test_idx]).float().mean())
     assert acc == pytest.approx(report["test_acc"][0], abs=1e-6) and acc > 0.9
 
-    for bad in ("0.5,0.5", "-0.2,1.2,0", "0.5,0.3,0.1", "a,b,c"):
-        result = run_cli("ibcl-model", str(pairs_run), f"--preference={bad}")
-        assert result.returncode == 2 and "--preference" in result.stderr, (bad, result.stderr)
-        assert len(result.stderr.strip().splitlines()) == 1
-    result = run_cli("ibcl-model", str(pairs_run), "--preference", "1,0,0", "--alpha", "1.5")
-    assert result.returncode == 2 and "--alpha" in result.stderr
-    result = run_cli("ibcl-model", str(tmp_path), "--preference", "1")
-    assert result.returncode == 2 and "not a run folder" in result.stderr
+
+
+def test_ibcl_model_refuses_bad_input_with_one_line_and_exit_2(pairs_run, tmp_path, capsys):
+    from cltrain.cli import main  # in-process: the same code path as the command, without a new interpreter
+
+    cases = [(["--preference=0.5,0.5"], "--preference"), (["--preference=-0.2,1.2,0"], "--preference"),
+             (["--preference=0.5,0.3,0.1"], "--preference"), (["--preference=a,b,c"], "--preference"),
+             (["--preference=1,0,0", "--alpha=1.5"], "--alpha"), (["--preference=1,0,0", "--samples=0"], "--samples")]
+    for args, key in cases:
+        assert main(["ibcl-model", str(pairs_run), *args]) == 2, args
+        err = capsys.readouterr().err
+        assert key in err and len(err.strip().splitlines()) == 1, (args, err)
+    assert main(["ibcl-model", str(tmp_path), "--preference=1"]) == 2
+    assert "not a run folder" in capsys.readouterr().err
+    assert not list(pairs_run.glob("ibcl_model_*"))  # nothing written for refused input
 
 
 @pytest.mark.parametrize("override, key", [
@@ -144,10 +151,14 @@ def test_bad_ibcl_config_is_refused_when_resolved(override, key):
         resolve_components(load_config("ibcl/mnist_pairs", [override]))
 
 
-def test_bad_ibcl_config_exits_2_before_any_run_folder(tmp_path):
-    for override, key in (("learner.d=-1", "learner.d"), ("stream.n_tasks=6", "stream.n_tasks")):
-        run = tmp_path / key
-        result = run_cli("fit", "ibcl/mnist_pairs", override, f"run_dir={run}")
-        assert result.returncode == 2 and key in result.stderr, result.stderr
-        assert len(result.stderr.strip().splitlines()) == 1
-        assert not run.exists()
+def test_bad_ibcl_config_exits_2_before_any_run_folder(tmp_path, capsys):
+    from cltrain.cli import main
+
+    run = tmp_path / "a"
+    result = run_cli("fit", "ibcl/mnist_pairs", "learner.d=-1", f"run_dir={run}")
+    assert result.returncode == 2 and "learner.d" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not run.exists()
+    # a stream-level check (too many pairs) also comes before the run folder
+    assert main(["fit", "ibcl/mnist_pairs", "stream.n_tasks=6", f"run_dir={tmp_path / 'b'}"]) == 2
+    err = capsys.readouterr().err
+    assert "stream.n_tasks" in err and "1..5" in err and not (tmp_path / "b").exists()
