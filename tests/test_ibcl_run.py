@@ -14,7 +14,7 @@ from conftest import DATA, REPO, run_cli
 
 QUICK_IBCL = ["stream.train_per_task=2000", "stream.test_per_task=500", "trainer.progress_bar=false",
               "logger.wandb.mode=disabled"]
-# d = 0: with 64 steps a task, posteriors of different tasks lie within the default d (substitution: below)
+# d = 0: with 64 steps a task, posteriors of different tasks can lie within the default d (substitution: below)
 PAIRS3 = ("fit", "ibcl/mnist_pairs", *QUICK_IBCL, "stream.n_tasks=3", "learner.d=0")
 TIMING = {"wall_time_s", "phase_wall_time_s"}
 
@@ -65,7 +65,7 @@ def test_kill_and_resume_gives_identical_metrics(pairs_run, tmp_path):
 
 def test_repeated_task_is_substituted_at_d_above_zero_and_stored_at_d_zero(tmp_path):
     # Task 1 met twice. Measured on this seed: a chain's posterior moves by 0.027-0.033 (normalised W2) on a
-    # new task and by 0.011-0.014 when the same task comes again; the default d = 0.02 lies between.
+    # new task and by 0.011-0.014 when the same task comes again; d = 0.02 lies between.
     job = ("fit", "ibcl/mnist_pairs", *QUICK_IBCL, "stream.n_tasks=2", "stream.order=[0,1,1]",
            "trainer.epochs_per_task=5")
     sizes = {}
