@@ -208,6 +208,17 @@ def write_doc(results: dict, out: Path, seeds: list[int], pareto_src: Path) -> N
     lines += claims(results)
     lines += [
         "",
+        "Differences from the paper's protocol, for reading these numbers: (1) features come from a small CNN "
+        "trained on the other dataset, not ImageNet ResNet-18, and the datasets are MNIST / Fashion-MNIST pairs; "
+        "(2) the baselines are ours: a VCL-style Bayesian head and a plain head with a 1,000-sample reservoir "
+        "(it stores raw data; IBCL stores none), each trained for one preference with a preference-weighted loss "
+        "(the paper's are GEM, A-GEM, VCL, L2P); (3) only 3 preferences per seed were retrained for the baselines, "
+        "at the last phase; (4) IBCL's zero-shot model is the validation-picked one (the paper's 'peak' picks on the "
+        "test set, shown above only for comparison); (5) d uses our normalisation (RMS per weight), so its values "
+        "are not the paper's.",
+    ]
+    lines += [
+        "",
         "## Buffer size against d (MNIST pairs, head 512-64-1)",
         "",
         "d is the normalised 2-Wasserstein distance (RMS per weight; cltrain/learners/ibcl_credal.py).",
