@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cltrain.learners.ibcl import to_labels
 from cltrain.learners.ibcl_credal import sample_region
 from cltrain.streams.base import Stream
 
@@ -56,8 +57,6 @@ class TaskData:
     @torch.no_grad()
     def accuracy(self, head, thetas: torch.Tensor, task_id: int, split: str) -> torch.Tensor:
         """[M] accuracy of each weight vector in thetas [M, P] on one task's split."""
-        from cltrain.learners.ibcl import to_labels
-
         x, y = self.data(task_id, split)
         correct = torch.zeros(thetas.shape[0], dtype=torch.float64, device=thetas.device)
         for start in range(0, len(y), self.batch_size):
