@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from conftest import DATA, REPO, run_cli
+from conftest import DATA, REPO, run_cli, signal_mid_phase
 
 QUICK_IBCL = ["stream.train_per_task=2000", "stream.test_per_task=500", "trainer.progress_bar=false",
               "logger.wandb.mode=disabled"]
@@ -61,6 +61,18 @@ def test_kill_and_resume_gives_identical_metrics(pairs_run, tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "phase 1/3" not in resumed.stdout
     assert _metrics(killed) == _metrics(pairs_run)
+
+
+def test_sigterm_mid_phase_and_resume_gives_identical_metrics(tmp_path):
+    # longer phases (300 steps) so the signal lands inside phase 2; the weight draws' RNG must survive the stop
+    job = ["fit", "ibcl/mnist_pairs", *QUICK_IBCL, "stream.n_tasks=2", "learner.d=0", "trainer.steps_per_task=300"]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert run_cli(*job, f"run_dir={full}").returncode == 0
+    code, out = signal_mid_phase([*job, f"run_dir={cut}"], signal.SIGTERM, after="phase 1/2")
+    assert code == 1 and "checkpointing at phase 2, batch" in out, out
+    resumed = run_cli(*job, f"run_dir={cut}", "resume=true")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _metrics(cut) == _metrics(full)
 
 
 def test_repeated_task_is_substituted_at_d_above_zero_and_stored_at_d_zero(tmp_path):
