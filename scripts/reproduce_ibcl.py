@@ -233,8 +233,10 @@ def write_doc(results: dict, out: Path, seeds: list[int], pareto_src: Path) -> N
               "Two-task Pareto front (tasks 0 and 1, MNIST, seed 0; grey: the 10 samples per preference):", "",
               "![pareto](ibcl/pareto_mnist.png)", ""]
     out.write_text("\n".join(lines) + "\n")
+    # the figures behind the tables (each run folder keeps the rest: Pareto samples, knowledge-base entries)
     (figs / "results.json").write_text(json.dumps(
-        {"ibcl": {f"{k[0]}|{k[1]}": [{x: m[x] for x in m if x.startswith(("ibcl_", "acc", "bwt", "cost", "zero"))}
+        {"ibcl": {f"{k[0]}|{k[1]}": [{x: m[x] for x in m if x.startswith(("ibcl_", "acc", "bwt", "cost", "zero"))
+                                     and x not in ("ibcl_pareto", "ibcl_entries", "ibcl_phase_extremes")}
                                     for m in v] for k, v in results["ibcl"].items()},
          "baselines": {f"{k[0]}|{k[1]}": v for k, v in results["baselines"].items()},
          "d": {str(k): [m["ibcl_buffer_size"] for m in v] for k, v in results["d"].items()}, "prefs": prefs},
