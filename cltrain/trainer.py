@@ -251,7 +251,7 @@ class ContinualTrainer:
         if self.ranks_agree is not None:
             metrics["ddp_weights_agree"] = self.ranks_agree
         ctx = FinalContext(self.stream, p.phase_end_steps, self.stream.train.images.device,
-                           self.cfg.trainer.eval_batch_size, self.rank, self.world_size)
+                           self.cfg.trainer.eval_batch_size, self.rank, self.world_size, str(self.run.path))
         metrics.update(self._method_figures(ctx))
         if self.rank == 0:
             for warning in metrics["warnings"]:

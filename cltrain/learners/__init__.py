@@ -4,3 +4,4 @@ from cltrain.learners.base import LEARNERS, Learner
 
 __all__ = ["LEARNERS", "Learner"]
 from cltrain.learners import tame  # noqa: F401,E402  (registration)
+from cltrain.learners import ibcl, preference  # noqa: F401,E402  (registration)

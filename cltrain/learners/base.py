@@ -141,6 +141,7 @@ class FinalContext:
     eval_batch_size: int
     rank: int = 0  # under DDP: split evaluation work with eval_batches(..., rank, world_size) + all_sum
     world_size: int = 1
+    run_dir: Optional[str] = None  # the run folder, for a method's own plots (rank 0 writes them)
 
 
 # name -> Learner subclass. One file per method registers itself here.
