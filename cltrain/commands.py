@@ -1,5 +1,5 @@
 """Subcommands beyond fit/list: each entry adds its parser to the CLI's subparsers."""
-from cltrain import report
+from cltrain import merge_command, report
 from cltrain.launch import sweep
 
-COMMANDS = [report.register, sweep.register]
+COMMANDS = [report.register, sweep.register, merge_command.register]

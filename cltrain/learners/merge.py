@@ -75,6 +75,7 @@ class Merge(Learner):
         self.fold_state: Optional[dict[str, Any]] = None  # streaming methods: their constant-size state
         self.val: list[tuple[torch.Tensor, torch.Tensor, int]] = []  # (x, y, task id) per task, when lam is chosen
         self.lams: list[float] = []  # lam used after each task
+        self.tasks: list[int] = []  # the task id of each phase's task vector
 
     # ---- task boundaries ------------------------------------------------------------------------------
     def on_task_start(self, task_id: int) -> None:
@@ -87,13 +88,14 @@ class Merge(Learner):
     @torch.no_grad()
     def on_task_end(self, task_id: int, samples: TaskSamples) -> None:
         tau = task_vector(self.model.state_dict(), self.base)
+        self.tasks.append(task_id)
         if self.merger.streaming:
             self.fold_state = self.merger.fold(self.fold_state, tau)
         else:
             self.vectors.append(tau)
         if self.method.lam is None:
-            batches = list(samples(self.method.val_per_task, self.method.val_per_task))
-            self.val.append((batches[0].x, batches[0].y, task_id))
+            batch = next(iter(samples(self.method.val_per_task, self.method.val_per_task)))
+            self.val.append((batch.x, batch.y, task_id))
         merged = self.merged_vector()
         lam = self.method.lam if self.method.lam is not None else self.choose_lam(merged)
         self.lams.append(lam)
@@ -119,11 +121,11 @@ class Merge(Learner):
 
     def get_extra_state(self) -> Any:
         return {"base": self.base, **self.merge_state(), "val": self.val, "lams": self.lams,
-                "method": self.method.method}
+                "tasks": self.tasks, "method": self.method.method}
 
     def set_extra_state(self, state: Any) -> None:
         self.base, self.vectors, self.fold_state = state["base"], list(state["vectors"]), state["fold_state"]
-        self.val, self.lams = list(state["val"]), list(state["lams"])
+        self.val, self.lams, self.tasks = list(state["val"]), list(state["lams"]), list(state["tasks"])
 
     def final_metrics(self, ctx: Any) -> dict[str, Any]:
         return {"merge_lams": self.lams}
