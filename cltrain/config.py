@@ -418,6 +418,9 @@ def component_config(section: dict[str, Any], schema: Any, where: str, exp: Any 
         raise ConfigError(f"unknown config key '{where}.{exc.full_key}'; valid keys under '{where}': {valid}") from None
     except (ValidationError, OmegaConfBaseException) as exc:
         raise ConfigError(f"bad value for '{where}.{getattr(exc, 'full_key', '?')}': {str(exc).splitlines()[0]}") from None
+    except TypeError:  # OmegaConf's plain error for a section given where a list belongs (or the reverse)
+        key, valid = _find_mismatch(OmegaConf.structured(schema), body, f"{where}.")
+        raise ConfigError(f"bad value for '{key}'; valid: {valid}") from None
     obj = OmegaConf.to_object(merged)
     check_fields(obj, f"{where}.", exp)
     return obj
