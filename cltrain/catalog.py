@@ -47,7 +47,7 @@ REGISTRIES = {"LEARNERS": ("cltrain.learners.base", "learner", "learner.name"),
 # Traits of the framework's base classes (Learner, Plugin); tests/test_catalog.py compares them with the classes.
 BASE_TRAITS: dict[str, Any] = {"presentations": ("task_aware", "task_agnostic"), "incompatible_plugins": {},
                                "schedule": None, "syncs_own_gradients": False, "reports_shifts": False,
-                               "learner_needs": {}, "reads": ()}
+                               "learner_needs": {}, "reads": (), "learns_scale": False}
 FRAMEWORK_BASES = {"Learner", "Plugin", "Merger"}
 # Imported for real while reading: they import nothing heavy.
 LIGHT_MODULES = {"__future__", "dataclasses", "typing", "math", "enum", "re", "pathlib", "cltrain.config",

@@ -47,7 +47,11 @@ def check_request(run_dir: Path, overrides: list[str]) -> tuple[MergeRunConfig, 
                           f"learner.name=merge (it keeps the task vectors)")
     if req.method is None:
         req.method = str(run_learner.get("method"))
-    schema = lookup("MERGERS", req.method).Config
+    merger = lookup("MERGERS", req.method)
+    if merger.learns_scale and req.lam is not None:
+        raise ConfigError(f"bad value {req.lam!r} for 'lam'; valid: null (method={req.method!r} learns its own "
+                          f"coefficients)")
+    schema = merger.Config
     if req.lam is not None and req.lam_grid != MergeRunConfig().lam_grid:
         raise ConfigError(f"bad value {req.lam_grid!r} for 'lam_grid'; valid: its default unless lam=null")
     return req, component_config(dict(req.merge), schema, "merge")

@@ -63,6 +63,11 @@ def test_cltrain_merge_reproduces_the_learner_and_its_saved_model_evaluates_to_t
     assert main(["merge", str(ties_run), "method=average", "lam=1.0", f"out={ties_run / 'avg'}"]) == 0
     avg = _read(ties_run / "avg" / "merge.json")
     assert avg["method"] == "average" and avg["lam"] == 1.0 and avg["val_acc"] is None
+    # AdaMerging: coefficients learned on the unlabelled training samples, applied with lam 1
+    assert main(["merge", str(ties_run), "method=adamerging", "merge.coef_steps=20", "merge.coef_lr=0.01",
+                 "val_per_task=300", f"out={ties_run / 'ada'}"]) == 0
+    ada = _read(ties_run / "ada" / "merge.json")
+    assert ada["lam"] == 1.0 and ada["options"]["coef_steps"] == 20 and min(ada["acc_per_task"]) > 0.2
 
 
 def test_merge_learner_resumes_after_sigkill_to_the_same_metrics(tmp_path):
@@ -95,6 +100,8 @@ def test_merge_learner_resumes_after_sigkill_to_the_same_metrics(tmp_path):
     (["learner.lam=1", "learner.lam_grid=[0.5,1]"], "lam_grid"),  # a fixed lam would ignore the grid
     (["learner.lam_grid=[0,1]"], "lam_grid"),
     (["learner.base=/no/such/file.pt"], "base"),
+    (["learner.method=adamerging", "learner.lam=1"], "lam"),
+    (["learner.method=ties", "learner.coef_steps=5"], "coef_steps"),  # ties learns no coefficients: ignored
     (["stream.presentation=task_agnostic"], "presentation"),
 ])
 def test_bad_merge_learner_options_get_one_line_and_exit_2(tmp_path, capsys, args, key):
@@ -115,6 +122,7 @@ def test_bad_cltrain_merge_requests_get_one_line_and_exit_2(ties_run, tmp_path, 
         ([str(ties_run), "lam=-1"], "lam"),
         ([str(ties_run), "lam=nan"], "lam"),
         ([str(ties_run), "bogus=1"], "bogus"),
+        ([str(ties_run), "method=adamerging", "lam=1"], "lam"),  # it learns its own coefficients
         ([str(tmp_path / "nothing")], "run folder"),
     ]
     for args, key in cases:

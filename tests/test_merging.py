@@ -185,3 +185,30 @@ def test_the_continual_merger_keeps_constant_memory_and_offline_merging_does_not
     # and the running state is the average of the task vectors the offline learner kept
     mean = merger("average").merge(offline.vectors)
     assert all(torch.allclose(streaming.fold_state["merged"][k], mean[k], atol=1e-7) for k in mean)
+
+
+def test_adamerging_learns_coefficients_that_lower_the_entropy():
+    """Two 'task vectors' of a linear classifier: one sharpens the predictions on the unlabelled inputs, one
+    is noise. Entropy minimisation must raise the first's coefficient above its start and lower the entropy."""
+    from cltrain.merging.adamerging import mean_entropy
+    from cltrain.merging.base import MergeData
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 8, generator=g)
+    w_true = torch.randn(8, 4, generator=g)
+    base = {"w": torch.zeros(8, 4)}
+    sharpen, noise = {"w": w_true * 2.0}, {"w": torch.randn(8, 4, generator=g) * 0.01}
+    data = MergeData(base, lambda w, x, t: x @ w["w"], [(x, torch.zeros(256, dtype=torch.long))])
+    ada = merger("adamerging", granularity="task", coef_init=0.3, coef_steps=50, coef_lr=0.05)
+    merged = ada.combine([sharpen, noise], data)
+    assert ada.learned.shape == (2, 1) and ada.learned[0, 0] > 0.5  # moved up from 0.3
+    start = mean_entropy(x @ (0.3 * sharpen["w"] + 0.3 * noise["w"]))
+    assert mean_entropy(x @ merged["w"]) < start
+    # the merged vector is exactly the learned weighted sum
+    expected = ada.learned[0, 0] * sharpen["w"] + ada.learned[1, 0] * noise["w"]
+    assert torch.allclose(merged["w"], expected)
+    layer = merger("adamerging", granularity="layer", coef_steps=1)
+    layer.combine([{"a": torch.ones(2), "b": torch.ones(3)}] * 3,
+                  MergeData({"a": torch.zeros(2), "b": torch.zeros(3)},
+                            lambda w, x, t: torch.stack([w["a"].sum() * x, w["b"].sum() * x], 1), [(x[:, 0], None)]))
+    assert layer.learned.shape == (3, 2)  # one coefficient per task vector and tensor

@@ -16,19 +16,21 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from torch.func import functional_call
 
-from cltrain.config import bad, bounded, choice, component_config, count, fraction, text
+from cltrain.config import bad, bounded, choice, component_config, count, fraction, positive, text
 from cltrain.learners.base import LEARNERS, Learner, TaskSamples
 from cltrain.merging import MERGERS, apply, task_vector
+from cltrain.merging.base import MergeData
 
 # Options of the merging methods, as `learner.<key>`: each method's Config declares which of them it reads.
-METHOD_OPTIONS = ("density", "drop_low", "drop_high")
+METHOD_OPTIONS = ("density", "drop_low", "drop_high", "granularity", "coef_init", "coef_steps", "coef_lr")
 
 
 @dataclass
 class MergeConfig:
-    method: str = choice("task_arithmetic", "average", "task_arithmetic", "ties", "dare", "breadcrumbs", "pcb",
-                         "running_average")
+    method: str = choice("task_arithmetic", "adamerging", "average", "task_arithmetic", "ties", "dare",
+                         "breadcrumbs", "pcb", "running_average")
     lam: Optional[float] = bounded(None, 0, 10, low_open=True)  # None: the best of lam_grid on validation samples
     lam_grid: list[float] = bounded([0.25, 0.5, 0.75, 1.0, 1.5], 0, 10, low_open=True)
     val_per_task: int = count(500, high=100_000)  # training samples per task that score the lam grid
@@ -36,6 +38,10 @@ class MergeConfig:
     density: float = fraction(0.2, low_open=True)  # ties, dare, pcb: fraction of entries kept
     drop_low: float = fraction(0.85, high_open=True)  # breadcrumbs: smallest magnitudes dropped per layer
     drop_high: float = fraction(0.01, high_open=True)  # breadcrumbs: largest magnitudes dropped per layer
+    granularity: str = choice("layer", "layer", "task")  # adamerging: coefficients per (task, tensor) or per task
+    coef_init: float = fraction(0.3)  # adamerging: the coefficients' starting value
+    coef_steps: int = count(100, high=100_000)  # adamerging: Adam steps on the prediction entropy
+    coef_lr: float = positive(0.001, high=10)  # adamerging: Adam's step size
 
     def validate(self, where: str, exp: Any) -> None:
         method_config(self, where)
@@ -50,7 +56,10 @@ def method_config(cfg: Any, where: str) -> Any:
     changed from its default, is refused (it would be silently ignored)."""
     from cltrain.catalog import lookup  # reads the merging files' source: no torch import at config time
 
-    schema = lookup("MERGERS", cfg.method).Config
+    merger = lookup("MERGERS", cfg.method)
+    if merger.learns_scale and cfg.lam is not None:
+        raise bad(f"{where}lam", cfg.lam, f"null: {where}method={cfg.method!r} learns its own coefficients")
+    schema = merger.Config
     reads = {f.name for f in fields(schema)} if schema is not None else set()
     defaults = type(cfg)()
     for key in METHOD_OPTIONS:
@@ -93,18 +102,23 @@ class Merge(Learner):
             self.fold_state = self.merger.fold(self.fold_state, tau)
         else:
             self.vectors.append(tau)
-        if self.method.lam is None:
+        if self.method.lam is None or self.merger.learns_scale:
             batch = next(iter(samples(self.method.val_per_task, self.method.val_per_task)))
             self.val.append((batch.x, batch.y, task_id))
         merged = self.merged_vector()
-        lam = self.method.lam if self.method.lam is not None else self.choose_lam(merged)
+        lam = 1.0 if self.merger.learns_scale else self.method.lam or self.choose_lam(merged)
         self.lams.append(lam)
         self.model.load_state_dict(apply(self.base, merged, lam))
 
     def merged_vector(self) -> dict[str, torch.Tensor]:
         if self.merger.streaming:
             return self.merger.folded(self.fold_state)
-        return self.merger.merge(self.vectors)
+        data = MergeData(self.base, self.weights_logits, [(x, torch.full_like(y, t)) for x, y, t in self.val])
+        return self.merger.combine(self.vectors, data)
+
+    def weights_logits(self, weights: dict[str, torch.Tensor], x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The network's (masked) logits with the given weights, differentiable in them (AdaMerging)."""
+        return self.mask(functional_call(self.model, weights, (x,)), t)
 
     def choose_lam(self, merged: dict[str, torch.Tensor]) -> float:
         """The grid value whose merged model has the best mean accuracy over the tasks' validation samples."""

@@ -7,13 +7,23 @@ calls the merger (the `merge` learner, `cltrain merge`), so every method shares 
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Optional
 
 import torch
 
 from cltrain.registry import Registry
 
 Vector = dict[str, torch.Tensor]
+
+
+@dataclass
+class MergeData:
+    """What a data-driven merger (AdaMerging) may use besides the task vectors."""
+
+    base: "Vector"
+    logits: Callable[["Vector", torch.Tensor, torch.Tensor], torch.Tensor]  # (weights, x, task ids) -> logits
+    unlabelled: list[tuple[torch.Tensor, torch.Tensor]]  # (x, task ids) per task: inputs only, never labels
 
 
 class Merger:
@@ -25,6 +35,8 @@ class Merger:
 
     Config: ClassVar[Optional[type]] = None  # the method's options (`learner.<key>`, `merge.<key>`)
     streaming: ClassVar[bool] = False
+    # True: the merged vector carries its own scale (learned coefficients); callers apply it with lam = 1
+    learns_scale: ClassVar[bool] = False
 
     def __init__(self, cfg: Any = None, seed: int = 0):
         self.cfg = cfg
@@ -32,6 +44,10 @@ class Merger:
 
     def merge(self, vectors: list[Vector]) -> Vector:
         raise NotImplementedError
+
+    def combine(self, vectors: list[Vector], data: MergeData) -> Vector:
+        """The merged task vector; a data-driven method overrides this to use `data`."""
+        return self.merge(vectors)
 
     def fold(self, state: Optional[dict[str, Any]], vector: Vector) -> dict[str, Any]:
         raise NotImplementedError(f"{type(self).__name__} is not a streaming merger")

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.func import functional_call
 
 import cltrain.nn  # noqa: F401  (registration)
 import cltrain.streams  # noqa: F401
@@ -14,7 +15,7 @@ from cltrain.config import OptimConfig, load_config
 from cltrain.errors import ConfigError
 from cltrain.learners.base import Learner
 from cltrain.learners.merge import validation_accuracy
-from cltrain.merging.base import MERGERS, apply
+from cltrain.merging.base import MERGERS, MergeData, apply
 from cltrain.nn.registry import MODELS
 from cltrain.seeding import generator
 from cltrain.streams.base import STREAMS, Stream
@@ -58,14 +59,21 @@ def evaluator(run_dir: Path) -> tuple[Learner, Stream, Any]:
     return Learner(model, OptimConfig(), None, stream.class_mask()).eval(), stream, cfg
 
 
+def functional_logits(learner: Learner):
+    """(weights, x, task ids) -> the learner's masked logits with those weights (differentiable in them)."""
+    return lambda weights, x, t: learner.mask(functional_call(learner.model, weights, (x,)), t)
+
+
 def merge_run(run_dir: Path, req: Any, options: Any) -> dict[str, Any]:
     extra = load_experts(run_dir)
     learner, stream, cfg = evaluator(run_dir)
     base, vectors, tasks = extra["base"], extra["vectors"], extra["tasks"]
-    merged = MERGERS.get(req.method)(options, cfg.seed).merge(vectors)
-    lam, val_acc = req.lam, None
+    merger = MERGERS.get(req.method)(options, cfg.seed)
+    val = [validation_samples(stream, t, req.val_per_task, cfg.seed) for t in sorted(set(tasks))]
+    unlabelled = [(x, torch.full_like(y, t)) for x, y, t in val]  # AdaMerging's inputs: labels left out
+    merged = merger.combine(vectors, MergeData(base, functional_logits(learner), unlabelled))
+    lam, val_acc = (1.0 if merger.learns_scale else req.lam), None
     if lam is None:
-        val = [validation_samples(stream, t, req.val_per_task, cfg.seed) for t in sorted(set(tasks))]
         scores = []
         for candidate in req.lam_grid:
             learner.model.load_state_dict(apply(base, merged, candidate))
