@@ -212,3 +212,13 @@ def test_adamerging_learns_coefficients_that_lower_the_entropy():
                   MergeData({"a": torch.zeros(2), "b": torch.zeros(3)},
                             lambda w, x, t: torch.stack([w["a"].sum() * x, w["b"].sum() * x], 1), [(x[:, 0], None)]))
     assert layer.learned.shape == (3, 2)  # one coefficient per task vector and tensor
+
+
+def test_adamerging_entropy_is_finite_with_task_incremental_masks():
+    from cltrain.merging.adamerging import mean_entropy
+
+    logits = torch.tensor([[2.0, 0.5, float("-inf"), float("-inf")]], requires_grad=True)
+    h = mean_entropy(logits)
+    h.backward()
+    p = torch.softmax(torch.tensor([2.0, 0.5]), 0)
+    assert torch.isclose(h, -(p * p.log()).sum()) and torch.isfinite(logits.grad).all()

@@ -24,7 +24,9 @@ class AdaMergingConfig:
 
 
 def mean_entropy(logits: torch.Tensor) -> torch.Tensor:
-    logp = torch.log_softmax(logits, dim=1)
+    # Task-incremental masks set other tasks' logits to -inf: 0 * -inf would be NaN, so they become a finite
+    # floor whose probability is still exactly 0.
+    logp = torch.log_softmax(torch.nan_to_num(logits, neginf=-1e4), dim=1)
     return -(logp.exp() * logp).sum(1).mean()
 
 

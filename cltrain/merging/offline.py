@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from cltrain.config import OptimConfig, load_config
 from cltrain.errors import ConfigError
 from cltrain.learners.base import Learner
 from cltrain.learners.merge import validation_accuracy
-from cltrain.merging.base import MERGERS, MergeData, apply
+from cltrain.merging.base import MERGERS, MergeData, apply, size_bytes
 from cltrain.nn.registry import MODELS
 from cltrain.seeding import generator
 from cltrain.streams.base import STREAMS, Stream
@@ -69,6 +70,7 @@ def merge_run(run_dir: Path, req: Any, options: Any) -> dict[str, Any]:
     learner, stream, cfg = evaluator(run_dir)
     base, vectors, tasks = extra["base"], extra["vectors"], extra["tasks"]
     merger = MERGERS.get(req.method)(options, cfg.seed)
+    started = time.perf_counter()
     val = [validation_samples(stream, t, req.val_per_task, cfg.seed) for t in sorted(set(tasks))]
     unlabelled = [(x, torch.full_like(y, t)) for x, y, t in val]  # AdaMerging's inputs: labels left out
     merged = merger.combine(vectors, MergeData(base, functional_logits(learner), unlabelled))
@@ -81,6 +83,7 @@ def merge_run(run_dir: Path, req: Any, options: Any) -> dict[str, Any]:
         best = int(torch.tensor(scores).argmax())
         lam, val_acc = req.lam_grid[best], scores[best]
     weights = apply(base, merged, lam)
+    seconds = time.perf_counter() - started  # merging and choosing lam, not the test evaluation below
     learner.model.load_state_dict(weights)
     acc = [test_accuracy(learner, stream, t.id) for t in stream.tasks]
     experts = {}
@@ -96,6 +99,7 @@ def merge_run(run_dir: Path, req: Any, options: Any) -> dict[str, Any]:
         "lam": lam, "val_acc": val_acc, "tasks": tasks, "acc_per_task": acc,
         "acc": sum(acc[t] for t in seen) / len(seen), "expert_acc": [experts.get(t) for t in range(len(acc))],
         "normalised_acc": sum(acc[t] / experts[t] for t in seen) / len(seen), "out": str(out),
+        "merge_time_s": seconds, "task_vector_bytes": size_bytes(vectors),
     }
     (out / "merge.json").write_text(strict_json.dumps(result, indent=2))
     return result
