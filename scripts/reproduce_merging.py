@@ -86,6 +86,18 @@ def run_all(seeds: list[int]) -> None:
         merge_all(fit("merge_random_base", seed, [], "merging/split_mnist_merge"))
         for name, overrides in BASELINES.items():
             fit(name, seed, overrides)
+        for name, (experiment, overrides) in orders(base).items():
+            fit(name, seed, overrides, experiment)
+
+
+REVERSED = "stream.order=[4,3,2,1,0]"
+
+
+def orders(base: Path | None) -> dict[str, tuple[str, list[str]]]:
+    """Order sensitivity: the merge learner (F-MNIST base) and fine-tuning with the tasks met in reverse."""
+    base_key = [f"learner.base={base}"] if base is not None else []
+    return {"merge_fmnist_base_reversed": ("merging/split_mnist_merge", [REVERSED, *base_key]),
+            "finetune_reversed": ("merging/split_mnist", [REVERSED])}
 
 
 def mean_sd(values: list[float]) -> str:
@@ -128,6 +140,14 @@ def report(seeds: list[int]) -> str:
               if (ROOT / name / f"seed{s}" / "metrics.json").exists()]
         lines.append(f"| {name} | {mean_sd([m['acc'] for m in ms])} | {mean_sd([m['bwt'] for m in ms])} | "
                      f"{mean_sd([m['forgetting'] for m in ms])} |")
+    lines += ["", "### Task order: natural (0..4) vs reversed (4..0), final ACC", "",
+              "| method | natural | reversed |", "|---|---|---|"]
+    for name, natural in (("merge_fmnist_base_reversed", "merge_fmnist_base"), ("finetune_reversed", "finetune")):
+        cols = []
+        for run_name in (natural, name):
+            cols.append(mean_sd([json.loads((ROOT / run_name / f"seed{s}" / "metrics.json").read_text())["acc"]
+                                 for s in seeds if (ROOT / run_name / f"seed{s}" / "metrics.json").exists()]))
+        lines.append(f"| {natural} | {cols[0]} | {cols[1]} |")
     return "\n".join(lines)
 
 

@@ -142,3 +142,19 @@ def test_cltrain_merge_refuses_a_run_without_task_vectors(tmp_path, capsys):
     assert main(["merge", str(run)]) == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and "no task vectors" in lines[0], lines
+
+
+def test_adamerging_and_running_average_along_the_stream(tmp_path):
+    """The data-driven and the streaming method through the learner: AdaMerging's lam is always 1 (it learns
+    its coefficients); running_average keeps one merged vector and no task vectors."""
+    from cltrain.cli import main
+
+    base = [*JOB[:-3], "stream.n_tasks=3", "trainer.steps_per_task=10", "learner.val_per_task=200"]
+    assert main(["fit", *base, "learner.method=adamerging", "learner.coef_steps=10", "learner.coef_lr=0.01",
+                 f"run_dir={tmp_path / 'ada'}"]) == 0
+    m = _read(tmp_path / "ada" / "metrics.json")
+    assert m["merge_lams"] == [1.0, 1.0, 1.0] and min(m["acc_matrix"][-1]) > 0.2
+    assert main(["fit", *base, "learner.method=running_average", f"run_dir={tmp_path / 'run'}"]) == 0
+    extra = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", map_location="cpu",
+                       weights_only=False)["learner"]["_extra_state"]
+    assert extra["vectors"] == [] and extra["fold_state"]["count"] == 3
