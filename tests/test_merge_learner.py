@@ -149,11 +149,12 @@ def test_adamerging_and_running_average_along_the_stream(tmp_path):
     its coefficients); running_average keeps one merged vector and no task vectors."""
     from cltrain.cli import main
 
-    base = [*JOB[:-3], "stream.n_tasks=3", "trainer.steps_per_task=10", "learner.val_per_task=200"]
+    base = [*JOB[:-3], "stream.n_tasks=3", "trainer.epochs_per_task=2", "learner.val_per_task=200"]
     assert main(["fit", *base, "learner.method=adamerging", "learner.coef_steps=10", "learner.coef_lr=0.01",
                  f"run_dir={tmp_path / 'ada'}"]) == 0
     m = _read(tmp_path / "ada" / "metrics.json")
-    assert m["merge_lams"] == [1.0, 1.0, 1.0] and min(m["acc_matrix"][-1]) > 0.2
+    # the merged model has learned: its mean accuracy is well above the untrained network's (about chance)
+    assert m["merge_lams"] == [1.0, 1.0, 1.0] and m["acc"] > sum(m["acc_init"]) / 3 + 0.2, m["acc_matrix"]
     assert main(["fit", *base, "learner.method=running_average", f"run_dir={tmp_path / 'run'}"]) == 0
     extra = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", map_location="cpu",
                        weights_only=False)["learner"]["_extra_state"]
