@@ -159,3 +159,14 @@ def test_adamerging_and_running_average_along_the_stream(tmp_path):
     extra = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", map_location="cpu",
                        weights_only=False)["learner"]["_extra_state"]
     assert extra["vectors"] == [] and extra["fold_state"]["count"] == 3
+
+
+def test_merge_learner_under_ddp_merges_the_same_on_both_ranks(tmp_path):
+    """2 gloo processes: every rank takes the same seeded validation samples and merges the same vectors, so the
+    weights agree after every merge (ddp_weights_agree fails when they do not) and the run matches one process."""
+    from test_ddp import single_and_ddp
+
+    a, b = single_and_ddp(tmp_path, "fit", *JOB, "stream.train_per_task=1001", "model.hidden=[100,100]")
+    assert b["ddp_weights_agree"] is True and len(b["merge_lams"]) == 3
+    # measured: identical ACC and lams (0.2467, [1.5, 1.5, 1.5]); a tolerance for all-reduce rounding
+    assert b["acc"] == pytest.approx(a["acc"], abs=0.02), (a["acc_matrix"], b["acc_matrix"])
