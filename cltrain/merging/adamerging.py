@@ -1,11 +1,12 @@
 """AdaMerging (Yang et al., ICLR 2024): merging coefficients learned by entropy minimisation on unlabelled data.
 
 The merged weights are base + sum_i c_i tau_i (task-wise: one c_i per task vector) or base + sum_i c_{i,l}
-tau_{i,l} (layer-wise: one per task vector and tensor). The coefficients start at `coef_init` (the paper's 0.3) and
-are trained with Adam (`coef_lr`, `coef_steps`) to minimise the mean Shannon entropy of the merged model's predictions on unlabelled
-inputs of every task. The paper uses the unlabelled *test* inputs; here they are the `val_per_task` training
-samples per task that the caller holds (the merge learner's validation samples, or `cltrain merge`'s), with
-their labels never read. The merged vector carries the learned scale (learns_scale: applied with lam = 1).
+tau_{i,l} (layer-wise: one per task vector and tensor). The coefficients start at `coef_init` (the paper's
+0.3) and are trained with Adam (`coef_lr`, `coef_steps`) to minimise the mean Shannon entropy of the merged
+model's predictions on unlabelled inputs of every task. The paper uses the unlabelled *test* inputs; here
+they are the `val_per_task` training samples per task that the caller holds (the merge learner's validation
+samples, or `cltrain merge`'s), their labels never read. The merged vector carries the learned scale
+(learns_scale: applied with lam = 1).
 """
 from dataclasses import dataclass
 
