@@ -115,9 +115,12 @@ def _run(cfg: ExperimentConfig, parts: Components, run_dir: str) -> dict[str, An
     def build_model() -> torch.nn.Module:  # callers seed it (seeding.seeded(seed, "model", j)) when they call it
         return MODELS.get(cfg.model.name)(cfg.model, stream.input_shape, stream.n_classes)
 
-    with seeded(cfg.seed, "model", 0):  # the run's first network depends on the seed alone
+    # The run's first network, and whatever a learner builds around it (IBCL's multi-chain head, a modulation
+    # pool), depend on the seed alone: not on what drew from torch's global RNG before.
+    with seeded(cfg.seed, "model", 0):
         model = build_model()
-    learner = parts.learner_cls(model, cfg.optim, parts.method_cfg, stream.class_mask(), build_model, seed=cfg.seed)
+        learner = parts.learner_cls(model, cfg.optim, parts.method_cfg, stream.class_mask(), build_model,
+                                    seed=cfg.seed)
     ctx = PluginContext(seed=cfg.seed, batch_size=cfg.trainer.batch_size, run_dir=run_dir)
     plugins = {name: cls(pcfg, ctx) for name, (cls, pcfg) in parts.plugin_cfgs.items()}
     return ContinualTrainer(cfg, stream, learner, plugins, counts, run).fit()
