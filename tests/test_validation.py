@@ -70,3 +70,30 @@ def test_run_records_val_matrix_beside_test_and_default_is_unchanged(tmp_path):
     # same-task validation and test accuracy agree roughly (the same distribution, different images)
     assert abs(val["val_acc"] - val["acc"]) < 0.1
     assert all(V[k][k] > 0.8 for k in range(5))  # a task just trained is recognised on its held-out images
+
+
+def test_sweep_then_select_by_validation_on_real_runs(tmp_path):
+    """A real tiny sweep (EWC's lambda x 2 seeds on split MNIST), then `report --select val`: the pick is the
+    lambda with the best mean validation ACC, and the table shows that lambda's mean *test* ACC."""
+    root = tmp_path / "sweep"
+    sweep = run_cli("sweep", "bench/split_mnist_ewc", *QUICK, "stream.n_tasks=2", "stream.scenario=domain_incremental",
+                    "stream.train_per_task=1000", "stream.val_fraction=0.2", "learner.lam=0,1e5", "seed=0,1", "--launcher", "local",
+                    f"run_dir={root}")
+    assert sweep.returncode == 0, sweep.stdout[-2000:] + sweep.stderr[-2000:]
+    by_lam: dict[float, list[dict]] = {}
+    for run in root.glob("*/metrics.json"):
+        lam = float(run.parent.name.split("learner.lam=")[1].split("__")[0])
+        by_lam.setdefault(lam, []).append(json.loads(run.read_text()))
+    assert sorted(by_lam) == [0.0, 1e5] and all(len(v) == 2 for v in by_lam.values())
+    mean = lambda runs, key: sum(m[key] for m in runs) / len(runs)  # noqa: E731
+    best = max(by_lam, key=lambda lam: mean(by_lam[lam], "val_acc"))
+
+    out = tmp_path / "table"
+    proc = run_cli("report", str(root), "--select", "val", "--tune", "learner.lam", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    import csv
+    (row,) = list(csv.DictReader(out.with_suffix(".csv").open()))
+    assert row["picked (by val ACC)"] == f"learner.lam={best}"
+    assert float(row["ACC mean"]) == pytest.approx(mean(by_lam[best], "acc"))
+    assert float(row["val ACC mean"]) == pytest.approx(mean(by_lam[best], "val_acc"))
+    assert row["grid searched"] == "learner.lam ∈ {0.0, 100000.0}" and row["n"] == "2"
