@@ -33,7 +33,8 @@ class Pick:
         return ", ".join(f"{k}={key[k]}" for k in self.grid) or "(no tuned key)"
 
     def grid_text(self) -> str:
-        return "; ".join(f"{k} ∈ {{{', '.join(sorted(v, key=_numeric_first))}}}" for k, v in self.grid.items()) or "—"
+        values = {k: ", ".join(sorted(v, key=_numeric_first)) for k, v in self.grid.items()}
+        return "; ".join(f"{k} ∈ {{{v}}}" for k, v in values.items()) or "—"
 
 
 def _numeric_first(value: str) -> tuple:

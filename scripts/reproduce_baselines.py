@@ -67,7 +67,7 @@ def method_of(label_key: dict[str, str]) -> str:
 
 
 def scenario_rows(runs: Path, scenario: str) -> list[list[str]]:
-    from cltrain.report import _fmt, find_runs, group_runs
+    from cltrain.report import _fmt, find_runs, group_runs, mean_sd
     from cltrain.selection import select
 
     picks = select(group_runs(find_runs([runs / scenario])), list(TUNED))
@@ -76,7 +76,6 @@ def scenario_rows(runs: Path, scenario: str) -> list[list[str]]:
         chosen = pick.chosen
         acc = [m["acc"] * 100 for m in chosen.metrics]
         val = [m["val_acc"] * 100 for m in chosen.metrics]
-        from cltrain.report import mean_sd
         rows.append([method_of(dict(pick.method.key)), _fmt(mean_sd(acc)), str(len(acc)), _fmt(mean_sd(val)),
                      pick.chosen_setting() if pick.grid else "—", pick.grid_text(),
                      ", ".join(f"{_key_value(g)}: {v * 100:.1f}" for g, v in pick.candidates) if pick.grid else "—"])

@@ -1,5 +1,6 @@
 """stream.val_fraction: a seeded validation split carved from each task's training data, scored every phase;
 split MNIST's domain-incremental scenario."""
+import csv
 import json
 
 import pytest
@@ -77,8 +78,8 @@ def test_sweep_then_select_by_validation_on_real_runs(tmp_path):
     lambda with the best mean validation ACC, and the table shows that lambda's mean *test* ACC."""
     root = tmp_path / "sweep"
     sweep = run_cli("sweep", "bench/split_mnist_ewc", *QUICK, "stream.n_tasks=2", "stream.scenario=domain_incremental",
-                    "stream.train_per_task=1000", "stream.val_fraction=0.2", "learner.lam=0,1e5", "seed=0,1", "--launcher", "local",
-                    f"run_dir={root}")
+                    "stream.train_per_task=1000", "stream.val_fraction=0.2", "learner.lam=0,1e5", "seed=0,1",
+                    "--launcher", "local", f"run_dir={root}")
     assert sweep.returncode == 0, sweep.stdout[-2000:] + sweep.stderr[-2000:]
     by_lam: dict[float, list[dict]] = {}
     for run in root.glob("*/metrics.json"):
@@ -91,7 +92,6 @@ def test_sweep_then_select_by_validation_on_real_runs(tmp_path):
     out = tmp_path / "table"
     proc = run_cli("report", str(root), "--select", "val", "--tune", "learner.lam", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
-    import csv
     (row,) = list(csv.DictReader(out.with_suffix(".csv").open()))
     assert row["picked (by val ACC)"] == f"learner.lam={best}"
     assert float(row["ACC mean"]) == pytest.approx(mean(by_lam[best], "acc"))
