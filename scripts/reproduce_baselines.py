@@ -78,10 +78,20 @@ def scenario_rows(runs: Path, scenario: str) -> list[list[str]]:
         acc = [m["acc"] * 100 for m in chosen.metrics]
         val = [m["val_acc"] * 100 for m in chosen.metrics]
         rows.append([method_of(dict(pick.method.key)), _fmt(mean_sd(acc)), str(len(acc)), _fmt(mean_sd(val)),
-                     pick.chosen_setting() if pick.grid else "—", pick.grid_text(),
+                     (pick.chosen_setting() + _edge(pick)) if pick.grid else "—", pick.grid_text(),
                      ", ".join(f"{_key_value(g)}: {v * 100:.1f}" for g, v in pick.candidates) if pick.grid else "—"])
     order = list(METHODS)
     return sorted(rows, key=lambda r: order.index(r[0]) if r[0] in order else len(order))
+
+
+def _edge(pick) -> str:
+    """Flag a pick at the end of its grid: a wider grid might pick further out."""
+    from cltrain.selection import _numeric_first
+
+    chosen = dict(pick.chosen.key)
+    at_edge = any(len(v) > 1 and chosen[k] in (min(v, key=_numeric_first), max(v, key=_numeric_first))
+                  for k, v in pick.grid.items())
+    return " (grid edge)" if at_edge else ""
 
 
 def divergence_line(folder: Path) -> str:
@@ -102,7 +112,8 @@ def _key_value(group) -> str:
 
 
 def write_doc(runs: Path, steps: int, seeds: list[int], out: Path) -> None:
-    lines = [DOC_HEAD.format(steps=steps, seeds=", ".join(map(str, seeds)), n=len(seeds), runs=runs)]
+    shown = runs.relative_to(REPO) if runs.is_relative_to(REPO) else runs
+    lines = [DOC_HEAD.format(steps=steps, seeds=", ".join(map(str, seeds)), n=len(seeds), runs=shown)]
     for scenario in SCENARIOS:
         if not (runs / scenario).is_dir():
             lines.append(f"\n### Split MNIST, {scenario}\n\nNot run in this reproduction.\n")
@@ -119,7 +130,8 @@ def write_doc(runs: Path, steps: int, seeds: list[int], out: Path) -> None:
 DOC_HEAD = """# Baselines on the standard protocol (van de Ven & Tolias 2019), tuned on validation data
 
 Regenerate: `CLTRAIN_DATA=<data> OMP_NUM_THREADS=1 python scripts/reproduce_baselines.py --steps {steps}`
-(runs under `{runs}/<scenario>/`; finished runs are reused). Every figure below is measured by that command.
+(runs under `{runs}/<scenario>/`; finished runs are reused). Every figure in the tables is measured by that
+command; the EWC-under-SGD figures at the end by the commands given there.
 
 **Protocol** (experiments/baselines/split_mnist.yaml): split MNIST, 5 tasks of two digits, MLP 784-400-400,
 Adam lr 1e-3, batch 128, as in van de Ven & Tolias (2019) — the paper's other settings (2000 iterations per
@@ -159,7 +171,10 @@ Offline EWC adds 0.5·λ·Σ_tasks F_t·(θ − θ_t)² to the loss: along the s
 λ·ΣF_max, and it grows with every finished task because the Fishers are summed. Gradient descent with heavy-ball
 momentum β on a quadratic of curvature h is stable only while lr·h < 2(1 + β) (= 3.8 at β = 0.9); past it the
 weight oscillates with growing amplitude, the loss explodes and every task falls to chance.
-Measured from the Fishers stored in the checkpoints (seed 0, 20,000 training images per task):
+Measured from the Fishers stored in the checkpoints (seed 0, 20,000 training images per task; `cltrain fit
+tame/pmnist_ewc stream.n_tasks=3 stream.train_per_task=20000 stream.test_per_task=1000` and `cltrain fit
+bench/pmnist_ewc stream.n_tasks=10 stream.train_per_task=20000 stream.test_per_task=1000`, then
+lr·λ·max over weights of the running sum of `learner._extra_state["fishers"]` in `checkpoints/last.pt`):
 
 | configuration | lr · λ · ΣF_max after task 1, 2, 3, ... | outcome |
 |---|---|---|
