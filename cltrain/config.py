@@ -171,19 +171,25 @@ class StreamConfig:
     dataset: str = "mnist"  # a registered dataset: mnist, fashion_mnist, cifar10, cifar100
     n_tasks: int = count(10, high=1000)
     presentation: str = choice("task_aware", "task_aware", "task_agnostic")
-    scenario: str = choice("class_incremental", "class_incremental", "task_incremental")  # split streams
+    # split streams: one head over all classes / the task's classes only / the position within the task
+    scenario: str = choice("class_incremental", "class_incremental", "task_incremental", "domain_incremental")
     schedule: str = "none"  # a registered rehearsal schedule: none, joint, powerlaw, uniform, exponential
     rehearsal: RehearsalConfig = field(default_factory=RehearsalConfig)
     first_identity: bool = True  # permuted: task 0 keeps the original pixel order
     max_angle: float = bounded(180.0, -360, 360)  # rotated: task t is rotated by t * max_angle / n_tasks degrees
     train_per_task: Optional[int] = count(None)  # subsample each task's training set (CPU-scale runs)
     test_per_task: Optional[int] = count(None)
+    # held out of each task's training data (seeded per task) and scored after every phase: val_acc_matrix
+    val_fraction: float = fraction(0.0, high_open=True)
     order: Optional[list[int]] = count(None, low=0, high=999)  # task id per phase, e.g. [0, 1, 2, 1, 3] (recurring)
 
     def validate(self, where: str, exp: "ExperimentConfig") -> None:
         if self.order is not None and set(self.order) != set(range(self.n_tasks)):
             raise bad(f"{where}order", self.order,
                       f"a list of task ids covering 0..{self.n_tasks - 1} ({where}n_tasks)")
+        if self.val_fraction > 0 and self.train_per_task is not None and self.train_per_task < 2:
+            raise bad(f"{where}train_per_task", self.train_per_task,
+                      f">= 2 when {where}val_fraction > 0 (one sample for training, one for validation)")
 
 
 @dataclass

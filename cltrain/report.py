@@ -1,7 +1,8 @@
 """`cltrain report`: aggregate finished runs over seeds into one table (Markdown and CSV).
 
 Runs are grouped by their resolved config with the seed and bookkeeping keys left out; each group is named by
-the config keys whose values differ between groups, so a sweep's table labels itself.
+the config keys whose values differ between groups, so a sweep's table labels itself. With `--select val
+--tune KEYS` each method's grid point is chosen by validation ACC first (cltrain/selection.py).
 """
 from __future__ import annotations
 
@@ -122,12 +123,13 @@ def markdown(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def csv_text(header: list[str], rows: list[list[Any]]) -> str:
+    """(mean, sd) cells become two columns, `<title> mean` and `<title> sd`; other cells stay as they are."""
     out = io.StringIO()
     writer = csv.writer(out)
-    flat_header = header[:2] + [f"{h} {s}" for h in header[2:] for s in ("mean", "sd")]
-    writer.writerow(flat_header)
+    paired = [any(isinstance(row[i], tuple) for row in rows) for i in range(len(header))]
+    writer.writerow([name for h, two in zip(header, paired) for name in ([f"{h} mean", f"{h} sd"] if two else [h])])
     for row in rows:
-        writer.writerow(row[:2] + [v for cell in row[2:] for v in cell])
+        writer.writerow([v for cell in row for v in (cell if isinstance(cell, tuple) else (cell,))])
     return out.getvalue()
 
 
@@ -138,7 +140,18 @@ def report(paths: Iterable[str | Path]) -> tuple[list[str], list[list[Any]], lis
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    header, rows, _ = report(args.runs)
+    if args.select == "val":
+        from cltrain.selection import select, selection_table
+
+        tune = [k.strip() for k in (args.tune or "").split(",") if k.strip()]
+        if not tune:
+            raise ConfigError("bad value None for '--tune'; valid with --select val: the comma-separated config keys "
+                              "that were searched, e.g. --tune learner.lam,learner.c")
+        header, rows = selection_table(select(group_runs(find_runs(args.runs)), tune), COLUMNS)
+    elif args.tune:
+        raise ConfigError(f"bad value {args.tune!r} for '--tune'; valid: only with --select val")
+    else:
+        header, rows, _ = report(args.runs)
     text = markdown(header, rows)
     print(text, end="")
     if args.out:
@@ -154,4 +167,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("report", help="aggregate finished runs over seeds (mean ± sd)")
     parser.add_argument("runs", nargs="+", help="run folders, or folders containing run folders")
     parser.add_argument("--out", help="also write OUT.md and OUT.csv")
+    parser.add_argument("--select", choices=["val"], help="pick each method's hyperparameters by mean validation "
+                        "ACC over seeds (runs need stream.val_fraction > 0), then report the picks' test metrics")
+    parser.add_argument("--tune", help="with --select val: the comma-separated config keys searched, e.g. "
+                        "learner.lam,learner.c; runs that differ only in these are one method")
     parser.set_defaults(func=cmd_report)

@@ -49,6 +49,8 @@ class Progress:
     setup_time: float = 0.0
     batches_into_phase: int = 0  # > 0: a mid-phase checkpoint (preemption) of phase next_phase
     phase_elapsed: float = 0.0  # seconds already spent in that unfinished phase
+    val_rows: list[list[float]] = field(default_factory=list)  # stream.val_fraction > 0: the same on validation
+    val_init: Optional[list[float]] = None
 
 
 class ContinualTrainer:
@@ -154,6 +156,8 @@ class ContinualTrainer:
             for plugin in self.plugins.values():
                 plugin.on_task_end(self.learner, task_id)
         row = self.evaluate(trainer)
+        if self.stream.has_val:
+            self.progress.val_rows.append(self.evaluate(trainer, "val"))
         seconds = time.perf_counter() - started  # training + task hooks + evaluation of this phase
         p = self.progress
         p.rows.append(row)
@@ -197,14 +201,15 @@ class ContinualTrainer:
 
     # ---- evaluation -----------------------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, trainer: pl.Trainer) -> list[float]:
-        """Test accuracy on every task (future ones too). Under DDP each rank scores a share; counts are summed."""
+    def evaluate(self, trainer: pl.Trainer, split: str = "test") -> list[float]:
+        """Accuracy on every task's test (or validation) split, future tasks too. Under DDP each rank scores a
+        share; counts are summed."""
         device = trainer.strategy.root_device
         counts = torch.zeros(len(self.stream.tasks), 2, dtype=torch.float64, device=device)
         bs = self.cfg.trainer.eval_batch_size
         with in_mode(self.learner, False):
             for task in self.stream.tasks:
-                for x, y in eval_batches(self.stream, task.id, bs, trainer.global_rank, trainer.world_size):
+                for x, y in eval_batches(self.stream, task.id, bs, trainer.global_rank, trainer.world_size, split):
                     t = torch.full_like(y, task.id) if self.stream.task_aware else None
                     counts[task.id, 0] += (self.learner.predict(x, t) == y).sum()
                     counts[task.id, 1] += y.numel()
@@ -248,6 +253,10 @@ class ContinualTrainer:
             "wall_time_s": p.setup_time + sum(p.phase_times),
             "steps": p.steps,
         }
+        if p.val_rows:  # the same figures on validation data, to choose hyperparameters by (report --select val)
+            V, b_val = np.array(p.val_rows), np.array(p.val_init)
+            val = {"acc_matrix": p.val_rows, "acc_init": p.val_init, **summary(V, b_val, self.stream.order)}
+            metrics.update({f"val_{k}": v for k, v in val.items()})
         if self.ranks_agree is not None:
             metrics["ddp_weights_agree"] = self.ranks_agree
         ctx = FinalContext(self.stream, p.phase_end_steps, self.stream.train.images.device,
@@ -328,6 +337,8 @@ class _PhaseDriver(Callback):
         load_precision_state(trainer, owner._precision_state)
         if owner.progress.acc_init is None:
             owner.progress.acc_init = owner.evaluate(trainer)  # b_j for forward transfer
+            if owner.stream.has_val:
+                owner.progress.val_init = owner.evaluate(trainer, "val")
         if not owner.progress.batches_into_phase:  # a resumed phase has had its start already
             owner.start_phase(self.phases[0])
 

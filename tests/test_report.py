@@ -48,3 +48,48 @@ def test_report_groups_by_config_and_averages_over_seeds(tmp_path, capsys):
 def test_report_on_nothing_is_a_clear_usage_error(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "no finished runs" in capsys.readouterr().err
+
+
+def _tuned_run(path, learner, seed, val_acc, acc):
+    path.mkdir(parents=True)
+    cfg = {"name": "x", "seed": seed, "run_dir": str(path), "learner": learner, "stream": {"val_fraction": 0.1}}
+    (path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (path / "metrics.json").write_text(json.dumps({"acc": acc, "val_acc": val_acc, "forgetting": 0.0}))
+
+
+def test_select_val_picks_by_validation_never_by_test(tmp_path, capsys):
+    # EWC's lam=10 is best on validation, lam=1000 on test: the pick must follow validation.
+    grid = {"10": (0.80, 0.60), "100": (0.70, 0.70), "1000": (0.50, 0.90)}  # lam -> (val ACC, test ACC)
+    for lam, (val, test) in grid.items():
+        for seed in range(3):
+            _tuned_run(tmp_path / f"ewc{lam}" / str(seed), {"name": "ewc", "lam": float(lam)}, seed,
+                       val + 0.01 * seed, test + 0.01 * seed)
+    for c in ("0.1", "1.0"):  # SI: c=1.0 wins on both
+        for seed in range(3):
+            _tuned_run(tmp_path / f"si{c}" / str(seed), {"name": "si", "c": float(c)}, seed,
+                       0.6 if c == "0.1" else 0.65, 0.5 if c == "0.1" else 0.55)
+    for seed in range(3):  # no tuned key at all: a method of one grid point
+        _tuned_run(tmp_path / "ft" / str(seed), {"name": "finetune"}, seed, 0.4, 0.3)
+    out = tmp_path / "sel" / "table"
+    assert main(["report", str(tmp_path), "--select", "val", "--tune", "learner.lam,learner.c",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    rows = {r["method"]: r for r in csv.DictReader(io.StringIO((tmp_path / "sel" / "table.csv").read_text()))}
+    assert set(rows) == {"learner.name=ewc", "learner.name=si", "learner.name=finetune"}
+    ewc = rows["learner.name=ewc"]
+    assert ewc["picked (by val ACC)"] == "learner.lam=10.0"
+    assert float(ewc["ACC mean"]) == pytest.approx(0.61) and float(ewc["val ACC mean"]) == pytest.approx(0.81)
+    assert ewc["grid searched"] == "learner.lam ∈ {10.0, 100.0, 1000.0}" and ewc["n"] == "3"
+    assert rows["learner.name=si"]["picked (by val ACC)"] == "learner.c=1.0"
+    assert float(rows["learner.name=finetune"]["ACC mean"]) == pytest.approx(0.3)
+    assert "learner.lam=10.0" in printed and "0.610 ± 0.010" in printed
+
+
+def test_select_val_refuses_runs_without_validation_and_unknown_keys(tmp_path, capsys):
+    _fake_run(tmp_path / "a", "none", 0, 0.5, 0.1)
+    assert main(["report", str(tmp_path), "--select", "val", "--tune", "stream.schedule"]) == 2
+    assert "no 'val_acc'" in capsys.readouterr().err
+    assert main(["report", str(tmp_path), "--select", "val", "--tune", "learner.lam"]) == 2
+    assert "'--tune'" in capsys.readouterr().err
+    assert main(["report", str(tmp_path), "--select", "val"]) == 2
+    assert main(["report", str(tmp_path), "--tune", "learner.lam"]) == 2

@@ -7,9 +7,10 @@ import time
 
 from conftest import DATA, QUICK, REPO, results, run_cli
 
-# SI (learner state), replay (plugin state, its own RNG) and SGD momentum (optimizer state) all must survive.
+# SI (learner state), replay (plugin state, its own RNG), SGD momentum (optimizer state) and the validation
+# matrix (stream.val_fraction) all must survive.
 JOB = ("fit", "bench/pmnist_si", *QUICK, "stream.n_tasks=4", "stream.train_per_task=4000",
-       "trainer.epochs_per_task=2", "plugins.replay.capacity=300")
+       "trainer.epochs_per_task=2", "plugins.replay.capacity=300", "stream.val_fraction=0.1")
 _metrics = results
 
 
@@ -42,3 +43,4 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "phase 1/4" not in resumed.stdout  # finished phases are not trained again
     assert _metrics(killed) == _metrics(full)
+    assert len(_metrics(full)["val_acc_matrix"]) == 4

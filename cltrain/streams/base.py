@@ -21,6 +21,8 @@ class Task:
     test_idx: torch.Tensor  # indices into Stream.test
     classes: list[int]
     meta: dict[str, Any] = field(default_factory=dict)
+    # indices into Stream.train held out for validation (stream.val_fraction); never trained on
+    val_idx: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
 
     @property
     def n_train(self) -> int:
@@ -43,6 +45,10 @@ class Stream:
     @property
     def n_phases(self) -> int:
         return len(self.order)
+
+    @property
+    def has_val(self) -> bool:
+        return any(task.val_idx.numel() for task in self.tasks)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -68,6 +74,7 @@ class Stream:
         self.transform = self.transform.to(device)
         for task in self.tasks:
             task.train_idx, task.test_idx = task.train_idx.to(device), task.test_idx.to(device)
+            task.val_idx = task.val_idx.to(device)
         return self
 
 
@@ -80,6 +87,25 @@ def subsample(idx: torch.Tensor, limit: int | None, generator: torch.Generator) 
     if limit is None or limit >= idx.numel():
         return idx
     return idx[torch.randperm(idx.numel(), generator=generator)[:limit]].sort().values
+
+
+def carve_validation(tasks: list[Task], fraction: float, seed: int) -> None:
+    """Move a seeded `fraction` of each task's training indices to its validation split (stream.val_fraction).
+
+    Each task draws from its own generator (cltrain.seeding, purpose "val_split", task id), so a task's split
+    does not depend on the other tasks; the carved samples leave train_idx, so no schedule, replay buffer or
+    method hook ever trains on them. At least one sample stays on each side.
+    """
+    from cltrain.seeding import generator
+
+    if fraction <= 0:
+        return
+    for task in tasks:
+        n = task.n_train
+        n_val = min(n - 1, max(1, round(n * fraction)))
+        perm = torch.randperm(n, generator=generator(seed, "val_split", task.id))
+        task.val_idx = task.train_idx[perm[:n_val]].sort().values
+        task.train_idx = task.train_idx[perm[n_val:]].sort().values
 
 
 def resolve_order(n_tasks: int, order: list[int] | None) -> list[int]:

@@ -122,11 +122,14 @@ class PhaseLoader:
             yield from self._segment_batches(segment)
 
 
-def eval_batches(stream: Stream, task_id: int, batch_size: int, rank: int = 0, world_size: int = 1):
-    """(x, y) test batches of one task; under DDP each rank takes an interleaved share (no duplicates)."""
+def eval_batches(stream: Stream, task_id: int, batch_size: int, rank: int = 0, world_size: int = 1,
+                 split: str = "test"):
+    """(x, y) batches of one task's test split (or its validation split, carved from the training arrays);
+    under DDP each rank takes an interleaved share (no duplicates)."""
     task = stream.tasks[task_id]
-    idx = task.test_idx[rank::world_size]
+    idx, arrays = (task.val_idx, stream.train) if split == "val" else (task.test_idx, stream.test)
+    idx = idx[rank::world_size]
     ids = torch.full((batch_size,), task_id, dtype=torch.long, device=idx.device)
     for start in range(0, idx.numel(), batch_size):
         base = idx[start:start + batch_size]
-        yield stream.transform(stream.test.images[base], ids[: base.numel()]), stream.test.labels[base]
+        yield stream.transform(arrays.images[base], ids[: base.numel()]), arrays.labels[base]

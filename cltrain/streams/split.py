@@ -1,7 +1,9 @@
 """Split MNIST / Fashion-MNIST / CIFAR-10 / CIFAR-100: the classes are dealt out to tasks in equal groups.
 
-Class-incremental (one head over all classes, no task id at test time) or task-incremental (the task id
-restricts the prediction to that task's classes), chosen by `stream.scenario`.
+Class-incremental (one head over all classes, no task id at test time), task-incremental (the task id
+restricts the prediction to that task's classes) or domain-incremental (every task has the same labels, the
+position of a class within its task: split MNIST's "first or second digit of the pair", van de Ven & Tolias
+2019), chosen by `stream.scenario`.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import torch
 from cltrain.config import ExperimentConfig
 from cltrain.errors import ConfigError
 from cltrain.streams.base import STREAMS, Stream, Task, subsample
+from cltrain.streams.datasets import ImageArrays
 from cltrain.streams.transforms import BatchTransform
 from cltrain.streams.vision import load_dataset, make_stream, stream_generator
 
@@ -44,4 +47,19 @@ def split_stream(cfg: ExperimentConfig) -> Stream:
         for t, classes in enumerate(groups)
     ]
     transform = BatchTransform(spec.mean, spec.std)
+    if cfg.stream.scenario == "domain_incremental":
+        return _domain_incremental(cfg, tasks, train, test, transform, len(groups[0]))
     return make_stream(cfg, tasks, train, test, transform, spec.n_classes, cfg.stream.scenario)
+
+
+def _domain_incremental(cfg: ExperimentConfig, tasks: list[Task], train: ImageArrays, test: ImageArrays,
+                        transform: BatchTransform, size: int) -> Stream:
+    """Relabel every class by its position within its task: one shared `size`-way head, no task id needed.
+
+    Groups are consecutive classes, so the position is the label modulo the group size; every sample belongs
+    to exactly one task, so relabelling the shared arrays loses nothing.
+    """
+    train, test = ImageArrays(train.images, train.labels % size), ImageArrays(test.images, test.labels % size)
+    for task in tasks:
+        task.meta["classes"], task.classes = task.classes, list(range(size))
+    return make_stream(cfg, tasks, train, test, transform, size, "domain_incremental")

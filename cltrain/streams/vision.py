@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from cltrain.config import ExperimentConfig, data_root
-from cltrain.streams.base import Stream, Task, resolve_order, subsample
+from cltrain.streams.base import Stream, Task, carve_validation, resolve_order, subsample
 from cltrain.streams.datasets import DATASETS, ImageArrays, VisionSpec, load_split
 from cltrain.streams.transforms import BatchTransform
 
@@ -45,6 +45,7 @@ def make_stream(
     cfg: ExperimentConfig, tasks: list[Task], train: ImageArrays, test: ImageArrays, transform: BatchTransform,
     n_classes: int, scenario: str,
 ) -> Stream:
+    carve_validation(tasks, cfg.stream.val_fraction, cfg.seed)
     return Stream(
         tasks=tasks,
         order=resolve_order(len(tasks), cfg.stream.order),

@@ -1,0 +1,89 @@
+"""`cltrain report --select val`: choose each method's hyperparameters on validation data, report test data.
+
+A sweep's runs are grouped by config minus seed (cltrain.report.group_runs). Groups that differ only in the
+tuned keys (`--tune learner.lam,learner.c`) are one method's grid; the grid point with the best mean
+validation ACC over its seeds is picked, and its *test* metrics are what the table shows. The test set never
+takes part in the choice.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cltrain.errors import ConfigError
+from cltrain.report import Group, _label, mean_sd
+
+CRITERION = "val_acc"  # mean accuracy over all tasks after the last phase, on the validation splits
+
+
+@dataclass
+class Pick:
+    """One method: the grid searched, the mean validation ACC of every point, and the point chosen."""
+
+    method: Group  # key: the config minus seed and tuned keys; label: what tells methods apart
+    grid: dict[str, list[str]] = field(default_factory=dict)  # tuned key -> the values searched
+    candidates: list[tuple[Group, float]] = field(default_factory=list)  # (grid point, mean val ACC)
+
+    @property
+    def chosen(self) -> Group:
+        # max() keeps the first of equal scores: candidates are in sorted config order, so ties break the same way
+        return max(self.candidates, key=lambda c: c[1])[0]
+
+    def chosen_setting(self) -> str:
+        key = dict(self.chosen.key)
+        return ", ".join(f"{k}={key[k]}" for k in self.grid) or "(no tuned key)"
+
+    def grid_text(self) -> str:
+        values = {k: ", ".join(sorted(v, key=_numeric_first)) for k, v in self.grid.items()}
+        return "; ".join(f"{k} ∈ {{{v}}}" for k, v in values.items()) or "—"
+
+
+def _numeric_first(value: str) -> tuple:
+    try:
+        return (0, float(value), "")
+    except ValueError:
+        return (1, 0.0, value)
+
+
+def _check_tuned(groups: list[Group], tune: list[str]) -> None:
+    present = {k for g in groups for k, _ in g.key}
+    missing = [k for k in tune if k not in present]
+    if missing:
+        varying = sorted({k for g in groups for k, v in g.key if len({dict(h.key).get(k) for h in groups}) > 1})
+        raise ConfigError(f"bad value {','.join(missing)!r} for '--tune': in no run's config; valid: config keys "
+                          f"of these runs, e.g. those that vary: {', '.join(varying) or 'none'}")
+
+
+def _val_score(group: Group) -> float:
+    for run, metrics in zip(group.runs, group.metrics):
+        if metrics.get(CRITERION) is None:
+            raise ConfigError(f"run {run} has no '{CRITERION}' in metrics.json; valid for --select val: runs "
+                              "made with stream.val_fraction > 0")
+    return mean_sd([m[CRITERION] for m in group.metrics])[0]
+
+
+def select(groups: list[Group], tune: list[str]) -> list[Pick]:
+    """One Pick per method: groups that agree on every key except the tuned ones share a method."""
+    _check_tuned(groups, tune)
+    picks: dict[tuple, Pick] = {}
+    for group in sorted(groups, key=lambda g: g.key):
+        method_key = tuple((k, v) for k, v in group.key if k not in tune)
+        pick = picks.setdefault(method_key, Pick(Group(method_key)))
+        pick.candidates.append((group, _val_score(group)))
+        for k, v in group.key:
+            if k in tune and v not in pick.grid.setdefault(k, []):
+                pick.grid[k].append(v)
+    _label([p.method for p in picks.values()])
+    return list(picks.values())
+
+
+def selection_table(picks: list[Pick], columns: dict[str, str]) -> tuple[list[str], list[list]]:
+    """Rows: method, the picked setting, the grid searched, seeds, validation ACC, then the test metrics."""
+    present = [k for k in columns if any(k in m for p in picks for m in p.chosen.metrics)]
+    header = ["method", "picked (by val ACC)", "grid searched", "n", "val ACC", *[columns[k] for k in present]]
+    rows = []
+    for pick in picks:
+        chosen = pick.chosen
+        rows.append([pick.method.label, pick.chosen_setting(), pick.grid_text(), len(chosen.runs),
+                     mean_sd([m[CRITERION] for m in chosen.metrics]),
+                     *[mean_sd([m.get(k) for m in chosen.metrics]) for k in present]])
+    return header, rows
