@@ -162,8 +162,8 @@ def write_doc(results: dict, out: Path, seeds: list[int], pareto_src: Path) -> N
         "",
         f"Setting: binary domain-incremental sequences, 5 class-pair tasks (0/1, 2/3, ..., 8/9) of MNIST and of "
         f"Fashion-MNIST; inputs are frozen 512-d features of a CNN trained on the *other* dataset "
-        f"(cltrain/streams/features.py); CPU scale: {SCALE[0].split('=')[1]} training samples per task (10 % of each "
-        f"task's training data held out for validation), 2 epochs, Adam lr 0.01, batch 64; seeds "
+        f"(cltrain/streams/features.py); CPU scale: {SCALE[0].split('=')[1]} training samples per task (10 % of them "
+        f"held out for validation: stream.val_fraction=0.1), 2 epochs, Adam lr 0.01, batch 64; seeds "
         f"{', '.join(map(str, seeds))}, mean ± sd in %. Paper: CelebA / CIFAR-100 / TinyImageNet / 20NG with "
         f"ImageNet ResNet-18 features — not comparable datasets; we compare the *claims*.",
         "",

@@ -153,7 +153,7 @@ def test_ibcl_model_refuses_bad_input_with_one_line_and_exit_2(pairs_run, tmp_pa
     ("learner.d=-1", "learner.d"), ("learner.alpha=1.5", "learner.alpha"), ("model.name=mlp", "model.name"),
     ("stream.presentation=task_agnostic", "stream.presentation"), ("learner.n_samples=0", "learner.n_samples"),
     ("learner.prior_scales=[]", "learner.prior_scales"), ("learner.pareto_tasks=[0,0]", "learner.pareto_tasks"),
-    ("stream.name=permuted", "stream.name"),
+    ("stream.name=permuted", "stream.name"), ("stream.val_fraction=0", "stream.val_fraction"),
 ])
 def test_bad_ibcl_config_is_refused_when_resolved(override, key):
     from cltrain.config import load_config

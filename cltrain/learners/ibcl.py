@@ -46,6 +46,9 @@ class IBCLConfig:
         if exp.stream.name not in FEATURE_STREAMS:
             raise bad("stream.name", exp.stream.name, f"{', '.join(FEATURE_STREAMS)} (they carry the validation "
                       "split IBCL chooses models on)")
+        if exp.stream.val_fraction <= 0:
+            raise bad("stream.val_fraction", exp.stream.val_fraction, "> 0, e.g. 0.1 (IBCL picks its zero-shot models "
+                      "on validation data carved from training data, never on the test set)")
         if not self.prior_scales:
             raise bad(f"{where}prior_scales", self.prior_scales, "a non-empty list of numbers > 0")
         tasks = self.pareto_tasks

@@ -52,7 +52,7 @@ class TaskData:
         if (task_id, split) not in self._cache:
             task = self.stream.tasks[task_id]
             arrays = self.stream.test if split == "test" else self.stream.train
-            idx = (task.test_idx if split == "test" else task.meta["val_idx"]).to(arrays.labels.device)
+            idx = (task.test_idx if split == "test" else task.val_idx).to(arrays.labels.device)
             ids = torch.full_like(idx, task_id)
             self._cache[(task_id, split)] = (self.stream.transform(arrays.images[idx], ids), arrays.labels[idx])
         return self._cache[(task_id, split)]

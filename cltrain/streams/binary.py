@@ -9,8 +9,8 @@ no task id is needed at test time.
 Layout: the stream's "images" are row numbers into one feature table held by the transform (train rows, then
 test rows), and its labels are the binary labels of each task's rows, so a sample that belongs to several
 tasks with different labels (one-vs-rest) is stored once. A batch is still an index slice plus one gather.
-Each task holds out VAL_FRACTION of its training rows (`task.meta["val_idx"]`) that no learner trains on:
-IBCL chooses among its zero-shot models there, never on the test set.
+`stream.val_fraction` holds out part of each task's training rows (`task.val_idx`, as for every stream) that no
+learner trains on: IBCL chooses among its zero-shot models there, never on the test set (it requires it > 0).
 """
 from __future__ import annotations
 
@@ -27,7 +27,6 @@ from cltrain.streams.features import OUTSIDE, load_features
 from cltrain.streams.transforms import BatchTransform
 from cltrain.streams.vision import make_stream, stream_generator
 
-VAL_FRACTION = 0.1
 FEATURE_STREAMS = ("binary_pairs", "binary_one_vs_rest")
 
 
@@ -109,12 +108,6 @@ def _split_rows(labels: torch.Tensor, tasks: list[BinaryTask], gen: torch.Genera
     return ImageArrays(torch.cat(rows).unsqueeze(1), torch.cat(ys)), spans
 
 
-def _carve_validation(span: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    perm = span[torch.randperm(span.numel(), generator=gen)]
-    n_val = max(1, int(round(VAL_FRACTION * span.numel())))
-    return perm[n_val:].sort().values, perm[:n_val].sort().values
-
-
 def binary_stream(cfg: ExperimentConfig) -> Stream:
     check_binary_config(cfg)
     make_task, _ = FAMILIES[cfg.stream.name]
@@ -125,13 +118,12 @@ def binary_stream(cfg: ExperimentConfig) -> Stream:
     test, test_spans = _split_rows(test_f.labels, specs, gen, len(train_f.labels))
     tasks = []
     for k, spec in enumerate(specs):
-        fit_idx, val_idx = _carve_validation(train_spans[k], gen)
         tasks.append(Task(
             id=k, name=spec.name,
-            train_idx=subsample(fit_idx, cfg.stream.train_per_task, gen),
+            train_idx=subsample(train_spans[k], cfg.stream.train_per_task, gen),
             test_idx=subsample(test_spans[k], cfg.stream.test_per_task, gen),
-            classes=[0, 1], meta={"val_idx": val_idx, "source_classes": spec.classes, "features": record},
-        ))
+            classes=[0, 1], meta={"source_classes": spec.classes, "features": record},
+        ))  # make_stream carves stream.val_fraction of each task's training rows for validation
     transform = FeatureLookup(torch.cat([train_f.images, test_f.images]))
     base = make_stream(cfg, tasks, train, test, transform, 2, "domain_incremental")
     return FeatureStream(**{f: getattr(base, f) for f in base.__dataclass_fields__}, feature_dim=train_f.images.shape[1])
