@@ -60,12 +60,14 @@ class StreamConfig:
     train_per_task: Optional[int] = None  # subsample each task's training set (CPU-scale runs)
     test_per_task: Optional[int] = None
     order: Optional[list[int]] = None  # task id per phase, e.g. [0, 1, 2, 1, 3] for a recurring task
+    options: dict[str, Any] = field(default_factory=dict)  # the stream family's own typed options (metaworld)
 
 
 @dataclass
 class ModelConfig:
     name: str = "mlp"  # a registered model: mlp, lenet
     hidden: list[int] = field(default_factory=lambda: [512, 512])  # mlp widths
+    options: dict[str, Any] = field(default_factory=dict)  # the model's own typed options (e.g. dt: DTConfig)
 
 
 @dataclass

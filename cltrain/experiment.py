@@ -60,8 +60,12 @@ def resolve_components(cfg: ExperimentConfig) -> Components:
             raise ConfigError(f"learner.name={cfg.learner['name']!r} trains in the {learner_cls.schedule!r} "
                               f"environment; stream.schedule={schedule!r} conflicts (valid: none, {learner_cls.schedule})")
         schedule = learner_cls.schedule
-    STREAMS.get(cfg.stream.name)
+    stream_family = STREAMS.get(cfg.stream.name)
     DATASETS.get(cfg.stream.dataset)
+    # Components with their own options (`stream.options`, `model.options`) check them here, before any run
+    # folder exists; components without a `check` take no options.
+    _check_options(stream_family, cfg, cfg.stream.options, "stream.options")
+    _check_options(MODELS.get(cfg.model.name), cfg.model, cfg.model.options, "model.options")
     t = cfg.trainer
     if t.several_processes and learner_cls.syncs_own_gradients and t.strategy not in SELF_SYNC_STRATEGIES:
         raise ConfigError(f"learner.name={cfg.learner['name']!r} syncs its own gradients and runs several "
@@ -69,6 +73,14 @@ def resolve_components(cfg: ExperimentConfig) -> Components:
                           f"(valid: {', '.join(SELF_SYNC_STRATEGIES)})")
     MODELS.get(cfg.model.name)
     return Components(learner_cls, method_cfg, plugin_cfgs, schedule)
+
+
+def _check_options(component: Any, cfg: Any, options: dict, where: str) -> None:
+    check = getattr(component, "check", None)
+    if check is not None:
+        check(cfg)
+    elif options:
+        raise ConfigError(f"'{where}' is not understood by this component; got: {', '.join(map(str, options))}")
 
 
 def resolved_config(cfg: ExperimentConfig, parts: Components, run_dir: str) -> ExperimentConfig:

@@ -1,0 +1,69 @@
+"""Weight modulators that wrap a frozen layer: LoRA and (IA)^3, as pools with one entry chosen per sample.
+
+`Modulated` wraps a frozen module (a Linear, an activation) and, when a modulator is attached, lets it change
+the module's output. A pool modulator holds M entries; `Selection.idx` ([B] entry ids, set by the method
+before each forward) picks one per sample, and the chosen entries' weights are gathered and applied with
+batched matmuls, so a batch mixing entries costs the same as one entry (no loop over samples).
+Gathering also means only the selected entries receive gradients.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+
+class Selection:
+    """The pool entry of every sample in the current forward, shared by all modulators of one model."""
+
+    def __init__(self) -> None:
+        self.idx: Optional[torch.Tensor] = None  # [B] long
+
+
+class Modulated(nn.Module):
+    """A frozen module whose output an attached modulator may change: y = modulator(x, base(x))."""
+
+    def __init__(self, base: nn.Module):
+        super().__init__()
+        self.base = base
+        self.modulator: Optional[nn.Module] = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        return y if self.modulator is None else self.modulator(x, y)
+
+
+class PoolLoRA(nn.Module):
+    """y + scale * x A_e B_e for each sample's entry e (Hu et al. 2021): A Kaiming-uniform, B zero, so every
+    entry starts as exactly no change."""
+
+    def __init__(self, d_in: int, d_out: int, pool: int, rank: int, alpha: float, selection: Selection):
+        super().__init__()
+        self.A = nn.Parameter(torch.empty(pool, d_in, rank))
+        self.B = nn.Parameter(torch.zeros(pool, rank, d_out))
+        for entry in self.A:  # each entry initialised like a fresh nn.Linear(d_in, rank) weight
+            nn.init.kaiming_uniform_(entry.T, a=math.sqrt(5))
+        self.scale = alpha / rank
+        self.selection = selection
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        idx = self.selection.idx
+        squeeze = x.dim() == 2
+        xs = x.unsqueeze(1) if squeeze else x  # [B, T, d_in]
+        delta = torch.bmm(torch.bmm(xs, self.A[idx]), self.B[idx]) * self.scale
+        return y + (delta.squeeze(1) if squeeze else delta)
+
+
+class PoolIA3(nn.Module):
+    """y * l_e for each sample's entry e (Liu et al. 2022): scaling vectors initialised to ones (no change)."""
+
+    def __init__(self, d_out: int, pool: int, selection: Selection):
+        super().__init__()
+        self.scales = nn.Parameter(torch.ones(pool, d_out))
+        self.selection = selection
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        s = self.scales[self.selection.idx]  # [B, d_out]
+        return y * (s.unsqueeze(1) if y.dim() == 3 else s)
