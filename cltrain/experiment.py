@@ -49,6 +49,8 @@ def resolve_components(cfg: ExperimentConfig) -> Components:
     """Check every registry name and component section; fail before touching data or disk."""
     learner_cls = LEARNERS.get(str(cfg.learner.get("name", "finetune")))
     method_cfg = component_config(cfg.learner, learner_cls.Config, "learner")
+    if hasattr(learner_cls, "check"):  # a method's checks that span sections (model, stream, optim)
+        learner_cls.check(cfg)
     plugin_cfgs = {}
     for name, section in cfg.plugins.items():
         plugin_cls = PLUGINS.get(name)

@@ -43,8 +43,9 @@ class PoolLoRA(nn.Module):
         super().__init__()
         self.A = nn.Parameter(torch.empty(pool, d_in, rank))
         self.B = nn.Parameter(torch.zeros(pool, rank, d_out))
-        for entry in self.A:  # each entry initialised like a fresh nn.Linear(d_in, rank) weight
-            nn.init.kaiming_uniform_(entry.T, a=math.sqrt(5))
+        # Kaiming-uniform as nn.Linear(d_in, rank) initialises its weight (a = sqrt(5)): U(-1/sqrt(d_in), ...)
+        bound = 1.0 / math.sqrt(d_in)
+        nn.init.uniform_(self.A, -bound, bound)
         self.scale = alpha / rank
         self.selection = selection
 

@@ -1,0 +1,110 @@
+"""L2M: learning to modulate a frozen pre-trained model (Schmied et al., NeurIPS 2023, arXiv 2306.14884).
+
+The pre-trained decision transformer is frozen. A pool of entries, each a key and a modulator in every block
+(LoRA on the attention query and value outputs and on the MLP's first layer; or (IA)^3 on keys, values and
+the MLP activation), is matched per sample against a query: the mean of the frozen state embeddings over the
+context. The selected entry (top-1) modulates that sample; the batch is computed in one pass with every
+sample's entry gathered (cltrain/nn/modulators.py). Only selected entries and keys learn; new tasks are pushed
+to unused entries by the usage penalty (cltrain/learners/pool.py). `pool_size=1` is the single-LoRA baseline;
+`oracle=true` gives each task id its own slice of the pool.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from cltrain.config import ExperimentConfig, choice, component_config
+from cltrain.errors import ConfigError
+from cltrain.learners.base import LEARNERS, Learner
+from cltrain.learners.pool import KeyPool, freeze, pull_loss, state_query
+from cltrain.nn.modulators import PoolIA3, PoolLoRA, Selection
+
+
+@dataclass
+class L2MConfig:
+    pool_size: int = 30
+    rank: int = 8  # LoRA rank
+    alpha: float = 16.0  # LoRA scale alpha / rank = 2
+    modulator: str = choice("lora", "lora", "ia3")
+    pull: float = 0.5  # strength of the key pull term
+    oracle: bool = False  # task t selects only among its own entries t*E .. t*E+E-1 (needs task ids)
+    oracle_entries: int = 3  # E: entries per task in the oracle split (30 / CW10)
+
+
+def check_pool_learner(cfg: ExperimentConfig, method: Any, where: str = "learner") -> None:
+    """Pool methods need the decision transformer, a task-aware stream for the oracle, and no weight decay
+    (decay would move unselected entries, whose gradient is zero but not None)."""
+    if cfg.model.name != "dt":
+        raise ConfigError(f"{where}.name={cfg.learner['name']!r} modulates the decision transformer; "
+                          f"model.name={cfg.model.name!r} (valid: dt)")
+    if cfg.optim.weight_decay != 0:
+        raise ConfigError(f"optim.weight_decay={cfg.optim.weight_decay} would change pool entries that were not "
+                          f"selected; valid with {where}.name={cfg.learner['name']!r}: 0")
+    if getattr(method, "oracle", False):
+        if cfg.stream.presentation != "task_aware":
+            raise ConfigError("learner.oracle=true needs task ids; stream.presentation must be task_aware")
+        need = cfg.stream.n_tasks * method.oracle_entries
+        if method.oracle_entries <= 0 or method.pool_size < need:
+            raise ConfigError(f"learner.oracle=true gives each of stream.n_tasks={cfg.stream.n_tasks} tasks "
+                              f"learner.oracle_entries={method.oracle_entries} entries; valid: oracle_entries > 0 "
+                              f"and learner.pool_size >= {max(need, 1)}")
+
+
+def _positive(method: Any, keys: tuple[str, ...]) -> None:
+    for key in keys:
+        if getattr(method, key) <= 0:
+            raise ConfigError(f"bad value {getattr(method, key)!r} for 'learner.{key}'; valid: > 0")
+
+
+@LEARNERS.register("l2m")
+class L2M(Learner):
+    Config = L2MConfig
+
+    @staticmethod
+    def check(cfg: ExperimentConfig) -> None:
+        method = component_config(cfg.learner, L2MConfig, "learner")
+        _positive(method, ("pool_size", "rank", "alpha"))
+        if method.pull < 0:
+            raise ConfigError(f"bad value {method.pull} for 'learner.pull'; valid: >= 0")
+        check_pool_learner(cfg, method)
+
+    def __init__(self, model: nn.Module, *args, **kwargs):
+        super().__init__(model, *args, **kwargs)
+        freeze(self.model)
+        m = self.method
+        self.selection = Selection()
+        width = model.state_emb.out_features
+        for block in model.blocks:
+            if m.modulator == "lora":
+                for layer in (block.q, block.v, block.fc1):
+                    base = layer.base
+                    layer.modulator = PoolLoRA(base.in_features, base.out_features, m.pool_size, m.rank, m.alpha,
+                                               self.selection)
+            else:
+                for layer, dim in ((block.k, width), (block.v, width), (block.act, 4 * width)):
+                    layer.modulator = PoolIA3(dim, m.pool_size, self.selection)
+        self.pool = KeyPool(m.pool_size, width, top_k=1, per_task=m.oracle_entries if m.oracle else None)
+        self._sim: Optional[torch.Tensor] = None
+
+    def select(self, x: torch.Tensor, t: Optional[torch.Tensor]) -> torch.Tensor:
+        """Each sample's entry (top-1); keeps the similarities for the pull term of this step's loss."""
+        idx, self._sim = self.pool.select(state_query(self.model, x), t)
+        return idx[:, 0]
+
+    def logits(self, x: torch.Tensor, t: Optional[torch.Tensor]) -> torch.Tensor:
+        self.selection.idx = self.select(x, t)
+        return self.model(x)
+
+    def loss(self, logits: torch.Tensor, batch) -> torch.Tensor:
+        return super().loss(logits, batch) + pull_loss(self._sim, self.method.pull)
+
+    def on_task_start(self, task_id: int) -> None:
+        # A fresh optimizer per task: Adam's momentum would otherwise keep moving the last task's entries.
+        self._optimizer = None
+        self.pool.new_task()
+
+    def final_metrics(self, ctx) -> dict[str, Any]:
+        return {"pool_usage": self.pool.counts.tolist()}
