@@ -152,3 +152,144 @@ def test_l2p_prepends_the_top_k_prompts_and_leaves_the_backbone_frozen():
     assert int((learner.pool.counts > 0).sum()) >= 3
     frozen = tiny_dt().eval()
     assert not torch.allclose(learner.eval().logits(x, None), frozen(x))  # the prompts change the output
+
+
+# ---- real Meta-World ------------------------------------------------------------------------------------
+from cltrain.config import load_config  # noqa: E402
+from cltrain.streams.metaworld import load_or_generate, metaworld_stream, rollout_success, scripted_episodes, tokenise  # noqa: E402
+
+SMALL = ["stream.options.tasks=pretrain", "stream.n_tasks=2", "stream.options.episodes=2", "stream.options.max_steps=40",
+         "stream.options.eval_episodes=2", "model.options.width=32", "model.options.layers=2", "model.options.heads=2",
+         "trainer.steps_per_task=15", "trainer.batch_size=32", "trainer.progress_bar=false", "logger.wandb.mode=disabled"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("mw_cache")
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A stand-in pre-trained checkpoint of the right shape (pre-training itself is the l2m/pretrain run)."""
+    torch.manual_seed(3)
+    path = tmp_path_factory.mktemp("pre") / "dt.pt"
+    torch.save(DecisionTransformer(5, 39, 4, 64, width=32, layers=2, heads=2).state_dict(), path)
+    return path
+
+
+def test_scripted_dataset_is_deterministic_for_a_seed_and_cached_with_a_checksum(tmp_path):
+    a = scripted_episodes("reach-v3", 2, [0.0, 0.3], 30, seed=0)
+    b = scripted_episodes("reach-v3", 2, [0.0, 0.3], 30, seed=0)
+    c = scripted_episodes("reach-v3", 2, [0.0, 0.3], 30, seed=1)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(a["obs"], c["obs"])
+    assert a["obs"].shape == (60, 39) and a["act"].shape == (60, 4) and np.abs(a["act"]).max() <= 1
+    cfg = load_config("l2m/cw", [*SMALL, f"stream.options.cache_dir={tmp_path}"])
+    from cltrain.streams.metaworld import check_metaworld
+    opts = check_metaworld(cfg)
+    first = load_or_generate("reach-v3", opts)
+    npz = next(tmp_path.glob("reach-v3-*.npz"))
+    meta = json.loads(npz.with_suffix(".json").read_text())
+    assert meta["config"]["episodes"] == 2 and len(meta["sha256"]) == 64
+    stamp = npz.stat().st_mtime_ns
+    assert all(np.array_equal(first[k], load_or_generate("reach-v3", opts)[k]) for k in first)
+    assert npz.stat().st_mtime_ns == stamp  # read from the cache, not regenerated
+    with np.load(npz) as f:  # damage it: the checksum no longer matches, so it is regenerated
+        damaged = {k: f[k] for k in f.files}
+    damaged["rew"] = damaged["rew"] + 1
+    np.savez(npz, **damaged)
+    again = load_or_generate("reach-v3", opts)
+    assert np.array_equal(again["rew"], first["rew"])
+
+
+class ScriptedLearner(torch.nn.Module):
+    """Plays Meta-World's scripted policy through the rollout path: logits peaked on the expert's action bins,
+    read from the last state of each window (checks window building, decoding and success reporting)."""
+
+    def __init__(self, name):
+        super().__init__()
+        from metaworld.policies import ENV_POLICY_MAP
+        self.policy = ENV_POLICY_MAP[name]()
+        self.register_buffer("device_probe", torch.zeros(()))
+
+    @property
+    def device(self):
+        return self.device_probe.device
+
+    def logits(self, x, t):
+        acts = torch.tensor(np.stack([self.policy.get_action(s) for s in x[:, -1, :39].numpy()]), dtype=torch.float32)
+        out = torch.zeros(x.shape[0], 64, x.shape[1], 4)
+        out.scatter_(1, tokenise(acts, 64)[:, None, None, :].expand(-1, 1, x.shape[1], -1), 1.0)
+        return out
+
+
+def test_a_real_meta_world_rollout_runs_and_reports_success(cache):
+    cfg = load_config("l2m/cw", [*SMALL, "stream.n_tasks=1", "stream.options.max_steps=150",
+                                 f"stream.options.cache_dir={cache}"])
+    stream = metaworld_stream(cfg)
+    expert = rollout_success(stream, ScriptedLearner("reach-v3"), 0, 0, 1, seed=0)
+    assert expert == [1.0]  # the scripted expert reaches the goal in both seeded episodes
+    still = torch.nn.Module()
+    idle = ScriptedLearner("reach-v3")
+    idle.logits = lambda x, t: torch.zeros(x.shape[0], 64, x.shape[1], 4).index_fill_(1, torch.tensor([32]), 1.0)
+    assert rollout_success(stream, idle, 0, 0, 1, seed=0) == [0.0]  # standing still (action 0) never succeeds
+
+
+def _metrics(run):
+    data = json.loads((run / "metrics.json").read_text())
+    return {k: v for k, v in data.items() if k not in {"wall_time_s", "phase_wall_time_s"}}
+
+
+def test_kill_and_resume_of_an_l2m_run_gives_identical_metrics(tmp_path, cache, pretrained):
+    job = ("fit", "l2m/l2m", *SMALL, "learner.pool_size=6", f"model.options.pretrained={pretrained}",
+           f"stream.options.cache_dir={cache}")
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    done = run_cli(*job, f"run_dir={full}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "cltrain.cli", *job, f"run_dir={killed}"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    for line in proc.stdout:
+        if "phase 1/2" in line or time.time() > deadline:
+            break
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "metrics.json").exists(), "the run finished before the kill; the test proves nothing"
+    resumed = run_cli(*job, f"run_dir={killed}", "resume=true")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _metrics(killed) == _metrics(full)
+    m = _metrics(full)
+    assert sum(u > 0 for u in m["pool_usage"]) >= 2  # two tasks, two entries (the penalty at work)
+    # the pre-trained backbone is untouched by the whole run
+    state = torch.load(full / "checkpoints" / "last.pt", weights_only=False)["learner"]
+    pre = torch.load(pretrained)
+    assert all(torch.equal(state[f"model.{k}"] if f"model.{k}" in state else state[f"model.{k.replace('.weight', '.base.weight').replace('.bias', '.base.bias')}"], v)
+               for k, v in pre.items())
+
+
+def test_missing_extra_or_checkpoint_stops_at_config_time_with_exit_2(tmp_path):
+    out = run_cli("fit", "l2m/l2m", *SMALL, f"model.options.pretrained={tmp_path / 'none.pt'}",
+                  f"run_dir={tmp_path / 'run'}")
+    assert out.returncode == 2 and "cltrain fit l2m/pretrain" in out.stderr and not (tmp_path / "run").exists()
+    hidden = tmp_path / "hide"
+    hidden.mkdir()
+    (hidden / "metaworld.py").write_text("raise ImportError")  # find_spec sees a module; make it look absent:
+    (hidden / "sitecustomize.py").write_text(
+        "import importlib.util as u\n_f = u.find_spec\nu.find_spec = lambda n, *a: None if n == 'metaworld' else _f(n, *a)\n")
+    out = run_cli("fit", "l2m/l2m", *SMALL, f"run_dir={tmp_path / 'run'}", env={"PYTHONPATH": str(hidden)})
+    assert out.returncode == 2 and "pip install -e '.[rl]'" in out.stderr and not (tmp_path / "run").exists()
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_ddp_gives_the_single_process_selections(tmp_path, cache, pretrained):
+    job = ("fit", "l2m/l2m", *SMALL, "learner.pool_size=6", f"model.options.pretrained={pretrained}",
+           f"stream.options.cache_dir={cache}")
+    single = run_cli(*job, f"run_dir={tmp_path / 'single'}")
+    assert single.returncode == 0, single.stderr[-2000:]
+    ddp = run_cli(*job, "trainer.strategy=ddp", "trainer.devices=2", f"run_dir={tmp_path / 'ddp'}")
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert "MEMBER: 2/2" in ddp.stderr + ddp.stdout
+    a, b = _metrics(tmp_path / "single"), _metrics(tmp_path / "ddp")
+    assert b["pool_usage"] == a["pool_usage"]  # every step's selections, counted over both ranks' rows
+    assert b["ddp_weights_agree"] is True
