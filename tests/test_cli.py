@@ -48,7 +48,7 @@ def test_bad_values_exit_2_with_the_valid_choices(tmp_path, capsys):
 
     cases = [
         ("bench/pmnist_naive", "logger.wandb.mode=sometimes", "offline, online, disabled"),
-        ("bench/pmnist_naive", "learner.name=magic", "ewc, finetune, joint, si"),
+        ("bench/pmnist_naive", "learner.name=magic", "ewc, finetune, joint, l2m, l2p, si"),
         ("bench/pmnist_naive", "stream.name=spiral", "permuted, rotated, split"),
         ("bench/pmnist_naive", "stream.dataset=svhn", "cifar10, cifar100, fashion_mnist, mnist"),
         ("bench/pmnist_naive", "trainer.batch_size=lots", "trainer.batch_size"),
@@ -61,6 +61,12 @@ def test_bad_values_exit_2_with_the_valid_choices(tmp_path, capsys):
         ("bench/pmnist_naive", "stream.order=[0,0,1]", "covering 0..9"),
         ("bench/pmnist_naive", "seed", "key=value"),
         ("tame/split_mnist", "trainer.devices=2 trainer.strategy=ddp_spawn", "valid: auto, ddp"),
+        ("bench/pmnist_naive", "model.options.width=3", "'model.options' is not understood"),
+        ("l2m/l2m", "learner.pool_size=0", "'learner.pool_size'; valid: > 0"),
+        ("l2m/l2m", "stream.options.context=0", "'stream.options.context'"),
+        ("l2m/l2m", "stream.n_tasks=11", "valid: 1..10"),
+        ("l2m/l2m", "model.name=mlp", "valid: dt"),
+        ("l2m/l2m_oracle", "learner.pool_size=5", "pool_size >= 9"),
     ]
     for experiment, override, expected in cases:
         code = main(["fit", experiment, *override.split(" "), f"run_dir={tmp_path}/r"])
