@@ -50,8 +50,8 @@ class KeyPool(nn.Module):
         sim = F.normalize(query, dim=-1) @ F.normalize(self.keys, dim=-1).T  # [B, M]
         with torch.no_grad():
             score = sim.detach()
-            if self.training and bool(self.penalise):
-                score = (score + 1) / 2 * self.weights
+            if self.training:  # torch.where, not `if penalise`: no host sync per step on a GPU
+                score = torch.where(self.penalise, (score + 1) / 2 * self.weights, score)
             if self.per_task is not None and task_ids is not None:
                 owner = torch.arange(self.size, device=sim.device) // self.per_task
                 score = score.masked_fill(owner[None, :] != task_ids[:, None], float("-inf"))
