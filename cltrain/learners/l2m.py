@@ -19,8 +19,8 @@ from torch import nn
 from cltrain.config import ExperimentConfig, choice, component_config
 from cltrain.errors import ConfigError
 from cltrain.learners.base import LEARNERS, Learner
-from cltrain.learners.pool import KeyPool, freeze, pull_loss, state_query
-from cltrain.nn.modulators import PoolIA3, PoolLoRA, Selection
+from cltrain.learners.pool import KeyPool, freeze, pull_loss
+from cltrain.nn.modulators import POOL_HOSTS, PoolIA3, PoolLoRA, Selection, host_for
 
 
 @dataclass
@@ -34,15 +34,15 @@ class L2MConfig:
     oracle_entries: int = 3  # E: entries per task in the oracle split (30 / CW10)
 
 
-def check_pool_learner(cfg: ExperimentConfig, method: Any, where: str = "learner") -> None:
+def check_pool_learner(cfg: ExperimentConfig, method: Any, hosts: tuple[str, ...]) -> None:
     """Pool methods need the decision transformer, a task-aware stream for the oracle, and no weight decay
     (decay would move unselected entries, whose gradient is zero but not None)."""
-    if cfg.model.name != "dt":
-        raise ConfigError(f"{where}.name={cfg.learner['name']!r} modulates the decision transformer; "
-                          f"model.name={cfg.model.name!r} (valid: dt)")
+    if cfg.model.name not in hosts:
+        raise ConfigError(f"learner.name={cfg.learner['name']!r} needs a network that hosts its pool; "
+                          f"model.name={cfg.model.name!r} (valid: {', '.join(hosts)})")
     if cfg.optim.weight_decay != 0:
         raise ConfigError(f"optim.weight_decay={cfg.optim.weight_decay} would change pool entries that were not "
-                          f"selected; valid with {where}.name={cfg.learner['name']!r}: 0")
+                          f"selected; valid with learner.name={cfg.learner['name']!r}: 0")
     if getattr(method, "oracle", False):
         if cfg.stream.presentation != "task_aware":
             raise ConfigError("learner.oracle=true needs task ids; stream.presentation must be task_aware")
@@ -69,29 +69,24 @@ class L2M(Learner):
         _positive(method, ("pool_size", "rank", "alpha"))
         if method.pull < 0:
             raise ConfigError(f"bad value {method.pull} for 'learner.pull'; valid: >= 0")
-        check_pool_learner(cfg, method)
+        check_pool_learner(cfg, method, tuple(POOL_HOSTS))
 
     def __init__(self, model: nn.Module, *args, **kwargs):
         super().__init__(model, *args, **kwargs)
         freeze(self.model)
         m = self.method
         self.selection = Selection()
-        width = model.state_emb.out_features
-        for block in model.blocks:
-            if m.modulator == "lora":
-                for layer in (block.q, block.v, block.fc1):
-                    base = layer.base
-                    layer.modulator = PoolLoRA(base.in_features, base.out_features, m.pool_size, m.rank, m.alpha,
-                                               self.selection)
-            else:
-                for layer, dim in ((block.k, width), (block.v, width), (block.act, 4 * width)):
-                    layer.modulator = PoolIA3(dim, m.pool_size, self.selection)
+        self.host = host_for(model)
+        for layer, d_in, d_out in self.host.targets(model, m.modulator):
+            layer.modulator = (PoolLoRA(d_in, d_out, m.pool_size, m.rank, m.alpha, self.selection)
+                               if m.modulator == "lora" else PoolIA3(d_out, m.pool_size, self.selection))
+        width = self.host.query_dim(model)
         self.pool = KeyPool(m.pool_size, width, top_k=1, per_task=m.oracle_entries if m.oracle else None)
         self._sim: Optional[torch.Tensor] = None
 
     def select(self, x: torch.Tensor, t: Optional[torch.Tensor]) -> torch.Tensor:
         """Each sample's entry (top-1); keeps the similarities for the pull term of this step's loss."""
-        idx, self._sim = self.pool.select(state_query(self.model, x), t)
+        idx, self._sim = self.pool.select(self.host.query(self.model, x), t)
         return idx[:, 0]
 
     def logits(self, x: torch.Tensor, t: Optional[torch.Tensor]) -> torch.Tensor:

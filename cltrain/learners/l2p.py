@@ -16,7 +16,8 @@ from cltrain.config import ExperimentConfig, component_config
 from cltrain.errors import ConfigError
 from cltrain.learners.base import LEARNERS, Learner
 from cltrain.learners.l2m import _positive, check_pool_learner
-from cltrain.learners.pool import KeyPool, freeze, pull_loss, state_query
+from cltrain.learners.pool import KeyPool, freeze, pull_loss
+from cltrain.nn.modulators import host_for
 
 
 @dataclass
@@ -37,7 +38,7 @@ class L2P(Learner):
         _positive(method, ("pool_size", "top_k", "prompt_length"))
         if method.top_k > method.pool_size:
             raise ConfigError(f"learner.top_k={method.top_k} > learner.pool_size={method.pool_size}")
-        check_pool_learner(cfg, method)
+        check_pool_learner(cfg, method, ("dt",))  # prompts are tokens: a transformer only
 
     def __init__(self, model: nn.Module, *args, **kwargs):
         super().__init__(model, *args, **kwargs)
@@ -49,7 +50,7 @@ class L2P(Learner):
         self._sim: Optional[torch.Tensor] = None
 
     def logits(self, x: torch.Tensor, t: Optional[torch.Tensor]) -> torch.Tensor:
-        idx, self._sim = self.pool.select(state_query(self.model, x), None)
+        idx, self._sim = self.pool.select(host_for(self.model).query(self.model, x), None)
         prefix = self.prompts[idx].flatten(1, 2)  # [B, k * length, width]
         return self.model(x, prefix=prefix)
 

@@ -66,15 +66,6 @@ def pull_loss(sim: torch.Tensor, strength: float) -> torch.Tensor:
     return -strength * sim.mean()
 
 
-def state_query(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The query of decision-transformer windows: the mean of the frozen state embeddings over each window's
-    valid steps (no extra pass through the transformer, no gradient)."""
-    with torch.no_grad():
-        emb = model.state_embedding(x)
-        valid = x[..., model.state_dim + 1:model.state_dim + 2]
-        return (emb * valid).sum(1) / valid.sum(1).clamp(min=1)
-
-
 def freeze(module: nn.Module) -> None:
     for p in module.parameters():
         p.requires_grad_(False)

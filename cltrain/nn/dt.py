@@ -23,7 +23,7 @@ from torch import nn
 
 from cltrain.config import ModelConfig, component_config
 from cltrain.errors import ConfigError
-from cltrain.nn.modulators import Modulated
+from cltrain.nn.modulators import POOL_HOSTS, Modulated, PoolHost
 from cltrain.nn.registry import MODELS
 
 
@@ -162,3 +162,26 @@ def build_dt(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> 
 
 
 build_dt.check = check_dt  # run at config resolution, before a run folder exists
+
+
+def _dt_targets(model: DecisionTransformer, kind: str) -> list[tuple[Modulated, int, int]]:
+    """LoRA: attention query and value outputs and the MLP's first layer; (IA)^3: keys, values, MLP activation."""
+    out = []
+    for block in model.blocks:
+        if kind == "lora":
+            out += [(m, m.base.in_features, m.base.out_features) for m in (block.q, block.v, block.fc1)]
+        else:
+            width = block.q.base.in_features
+            out += [(block.k, width, width), (block.v, width, width), (block.act, 4 * width, 4 * width)]
+    return out
+
+
+def _dt_query(model: DecisionTransformer, x: torch.Tensor) -> torch.Tensor:
+    """The mean of the frozen state embeddings over each window's valid steps (no extra pass, no gradient)."""
+    with torch.no_grad():
+        emb = model.state_embedding(x)
+        valid = x[..., model.state_dim + 1:model.state_dim + 2]
+        return (emb * valid).sum(1) / valid.sum(1).clamp(min=1)
+
+
+POOL_HOSTS.register("dt")(PoolHost(DecisionTransformer, _dt_targets, _dt_query, lambda m: m.state_emb.out_features))

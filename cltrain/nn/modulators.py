@@ -9,10 +9,13 @@ Gathering also means only the selected entries receive gradients.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 from torch import nn
+
+from cltrain.registry import Registry
 
 
 class Selection:
@@ -68,3 +71,29 @@ class PoolIA3(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         s = self.scales[self.selection.idx]  # [B, d_out]
         return y * (s.unsqueeze(1) if y.dim() == 3 else s)
+
+
+@dataclass(frozen=True)
+class PoolHost:
+    """How a pool method plugs into one kind of frozen network (registered under its `model.name`).
+
+    targets(model, kind) -> the Modulated layers that carry an entry's modulator for `kind` ("lora", "ia3"),
+    each with the width its modulator needs (d_in, d_out); query(model, x) -> [B, D] frozen query features.
+    """
+
+    network: type  # the nn.Module class built by that model name
+    targets: Callable[[nn.Module, str], list[tuple[Modulated, int, int]]]
+    query: Callable[[nn.Module, torch.Tensor], torch.Tensor]
+    query_dim: Callable[[nn.Module], int]
+
+
+POOL_HOSTS: Registry[PoolHost] = Registry("network a modulation pool can host", "model.name")
+
+
+def host_for(model: nn.Module) -> PoolHost:
+    """The registered host of a built network (by class: a learner sees the network, not its config name)."""
+    for name in POOL_HOSTS:
+        host = POOL_HOSTS.get(name)
+        if isinstance(model, host.network):
+            return host
+    raise TypeError(f"{type(model).__name__} hosts no modulation pool; registered: {', '.join(POOL_HOSTS)}")
