@@ -156,9 +156,11 @@ def test_l2p_prepends_the_top_k_prompts_and_leaves_the_backbone_frozen():
 
 # ---- real Meta-World ------------------------------------------------------------------------------------
 from cltrain.config import load_config  # noqa: E402
-from cltrain.streams.metaworld import load_or_generate, metaworld_stream, rollout_success, scripted_episodes, tokenise  # noqa: E402
+from cltrain.streams.metaworld import (action_accuracy, load_or_generate, metaworld_stream, rollout_success,  # noqa: E402
+                                       scripted_episodes, tokenise)
 
-SMALL = ["stream.options.tasks=pretrain", "stream.n_tasks=2", "stream.options.episodes=2", "stream.options.max_steps=40",
+SMALL = ["stream.options.tasks=pretrain", "stream.n_tasks=2", "stream.options.episodes=5", "stream.options.max_steps=40",
+         "stream.options.test_episodes=1",
          "stream.options.eval_episodes=2", "model.options.width=32", "model.options.layers=2", "model.options.heads=2",
          "trainer.steps_per_task=15", "trainer.batch_size=32", "trainer.progress_bar=false", "logger.wandb.mode=disabled"]
 
@@ -190,7 +192,7 @@ def test_scripted_dataset_is_deterministic_for_a_seed_and_cached_with_a_checksum
     first = load_or_generate("reach-v3", opts)
     npz = next(tmp_path.glob("reach-v3-*.npz"))
     meta = json.loads(npz.with_suffix(".json").read_text())
-    assert meta["config"]["episodes"] == 2 and len(meta["sha256"]) == 64
+    assert meta["config"]["episodes"] == 5 and len(meta["sha256"]) == 64
     stamp = npz.stat().st_mtime_ns
     assert all(np.array_equal(first[k], load_or_generate("reach-v3", opts)[k]) for k in first)
     assert npz.stat().st_mtime_ns == stamp  # read from the cache, not regenerated
@@ -233,6 +235,24 @@ def test_a_real_meta_world_rollout_runs_and_reports_success(cache):
     idle = ScriptedLearner("reach-v3")
     idle.logits = lambda x, t: torch.zeros(x.shape[0], 64, x.shape[1], 4).index_fill_(1, torch.tensor([32]), 1.0)
     assert rollout_success(stream, idle, 0, 0, 1, seed=0) == [0.0]  # standing still (action 0) never succeeds
+
+
+def test_action_accuracy_scores_held_out_noise_free_episodes(cache):
+    cfg = load_config("l2m/cw", [*SMALL, f"stream.options.cache_dir={cache}"])
+    stream = metaworld_stream(cfg)
+    for task in stream.tasks:  # episode 4 (noise 0, the last clean one) is held out; the rest is training data
+        assert task.test_idx.numel() == 40 and not set(task.test_idx.tolist()) & set(task.train_idx.tolist())
+    col = 39 + 2
+
+    class Reader(ScriptedLearner):  # predicts the teacher-forced tokens it is given: a perfect model
+        def logits(self, x, t):
+            ids = x[..., col:].long().clamp(min=0)
+            return torch.nn.functional.one_hot(ids, 64).permute(0, 3, 1, 2).float()
+
+    assert action_accuracy(stream, Reader("reach-v3"), 16, 0, 1, 0) == [1.0, 1.0]
+    constant = Reader("reach-v3")
+    constant.logits = lambda x, t: torch.zeros(x.shape[0], 64, x.shape[1], 4).index_fill_(1, torch.tensor([0]), 1.0)
+    assert max(action_accuracy(stream, constant, 16, 0, 1, 0)) < 0.5
 
 
 def _metrics(run):

@@ -59,6 +59,8 @@ class MetaWorldConfig:
     rtg_scale: float = 1000.0  # returns-to-go are divided by this
     data_seed: int = 0  # datasets depend on this, not on the experiment seed (one cache for every run)
     eval_episodes: int = 4  # rollouts per task at each evaluation
+    evaluator: str = choice("rollout", "rollout", "action_accuracy")  # how each phase scores every task
+    test_episodes: int = 2  # noise-free episodes per task held out of training (scored by action_accuracy)
     cache_dir: Optional[str] = None  # None: $CLTRAIN_CACHE/metaworld, else ~/.cache/cltrain/metaworld
     progress_bar: bool = True  # a progress bar over evaluation rollouts
 
@@ -73,6 +75,10 @@ def check_metaworld(cfg: ExperimentConfig) -> MetaWorldConfig:
     if cfg.stream.n_tasks > len(names):
         raise ConfigError(f"bad value {cfg.stream.n_tasks} for 'stream.n_tasks'; valid: 1..{len(names)} "
                           f"(stream.options.tasks={opts.tasks})")
+    clean = sum(1 for e in range(opts.episodes) if opts.noise[e % len(opts.noise)] == min(opts.noise))
+    if not 0 <= opts.test_episodes < clean:
+        raise ConfigError(f"bad value {opts.test_episodes} for 'stream.options.test_episodes'; valid: 0..{clean - 1} "
+                          f"(held out from the {clean} lowest-noise episodes, keeping one for training)")
     for key in ("episodes", "max_steps", "context", "bins", "eval_episodes"):
         if getattr(opts, key) <= 0:
             raise ConfigError(f"bad value {getattr(opts, key)!r} for 'stream.options.{key}'; valid: an integer > 0")
@@ -194,6 +200,7 @@ class RobotStream(Stream):
 
     def to(self, device: torch.device) -> "RobotStream":
         super().to(device)
+        self.test = self.train  # one copy of the step arrays on the device
         self.ep_start = self.ep_start.to(device)
         return self
 
@@ -215,6 +222,13 @@ def tokenise(actions: torch.Tensor, bins: int) -> torch.Tensor:
 
 def detokenise(ids: torch.Tensor, bins: int) -> torch.Tensor:
     return ids.float() / (bins - 1) * 2 - 1
+
+
+def held_out(ep: np.ndarray, opts: MetaWorldConfig) -> torch.Tensor:
+    """[N] bool: steps of the last `test_episodes` episodes with the lowest noise level (expert behaviour)."""
+    clean = [e for e in range(opts.episodes) if opts.noise[e % len(opts.noise)] == min(opts.noise)]
+    test = clean[len(clean) - opts.test_episodes:] if opts.test_episodes else []
+    return torch.from_numpy(np.isin(ep, test))
 
 
 def returns_to_go(rew: np.ndarray, ep: np.ndarray) -> np.ndarray:
@@ -240,19 +254,43 @@ def metaworld_stream(cfg: ExperimentConfig) -> RobotStream:
         first = np.searchsorted(d["ep"], d["ep"], side="left")  # episodes are contiguous and in order
         starts.append(torch.from_numpy(first + offset))
         episode_returns = np.bincount(d["ep"], weights=d["rew"])
-        tasks.append(Task(id=t, name=name, train_idx=torch.arange(offset, offset + n), test_idx=torch.arange(0),
+        held = held_out(d["ep"], opts)
+        steps = torch.arange(offset, offset + n)
+        tasks.append(Task(id=t, name=name, train_idx=steps[~held], test_idx=steps[held],
                           classes=[], meta={"target_rtg": float(episode_returns.max() / opts.rtg_scale),
                                             "scripted_success": float(d["success"].mean())}))
         offset += n
     train = ImageArrays(torch.cat(feats).float(), torch.cat(acts))
-    empty = ImageArrays(train.images[:0], train.labels[:0])
-    return RobotStream(tasks=tasks, order=resolve_order(len(tasks), cfg.stream.order), train=train, test=empty,
+    # test_idx index the same flat arrays (held-out episodes): `test` is `train`, so windows gather alike
+    return RobotStream(tasks=tasks, order=resolve_order(len(tasks), cfg.stream.order), train=train, test=train,
                        transform=BatchTransform((0.0,), (1.0,)), n_classes=opts.bins,
-                       presentation=cfg.stream.presentation, scenario="domain_incremental", evaluator="rollout",
+                       presentation=cfg.stream.presentation, scenario="domain_incremental", evaluator=opts.evaluator,
                        ep_start=torch.cat(starts), opts=opts, act_dim=train.labels.shape[1])
 
 
 metaworld_stream.check = check_metaworld
+
+
+# ---- evaluation on held-out episodes: how well the expert's actions are predicted -----------------------
+@EVALUATORS.register("action_accuracy")
+@torch.no_grad()
+def action_accuracy(stream: RobotStream, learner, batch_size: int, rank: int, world: int, seed: int) -> list[float]:
+    """Per task: the share of the held-out expert steps' action tokens predicted within one bin (1/32 of the
+    action range at 64 bins), teacher-forced, at the last step of each window. Cheap (no simulator) and sensitive
+    to forgetting where rollouts at CPU scale mostly fail; under DDP each rank scores a share."""
+    counts = torch.zeros(len(stream.tasks), 2, dtype=torch.float64, device=learner.device)
+    with in_mode(learner, False):
+        for task in stream.tasks:
+            idx = task.test_idx[rank::world]
+            for start in range(0, idx.numel(), batch_size):
+                base = idx[start:start + batch_size]
+                x, y = stream.train_batch(base, torch.full_like(base, task.id))
+                t = torch.full_like(base, task.id) if stream.task_aware else None
+                pred = learner.logits(x, t)[:, :, -1].argmax(1)  # [B, A]
+                counts[task.id, 0] += ((pred - y[:, -1]).abs() <= 1).sum()
+                counts[task.id, 1] += y[:, -1].numel()
+    counts = all_sum(counts)
+    return (counts[:, 0] / counts[:, 1].clamp(min=1)).tolist()
 
 
 # ---- evaluation by rollouts ---------------------------------------------------------------------------
