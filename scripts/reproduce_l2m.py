@@ -84,17 +84,30 @@ FINAL_SCORES = {  # file in the run folder -> (task list, evaluator)
 }
 
 
-def run_method(name: str, seed: int, root: Path, extra: list[str], n_pretrain: int, n_cw: int) -> str:
+def run_overrides(seed: int, root: Path, extra: list[str]) -> list[str]:
+    return [f"seed={seed}", *COMMON, f"model.options.pretrained={root / 'pretrain' / 'checkpoints' / 'last.pt'}", *extra]
+
+
+def score_run(name: str, seed: int, root: Path, extra: list[str], n_pretrain: int, n_cw: int) -> None:
     experiment, run_dir = f"l2m/{METHODS[name]}", root / METHODS[name] / f"seed{seed}"
-    overrides = [f"seed={seed}", *COMMON, f"model.options.pretrained={root / 'pretrain' / 'checkpoints' / 'last.pt'}",
-                 *extra]
+    for out_name, (tasks, evaluator) in FINAL_SCORES.items():
+        n = n_pretrain if tasks == "pretrain" else n_cw
+        score(run_dir, experiment, run_overrides(seed, root, extra), tasks, n, evaluator, out_name)
+
+
+def run_method(name: str, seed: int, root: Path, extra: list[str]) -> str:
+    experiment, run_dir = f"l2m/{METHODS[name]}", root / METHODS[name] / f"seed{seed}"
+    overrides = run_overrides(seed, root, extra)
     start = time.perf_counter()
     rc = fit(experiment, run_dir, overrides)
     if rc != 0:
         return f"{name} seed {seed}: failed (exit {rc}, log {run_dir}.log)"
-    for out_name, (tasks, evaluator) in FINAL_SCORES.items():
-        n = n_pretrain if tasks == "pretrain" else n_cw
-        score(run_dir, experiment, overrides, tasks, n, evaluator, out_name)
+    # In a process of its own: rollouts in two threads of one process interfere (simulators, warning filters).
+    cmd = [sys.executable, __file__, "--score", f"{name}:{seed}", *extra]
+    with open(run_dir.parent / f"{run_dir.name}.log", "a") as log:
+        rc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
+    if rc != 0:
+        return f"{name} seed {seed}: scoring failed (exit {rc}, log {run_dir}.log)"
     return f"{name} seed {seed}: done in {time.perf_counter() - start:.0f} s"
 
 
@@ -222,6 +235,7 @@ def main() -> int:
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--out", default=str(REPO / "docs" / "results" / "l2m.md"))
+    parser.add_argument("--score", metavar="METHOD:SEED", help=argparse.SUPPRESS)  # internal: score one run
     parser.add_argument("overrides", nargs="*", help="key=value for every fine-tuning run (e.g. stream.n_tasks=2)")
     args = parser.parse_args()
     root = REPO / "runs" / "l2m"
@@ -229,6 +243,10 @@ def main() -> int:
 
     n_pretrain = load_config("l2m/pretrain").stream.n_tasks
     n_cw = load_config("l2m/cw", args.overrides).stream.n_tasks
+    if args.score:
+        name, seed = args.score.rsplit(":", 1)
+        score_run(name, int(seed), root, args.overrides, n_pretrain, n_cw)
+        return 0
     if not args.report_only:
         if fit("l2m/pretrain", root / "pretrain", []) != 0:
             print(f"reproduce_l2m: error: pre-training failed (log {root / 'pretrain.log'})", file=sys.stderr)
@@ -243,7 +261,7 @@ def main() -> int:
             print(f"reproduce_l2m: error: unknown methods {sorted(unknown)}; valid: {', '.join(METHODS)}", file=sys.stderr)
             return 2
         with ThreadPoolExecutor(args.jobs) as pool:
-            jobs = [pool.submit(run_method, m, s, root, args.overrides, n_pretrain, n_cw) for s in range(args.seeds) for m in methods]
+            jobs = [pool.submit(run_method, m, s, root, args.overrides) for s in range(args.seeds) for m in methods]
             for job in jobs:
                 print(job.result(), flush=True)
     write_doc(Path(args.out), root, args.seeds, n_cw)
