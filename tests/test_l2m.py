@@ -313,3 +313,25 @@ def test_ddp_gives_the_single_process_selections(tmp_path, cache, pretrained):
     a, b = _metrics(tmp_path / "single"), _metrics(tmp_path / "ddp")
     assert b["pool_usage"] == a["pool_usage"]  # every step's selections, counted over both ranks' rows
     assert b["ddp_weights_agree"] is True
+
+
+def test_image_stream_pool_on_a_frozen_mnist_mlp_reports_retrieval(tmp_path):
+    """The same pool on permuted MNIST: LoRA entries on a frozen MLP's linear layers, retrieval accuracy out."""
+    pre = run_cli("fit", "l2m/pmnist_pretrain", "stream.train_per_task=2000", "trainer.epochs_per_task=1",
+                  "trainer.progress_bar=false", "logger.wandb.mode=disabled", f"run_dir={tmp_path / 'pre'}")
+    assert pre.returncode == 0, pre.stderr[-2000:]
+    ckpt = tmp_path / "pre" / "checkpoints" / "last.pt"
+    run = run_cli("fit", "l2m/pmnist", "stream.n_tasks=2", "stream.train_per_task=1000", "stream.test_per_task=300",
+                  "trainer.epochs_per_task=4", "optim.lr=0.003", f"model.options.pretrained={ckpt}", "trainer.progress_bar=false",
+                  "logger.wandb.mode=disabled", f"run_dir={tmp_path / 'l2m'}")
+    assert run.returncode == 0, run.stderr[-3000:]
+    m = json.loads((tmp_path / "l2m" / "metrics.json").read_text())
+    assert set(m["task_entries"]) == {"0", "1"} and len(m["retrieval_acc"]) == 2
+    assert all(0.0 <= r <= 1.0 for r in m["retrieval_acc"])
+    assert m["acc_matrix"][0][0] > m["acc_init"][0] + 0.1  # the entries learned task 0 on the frozen backbone
+    before = torch.load(ckpt, weights_only=False)["learner"]
+    after = torch.load(tmp_path / "l2m" / "checkpoints" / "last.pt", weights_only=False)["learner"]
+    for key, value in before.items():  # model.1.weight -> model.1.base.weight: wrapped, bit-identical
+        if key.startswith("model."):
+            head, leaf = key.rsplit(".", 1)
+            assert torch.equal(after[f"{head}.base.{leaf}"], value)

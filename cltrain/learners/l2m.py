@@ -17,9 +17,12 @@ import torch
 from torch import nn
 
 from cltrain.config import ExperimentConfig, choice, component_config
+from cltrain.distributed import all_sum
 from cltrain.errors import ConfigError
 from cltrain.learners.base import LEARNERS, Learner
 from cltrain.learners.pool import KeyPool, freeze, pull_loss
+from cltrain.nn.modes import in_mode
+from cltrain.streams.loader import eval_batches
 from cltrain.nn.modulators import POOL_HOSTS, PoolIA3, PoolLoRA, Selection, host_for
 
 
@@ -83,6 +86,9 @@ class L2M(Learner):
         width = self.host.query_dim(model)
         self.pool = KeyPool(m.pool_size, width, top_k=1, per_task=m.oracle_entries if m.oracle else None)
         self._sim: Optional[torch.Tensor] = None
+        # Which entries each task claimed while it trained (retrieval accuracy); counts when its phase began.
+        self.task_entries: dict[int, list[int]] = {}
+        self.register_buffer("start_counts", torch.zeros(m.pool_size, dtype=torch.float64))
 
     def select(self, x: torch.Tensor, t: Optional[torch.Tensor]) -> torch.Tensor:
         """Each sample's entry (top-1); keeps the similarities for the pull term of this step's loss."""
@@ -100,6 +106,36 @@ class L2M(Learner):
         # A fresh optimizer per task: Adam's momentum would otherwise keep moving the last task's entries.
         self._optimizer = None
         self.pool.new_task()
+        self.start_counts.copy_(self.pool.counts)
+
+    def on_task_end(self, task_id: int, samples) -> None:
+        """Remember the entries this task used for at least 5 % of its selections (its 'own' entries)."""
+        used = self.pool.counts - self.start_counts
+        self.task_entries[task_id] = torch.nonzero(used >= 0.05 * used.sum()).flatten().tolist()
+
+    def get_extra_state(self) -> Any:
+        return {"task_entries": self.task_entries}
+
+    def set_extra_state(self, state: Any) -> None:
+        self.task_entries = {int(k): v for k, v in state["task_entries"].items()}
+
+    @torch.no_grad()
+    def retrieval_accuracy(self, ctx) -> list[float]:
+        """Per task: the share of its test inputs whose query picks one of the task's own entries, without a
+        task id (image streams: their test sets; under DDP each rank scores a share)."""
+        counts = torch.zeros(len(ctx.stream.tasks), 2, dtype=torch.float64, device=self.device)
+        with in_mode(self, False):
+            for task_id, entries in self.task_entries.items():
+                own = torch.tensor(entries, device=self.device)
+                for x, _ in eval_batches(ctx.stream, task_id, ctx.eval_batch_size, ctx.rank, ctx.world_size):
+                    counts[task_id, 0] += torch.isin(self.select(x, None), own).sum()
+                    counts[task_id, 1] += x.shape[0]
+        counts = all_sum(counts)
+        return (counts[:, 0] / counts[:, 1].clamp(min=1)).tolist()
 
     def final_metrics(self, ctx) -> dict[str, Any]:
-        return {"pool_usage": self.pool.counts.tolist()}
+        out: dict[str, Any] = {"pool_usage": self.pool.counts.tolist(), "task_entries": self.task_entries}
+        if ctx.stream.evaluator == "accuracy" and self.task_entries:
+            acc = self.retrieval_accuracy(ctx)
+            out.update(retrieval_acc=acc, retrieval_acc_mean=sum(acc[t] for t in self.task_entries) / len(self.task_entries))
+        return out
