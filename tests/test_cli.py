@@ -66,7 +66,7 @@ def test_bad_values_exit_2_with_the_valid_choices(tmp_path, capsys):
         ("l2m/l2m", "learner.pool_size=0", "'learner.pool_size'; valid: > 0"),
         ("l2m/l2m", "stream.options.context=0", "'stream.options.context'"),
         ("l2m/l2m", "stream.n_tasks=11", "valid: 1..10"),
-        ("l2m/l2m", "model.name=mlp", "valid: dt"),
+        ("l2m/l2p", "model.name=mlp", "valid: dt"),
         ("l2m/l2m_oracle", "learner.pool_size=5", "pool_size >= 9"),
     ]
     for experiment, override, expected in cases:
