@@ -136,6 +136,37 @@ def ordering(means: dict[str, float], kept: dict[str, float], pre: float) -> str
     return "\n".join(lines)
 
 
+IMAGE_METHODS = {"L2M": "pmnist", "fine-tuning (all weights, from the same MNIST MLP)": "pmnist_finetune"}
+
+
+def image_pool(root: Path, seeds: int) -> None:
+    """The pool on permuted MNIST: a frozen MLP pre-trained on plain MNIST, entries on its linear layers."""
+    if fit("l2m/pmnist_pretrain", root / "pmnist_pretrain", []) != 0:
+        raise SystemExit(f"reproduce_l2m: error: image pre-training failed (log {root / 'pmnist_pretrain.log'})")
+    ckpt = root / "pmnist_pretrain" / "checkpoints" / "last.pt"
+    for seed in range(seeds):
+        for exp in IMAGE_METHODS.values():
+            fit(f"l2m/{exp}", root / exp / f"seed{seed}", [f"seed={seed}", f"model.options.pretrained={ckpt}"])
+
+
+def image_section(root: Path, seeds: int) -> str:
+    lines = ["| method | final accuracy per task | mean | forgetting | retrieval accuracy per task | mean | seeds |",
+             "|---|---|---|---|---|---|---|"]
+    for name, exp in IMAGE_METHODS.items():
+        folder = root / exp
+        ms = [json.loads((folder / f"seed{s}" / "metrics.json").read_text()) for s in range(seeds)
+              if (folder / f"seed{s}" / "metrics.json").exists()]
+        if not ms:
+            continue
+        last = np.array([m["acc_matrix"][-1] for m in ms])
+        ret = np.array([m["retrieval_acc"] for m in ms]) if "retrieval_acc" in ms[0] else None
+        lines.append(f"| {name} | {', '.join(f'{v:.2f}' for v in last.mean(0))} | {mean_sd(last.mean(1))} | "
+                     f"{mean_sd([-m['bwt'] for m in ms])} | "
+                     f"{', '.join(f'{v:.2f}' for v in ret.mean(0)) if ret is not None else '-'} | "
+                     f"{mean_sd(ret.mean(1)) if ret is not None else '-'} | {len(ms)} |")
+    return "\n".join(lines)
+
+
 def _load(run: Path, name: str) -> list[float] | None:
     return json.loads((run / name).read_text()) if (run / name).exists() else None
 
@@ -223,6 +254,15 @@ pre-trained model's own {pre_success:.2f}.
 
 ## Ours beside the paper's ordering (held-out action accuracy)
 {ordering(means, kept, pre_acc)}
+
+## The same pool on an image stream
+experiments/l2m/pmnist.yaml: an MLP (256, 256) trained on plain MNIST (l2m/pmnist_pretrain), frozen; an L2M
+pool of 10 entries with LoRA (rank 8) on each of its three linear layers; 5 permuted-MNIST tasks (none the
+identity), 10,000 training images each, 2 epochs. The query is the frozen first layer's ReLU features of the
+image. Retrieval accuracy: the share of a task's test images whose query, without a task id, picks one of the
+entries that task used for at least 5 % of its training selections.
+
+{image_section(root, seeds)}
 """
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
@@ -260,6 +300,7 @@ def main() -> int:
         if unknown:
             print(f"reproduce_l2m: error: unknown methods {sorted(unknown)}; valid: {', '.join(METHODS)}", file=sys.stderr)
             return 2
+        image_pool(root, args.seeds)
         with ThreadPoolExecutor(args.jobs) as pool:
             jobs = [pool.submit(run_method, m, s, root, args.overrides) for s in range(args.seeds) for m in methods]
             for job in jobs:
