@@ -102,6 +102,8 @@ def run_method(name: str, seed: int, root: Path, extra: list[str]) -> str:
     rc = fit(experiment, run_dir, overrides)
     if rc != 0:
         return f"{name} seed {seed}: failed (exit {rc}, log {run_dir}.log)"
+    if all((run_dir / out_name).exists() for out_name in FINAL_SCORES):
+        return f"{name} seed {seed}: done in {time.perf_counter() - start:.0f} s"
     # In a process of its own: rollouts in two threads of one process interfere (simulators, warning filters).
     cmd = [sys.executable, __file__, "--score", f"{name}:{seed}", *extra]
     with open(run_dir.parent / f"{run_dir.name}.log", "a") as log:
