@@ -182,6 +182,7 @@ class StreamConfig:
     # held out of each task's training data (seeded per task) and scored after every phase: val_acc_matrix
     val_fraction: float = fraction(0.0, high_open=True)
     order: Optional[list[int]] = count(None, low=0, high=999)  # task id per phase, e.g. [0, 1, 2, 1, 3] (recurring)
+    options: dict[str, Any] = field(default_factory=dict)  # the stream family's own typed options (metaworld)
 
     def validate(self, where: str, exp: "ExperimentConfig") -> None:
         if self.order is not None and set(self.order) != set(range(self.n_tasks)):
@@ -196,6 +197,7 @@ class StreamConfig:
 class ModelConfig:
     name: str = "mlp"  # a registered model: mlp, lenet
     hidden: list[int] = count([512, 512], high=1 << 16)  # mlp widths
+    options: dict[str, Any] = field(default_factory=dict)  # the model's own typed options (e.g. dt: DTConfig)
 
 
 @dataclass

@@ -21,6 +21,7 @@ import cltrain.plugins  # noqa: F401
 import cltrain.streams  # noqa: F401
 from cltrain import resolve
 from cltrain.config import ExperimentConfig
+from cltrain.errors import ConfigError
 from cltrain.learners.base import LEARNERS
 from cltrain.nn.registry import MODELS
 from cltrain.plots import schedule_png
@@ -42,8 +43,24 @@ REGISTRIES = {"LEARNERS": LEARNERS, "PLUGINS": PLUGINS, "STREAMS": STREAMS, "DAT
 
 
 def resolve_components(cfg: ExperimentConfig) -> Components:
-    """Check every registry name and component section on the imported components (cltrain/resolve.py)."""
-    return resolve.resolve_components(cfg, lambda registry, name: REGISTRIES[registry].get(name))
+    """Check every registry name and component section on the imported components (cltrain/resolve.py), then
+    what only the imported components can check: a method's rules across sections and the `stream.options` /
+    `model.options` of the families that take them (components without a `check` take no options)."""
+    parts = resolve.resolve_components(cfg, lambda registry, name: REGISTRIES[registry].get(name))
+    check = getattr(parts.learner_cls, "check", None)
+    if check is not None:
+        check(cfg)
+    _check_options(STREAMS.get(cfg.stream.name), cfg, cfg.stream.options, "stream.options")
+    _check_options(MODELS.get(cfg.model.name), cfg.model, cfg.model.options, "model.options")
+    return parts
+
+
+def _check_options(component: Any, cfg: Any, options: dict, where: str) -> None:
+    check = getattr(component, "check", None)
+    if check is not None:
+        check(cfg)
+    elif options:
+        raise ConfigError(f"'{where}' is not understood by this component; got: {', '.join(map(str, options))}")
 
 
 def resolved_config(cfg: ExperimentConfig, parts: Components, run_dir: str) -> ExperimentConfig:

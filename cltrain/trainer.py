@@ -21,18 +21,18 @@ import torch
 from pytorch_lightning import Callback
 
 from cltrain.config import ExperimentConfig, to_yaml
-from cltrain.distributed import SelfSyncDDPStrategy, all_sum, barrier, collective_check, module_digest, ranks_agree
+from cltrain.distributed import SelfSyncDDPStrategy, barrier, collective_check, module_digest, ranks_agree
+from cltrain.evaluation import EVALUATORS
 from cltrain.learners.base import FinalContext, Learner
 from cltrain.loggers import RunLoggers
 from cltrain.metrics import seen_average, summary
-from cltrain.nn.modes import in_mode
 from cltrain.plots import acc_matrix_png, retention_png
 from cltrain.plugins.base import Plugin
 from cltrain.preemption import Preempted, PreemptionWatcher
 from cltrain.run import RunFolder
 from cltrain.seeding import derive_seed, generator, rng_snapshot
 from cltrain.streams.base import Stream
-from cltrain.streams.loader import PhaseLoader, Segment, eval_batches
+from cltrain.streams.loader import PhaseLoader, Segment
 from cltrain.streams.schedules import phase_indices
 
 
@@ -200,21 +200,12 @@ class ContinualTrainer:
         return PhaseLoader(self.stream, [segment], batch_size, self.cfg.seed)
 
     # ---- evaluation -----------------------------------------------------------------------------------
-    @torch.no_grad()
     def evaluate(self, trainer: pl.Trainer, split: str = "test") -> list[float]:
-        """Accuracy on every task's test (or validation) split, future tasks too. Under DDP each rank scores a
-        share; counts are summed."""
-        device = trainer.strategy.root_device
-        counts = torch.zeros(len(self.stream.tasks), 2, dtype=torch.float64, device=device)
-        bs = self.cfg.trainer.eval_batch_size
-        with in_mode(self.learner, False):
-            for task in self.stream.tasks:
-                for x, y in eval_batches(self.stream, task.id, bs, trainer.global_rank, trainer.world_size, split):
-                    t = torch.full_like(y, task.id) if self.stream.task_aware else None
-                    counts[task.id, 0] += (self.learner.predict(x, t) == y).sum()
-                    counts[task.id, 1] += y.numel()
-        counts = all_sum(counts)
-        return (counts[:, 0] / counts[:, 1].clamp(min=1)).tolist()
+        """A score per task (future ones too) from the stream's evaluator: test (or validation) accuracy, rollout
+        success, ..."""
+        score = EVALUATORS.get(self.stream.evaluator)
+        return score(self.stream, self.learner, self.cfg.trainer.eval_batch_size, trainer.global_rank,
+                     trainer.world_size, self.cfg.seed, split)
 
     # ---- checkpoints ----------------------------------------------------------------------------------
     def checkpoint_state(self) -> dict[str, Any]:
@@ -259,7 +250,7 @@ class ContinualTrainer:
             metrics.update({f"val_{k}": v for k, v in val.items()})
         if self.ranks_agree is not None:
             metrics["ddp_weights_agree"] = self.ranks_agree
-        ctx = FinalContext(self.stream, p.phase_end_steps, self.stream.train.images.device,
+        ctx = FinalContext(self.stream, p.phase_end_steps, self.learner.device,
                            self.cfg.trainer.eval_batch_size, self.rank, self.world_size, str(self.run.path))
         metrics.update(self._method_figures(ctx))
         if self.rank == 0:

@@ -41,6 +41,7 @@ class Stream:
     n_classes: int
     presentation: str = "task_aware"  # or "task_agnostic": no task ids or boundaries reach the learner
     scenario: str = "domain_incremental"  # "class_incremental" / "task_incremental" for split streams
+    evaluator: str = "accuracy"  # how each phase scores every task: a name in cltrain.evaluation.EVALUATORS
 
     @property
     def n_phases(self) -> int:
@@ -57,6 +58,10 @@ class Stream:
     @property
     def task_aware(self) -> bool:
         return self.presentation == "task_aware"
+
+    def train_batch(self, base: torch.Tensor, task_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, targets) of training rows `base` (indices into `train`); other stream kinds override this."""
+        return self.transform(self.train.images[base], task_ids), self.train.labels[base]
 
     def class_mask(self) -> torch.Tensor | None:
         """[n_tasks, n_classes] bool: the labels each task may predict (task-incremental only)."""

@@ -113,8 +113,7 @@ class PhaseLoader:
     def _make(self, segment: Segment, rows: torch.Tensor, n_global: int) -> Batch:
         base = segment.idx[rows]
         t = segment.task_ids[rows]
-        x = self.stream.transform(self.stream.train.images[base], t)
-        y = self.stream.train.labels[base]
+        x, y = self.stream.train_batch(base, t)
         return Batch(x, y, None if self.hide_task_ids else t, int(y.shape[0]), n_global)
 
     def __iter__(self) -> Iterator[Batch]:
