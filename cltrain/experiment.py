@@ -50,17 +50,20 @@ def resolve_components(cfg: ExperimentConfig) -> Components:
     check = getattr(parts.learner_cls, "check", None)
     if check is not None:
         check(cfg)
-    _check_options(STREAMS.get(cfg.stream.name), cfg, cfg.stream.options, "stream.options")
-    _check_options(MODELS.get(cfg.model.name), cfg.model, cfg.model.options, "model.options")
+    _check_options(STREAMS.get(cfg.stream.name), cfg, cfg.stream.options, "stream.options",
+                   f"stream.name={cfg.stream.name!r}")
+    _check_options(MODELS.get(cfg.model.name), cfg.model, cfg.model.options, "model.options",
+                   f"model.name={cfg.model.name!r}")
     return parts
 
 
-def _check_options(component: Any, cfg: Any, options: dict, where: str) -> None:
+def _check_options(component: Any, cfg: Any, options: dict, where: str, name: str) -> None:
     check = getattr(component, "check", None)
     if check is not None:
         check(cfg)
     elif options:
-        raise ConfigError(f"'{where}' is not understood by this component; got: {', '.join(map(str, options))}")
+        raise ConfigError(f"'{where}' is not read by {name} (it takes no options), so it would be ignored; got: "
+                          f"{', '.join(map(str, options))} (valid: no {where})")
 
 
 def resolved_config(cfg: ExperimentConfig, parts: Components, run_dir: str) -> ExperimentConfig:

@@ -72,6 +72,8 @@ def walk(schema: type, prefix: str = ""):
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
             yield from walk(tp, f"{prefix}{f.name}.")
+        elif typing.get_origin(tp) is dict:
+            continue  # a component's own options (stream.options, model.options): checked by that component
         elif f.name not in DICT_SECTIONS or prefix:
             yield f"{prefix}{f.name}", tp, f.metadata
 
@@ -159,6 +161,9 @@ COMBINATIONS = [
     (["trainer.devices=[0,1]"], "devices"),  # CPU processes are counted, not indexed
     (["trainer.strategy=single_device", "trainer.devices=2"], "single_device"),
     (["stream.order=[0,0]"], "order"),
+    (["stream.options.episodes=5"], "stream.options"),  # permuted takes no options: they would be ignored
+    (["model.options.width=64"], "model.options"),
+    (["stream.name=metaworld", "stream.val_fraction=0.1"], "val_fraction"),
     (["seed=4294967296"], "seed"),
 ]
 
