@@ -90,7 +90,7 @@ def test_repeated_task_is_substituted_at_d_above_zero_and_stored_at_d_zero(tmp_p
     assert sizes["0"] == [3, 6, 9]
 
 
-def test_preference_model_needs_no_optimizer_step_and_beats_uniform_on_its_task(tmp_path):
+def test_preference_model_needs_no_optimizer_step_and_favours_its_task(tmp_path):
     from cltrain.learners.ibcl_export import load_run
     from cltrain.learners.ibcl_eval import TaskData, zero_shot
 
@@ -105,14 +105,20 @@ def test_preference_model_needs_no_optimizer_step_and_beats_uniform_on_its_task(
     steps_before = [float(s["step"]) for s in optimizer.state.values()]
     params_before = [p.detach().clone() for p in learner.parameters()]
     data = TaskData(stream, 2000)
-    gen = torch.Generator().manual_seed(0)
-    favour = zero_shot(learner, data, 1, [0, 1], torch.tensor([0.9, 0.1], dtype=torch.float64), 0.01, 10, gen)
-    uniform = zero_shot(learner, data, 1, [0, 1], torch.tensor([0.5, 0.5], dtype=torch.float64), 0.01, 10, gen)
+    def model_for(w):  # the zero-shot model IBCL returns: the candidate picked on validation data
+        return zero_shot(learner, data, 1, [0, 1], torch.tensor(w, dtype=torch.float64), 0.01, 10,
+                         torch.Generator().manual_seed(0))
+
+    favour, against = model_for([0.9, 0.1]), model_for([0.1, 0.9])
     assert steps_before and [float(s["step"]) for s in optimizer.state.values()] == steps_before
     assert all(torch.equal(a, b) for a, b in zip(params_before, learner.parameters()))
     assert all(p.grad is None for p in learner.parameters())
-    acc_favour, acc_uniform = float(favour.test[favour.pick, 0]), float(uniform.test[uniform.pick, 0])
-    assert acc_favour > acc_uniform + 0.02, (acc_favour, acc_uniform)
+    # The preference steers the model without training: favouring task 0 wins on task 0, favouring task 1 on
+    # task 1. Measured at seed 0 (test accuracy of the picks): 0.95 / 0.39 for 0.9/0.1, 0.90 / 0.78 for 0.1/0.9.
+    # Against the uniform preference there is no margin to test at this scale: its barycenter already behaves
+    # like task 0's posteriors (0.5/0.5 scores 0.93 / 0.45; the trade-off curve is not linear in w).
+    fav, aga = favour.test[favour.pick], against.test[against.pick]
+    assert float(fav[0]) > float(aga[0]) + 0.02 and float(aga[1]) > float(fav[1]) + 0.1, (fav, aga)
 
 
 def test_ibcl_model_command_writes_a_model_that_torch_alone_loads(pairs_run, tmp_path):

@@ -16,7 +16,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from cltrain.config import ExperimentConfig, choice, component_config
+from cltrain.config import ExperimentConfig, bounded, choice, component_config, count, positive
 from cltrain.distributed import all_sum
 from cltrain.errors import ConfigError
 from cltrain.learners.base import LEARNERS, Learner
@@ -28,13 +28,13 @@ from cltrain.nn.modulators import POOL_HOSTS, PoolIA3, PoolLoRA, Selection, host
 
 @dataclass
 class L2MConfig:
-    pool_size: int = 30
-    rank: int = 8  # LoRA rank
-    alpha: float = 16.0  # LoRA scale alpha / rank = 2
+    pool_size: int = count(30, high=100_000)
+    rank: int = count(8, high=4096)  # LoRA rank
+    alpha: float = positive(16.0, high=1e6)  # LoRA scale alpha / rank = 2
     modulator: str = choice("lora", "lora", "ia3")
-    pull: float = 0.5  # strength of the key pull term
+    pull: float = bounded(0.5, 0, 1e6)  # strength of the key pull term
     oracle: bool = False  # task t selects only among its own entries t*E .. t*E+E-1 (needs task ids)
-    oracle_entries: int = 3  # E: entries per task in the oracle split (30 / CW10)
+    oracle_entries: int = count(3, high=100_000)  # E: entries per task in the oracle split (30 / CW10)
 
 
 def check_pool_learner(cfg: ExperimentConfig, method: Any, hosts: tuple[str, ...]) -> None:

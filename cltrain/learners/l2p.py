@@ -12,7 +12,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from cltrain.config import ExperimentConfig, component_config
+from cltrain.config import ExperimentConfig, bounded, component_config, count
 from cltrain.errors import ConfigError
 from cltrain.learners.base import LEARNERS, Learner
 from cltrain.learners.l2m import _positive, check_pool_learner
@@ -22,10 +22,10 @@ from cltrain.nn.modulators import host_for
 
 @dataclass
 class L2PConfig:
-    pool_size: int = 100
-    top_k: int = 5
-    prompt_length: int = 1  # tokens per entry
-    pull: float = 0.5
+    pool_size: int = count(100, high=100_000)
+    top_k: int = count(5, high=100_000)
+    prompt_length: int = count(1, high=4096)  # tokens per entry
+    pull: float = bounded(0.5, 0, 1e6)
 
 
 @LEARNERS.register("l2p")
