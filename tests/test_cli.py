@@ -63,7 +63,7 @@ def test_bad_values_exit_2_with_the_valid_choices(tmp_path, capsys):
         ("tame/split_mnist", "trainer.devices=2 trainer.strategy=ddp_spawn", "valid: auto, ddp"),
         ("bench/pmnist_naive", "model.options.width=3", "valid keys under 'model.options': pretrained"),
         ("bench/pmnist_naive", "model.name=lenet model.options.width=3", "'model.options' is not read by"),
-        ("l2m/l2m", "learner.pool_size=0", "'learner.pool_size'; valid: > 0"),
+        ("l2m/l2m", "learner.pool_size=0", "'learner.pool_size'; valid: 1 <= pool_size"),
         ("l2m/l2m", "stream.options.context=0", "'stream.options.context'"),
         ("l2m/l2m", "stream.n_tasks=11", "valid: 1..10"),
         ("l2m/l2p", "model.name=mlp", "valid: dt"),

@@ -56,22 +56,13 @@ def check_pool_learner(cfg: ExperimentConfig, method: Any, hosts: tuple[str, ...
                               f"and learner.pool_size >= {max(need, 1)}")
 
 
-def _positive(method: Any, keys: tuple[str, ...]) -> None:
-    for key in keys:
-        if getattr(method, key) <= 0:
-            raise ConfigError(f"bad value {getattr(method, key)!r} for 'learner.{key}'; valid: > 0")
-
-
 @LEARNERS.register("l2m")
 class L2M(Learner):
     Config = L2MConfig
 
     @staticmethod
     def check(cfg: ExperimentConfig) -> None:
-        method = component_config(cfg.learner, L2MConfig, "learner")
-        _positive(method, ("pool_size", "rank", "alpha"))
-        if method.pull < 0:
-            raise ConfigError(f"bad value {method.pull} for 'learner.pull'; valid: >= 0")
+        method = component_config(cfg.learner, L2MConfig, "learner")  # ranges: declared on the fields
         check_pool_learner(cfg, method, tuple(POOL_HOSTS))
 
     def __init__(self, model: nn.Module, *args, **kwargs):

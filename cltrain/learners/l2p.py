@@ -15,7 +15,7 @@ from torch import nn
 from cltrain.config import ExperimentConfig, bounded, component_config, count
 from cltrain.errors import ConfigError
 from cltrain.learners.base import LEARNERS, Learner
-from cltrain.learners.l2m import _positive, check_pool_learner
+from cltrain.learners.l2m import check_pool_learner
 from cltrain.learners.pool import KeyPool, freeze, pull_loss
 from cltrain.nn.modulators import host_for
 
@@ -34,10 +34,10 @@ class L2P(Learner):
 
     @staticmethod
     def check(cfg: ExperimentConfig) -> None:
-        method = component_config(cfg.learner, L2PConfig, "learner")
-        _positive(method, ("pool_size", "top_k", "prompt_length"))
+        method = component_config(cfg.learner, L2PConfig, "learner")  # ranges: declared on the fields
         if method.top_k > method.pool_size:
-            raise ConfigError(f"learner.top_k={method.top_k} > learner.pool_size={method.pool_size}")
+            raise ConfigError(f"bad value {method.top_k} for 'learner.top_k'; valid: <= learner.pool_size "
+                              f"({method.pool_size}): a sample picks top_k different entries")
         check_pool_learner(cfg, method, ("dt",))  # prompts are tokens: a transformer only
 
     def __init__(self, model: nn.Module, *args, **kwargs):
