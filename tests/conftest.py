@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -87,6 +88,20 @@ def signal_mid_phase(args: list[str], sig: int, after: str = "phase 1/3") -> tup
     out.append(proc.stdout.read())
     proc.wait(timeout=120)
     return proc.returncode, "".join(out)
+
+
+def kill_after(args: list[str], after: str) -> int:
+    """Start `cltrain <args>`, SIGKILL it as soon as it prints `after` (e.g. "phase 1/3": that phase is
+    checkpointed), and return its exit code. Callers assert the run had not finished, or the test proves nothing."""
+    proc = subprocess.Popen([sys.executable, "-m", "cltrain.cli", *args], cwd=REPO, env={**os.environ, **CLI_ENV},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    for line in proc.stdout:
+        if after in line or time.time() > deadline:
+            break
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return proc.returncode
 
 
 def quick_config(experiment: str = "bench/pmnist_naive", *overrides: str):

@@ -1,16 +1,12 @@
 """IBCL on real MNIST features through the real CLI: fit, figures, kill + resume, substitution on a repeated task,
 zero-shot models without an optimizer step, and `cltrain ibcl-model` with its bad inputs."""
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 
-from conftest import DATA, REPO, run_cli, signal_mid_phase
+from conftest import kill_after, run_cli, signal_mid_phase
 
 QUICK_IBCL = ["stream.train_per_task=2000", "stream.test_per_task=500", "trainer.progress_bar=false",
               "logger.wandb.mode=disabled"]
@@ -47,15 +43,7 @@ def test_fit_writes_ibcl_figures(pairs_run):
 
 def test_kill_and_resume_gives_identical_metrics(pairs_run, tmp_path):
     killed = tmp_path / "killed"
-    env = {**os.environ, "CLTRAIN_DATA": str(DATA), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "cltrain.cli", *PAIRS3, f"run_dir={killed}"], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 300
-    for line in proc.stdout:  # kill as soon as the first phase is checkpointed
-        if "phase 1/3" in line or time.time() > deadline:
-            break
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    assert kill_after([*PAIRS3, f"run_dir={killed}"], "phase 1/3") == -signal.SIGKILL
     assert (killed / "checkpoints" / "last.pt").exists()
     assert not (killed / "metrics.json").exists(), "the run finished before the kill; the test proves nothing"
     resumed = run_cli(*PAIRS3, f"run_dir={killed}", "resume=true")

@@ -4,17 +4,13 @@ Unit tests use a tiny decision transformer on synthetic windows (seconds); the r
 DDP tests use real Meta-World environments and the real CLI.
 """
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, run_cli
+from conftest import kill_after, run_cli
 from cltrain.config import OptimConfig
 from cltrain.learners.l2m import L2M, L2MConfig
 from cltrain.learners.l2p import L2P, L2PConfig
@@ -231,7 +227,6 @@ def test_a_real_meta_world_rollout_runs_and_reports_success(cache):
     stream = metaworld_stream(cfg)
     expert = rollout_success(stream, ScriptedLearner("reach-v3"), 0, 0, 1, seed=0)
     assert expert == [1.0]  # the scripted expert reaches the goal in both seeded episodes
-    still = torch.nn.Module()
     idle = ScriptedLearner("reach-v3")
     idle.logits = lambda x, t: torch.zeros(x.shape[0], 64, x.shape[1], 4).index_fill_(1, torch.tensor([32]), 1.0)
     assert rollout_success(stream, idle, 0, 0, 1, seed=0) == [0.0]  # standing still (action 0) never succeeds
@@ -266,15 +261,7 @@ def test_kill_and_resume_of_an_l2m_run_gives_identical_metrics(tmp_path, cache, 
     full, killed = tmp_path / "full", tmp_path / "killed"
     done = run_cli(*job, f"run_dir={full}")
     assert done.returncode == 0, done.stderr[-3000:]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "cltrain.cli", *job, f"run_dir={killed}"], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 300
-    for line in proc.stdout:
-        if "phase 1/2" in line or time.time() > deadline:
-            break
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    assert kill_after([*job, f"run_dir={killed}"], "phase 1/2") == -signal.SIGKILL
     assert not (killed / "metrics.json").exists(), "the run finished before the kill; the test proves nothing"
     resumed = run_cli(*job, f"run_dir={killed}", "resume=true")
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -2,17 +2,13 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 
-from conftest import DATA, QUICK, REPO, results, run_cli
-from test_bad_inputs import BASE, refused
+from conftest import QUICK, kill_after, results, run_cli
+from test_bad_inputs import refused
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -74,15 +70,7 @@ def test_merge_learner_resumes_after_sigkill_to_the_same_metrics(tmp_path):
     job = ["fit", *JOB, "stream.n_tasks=4", "stream.train_per_task=4000", "trainer.epochs_per_task=2"]
     full, killed = tmp_path / "full", tmp_path / "killed"
     assert run_cli(*job, f"run_dir={full}").returncode == 0
-    env = {**os.environ, "CLTRAIN_DATA": str(DATA), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "cltrain.cli", *job, f"run_dir={killed}"], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 300
-    for line in proc.stdout:  # kill once phase 1 (a task vector, validation samples, a lam) is checkpointed
-        if "phase 1/4" in line or time.time() > deadline:
-            break
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    assert kill_after([*job, f"run_dir={killed}"], "phase 1/4") == -signal.SIGKILL
     assert not (killed / "metrics.json").exists(), "the run finished before the kill; the test proves nothing"
     resumed = run_cli(*job, f"run_dir={killed}", "resume=true")
     assert resumed.returncode == 0, resumed.stderr[-3000:]

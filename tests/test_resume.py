@@ -1,11 +1,7 @@
 """Reproducibility: same seed -> same metrics; a SIGKILLed run resumed from its checkpoint ends identically."""
-import os
 import signal
-import subprocess
-import sys
-import time
 
-from conftest import DATA, QUICK, REPO, results, run_cli
+from conftest import QUICK, kill_after, results, run_cli
 
 # SI (learner state), replay (plugin state, its own RNG), SGD momentum (optimizer state) and the validation
 # matrix (stream.val_fraction) all must survive.
@@ -26,16 +22,8 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     full, killed = tmp_path / "full", tmp_path / "killed"
     assert run_cli(*JOB, f"run_dir={full}").returncode == 0
 
-    env = {**os.environ, "CLTRAIN_DATA": str(DATA), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "cltrain.cli", *JOB, f"run_dir={killed}"], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 300
-    for line in proc.stdout:  # kill as soon as the first phase is checkpointed
-        if "phase 1/4" in line or time.time() > deadline:
-            break
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    code = kill_after([*JOB, f"run_dir={killed}"], "phase 1/4")
+    assert code == -signal.SIGKILL
     assert (killed / "checkpoints" / "last.pt").exists()
     assert not (killed / "metrics.json").exists(), "the run finished before the kill; the test proves nothing"
 
