@@ -36,9 +36,10 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
-            raise ConfigError(
-                f"{self.config_key}={name!r} is not a known {self.kind}; valid: {', '.join(sorted(self._items))}"
-            ) from None
+            # Names starting with "_" are private (registered by tests at run time): not offered as choices, so the
+            # message is the same as the config catalog's, which reads only the packages' files.
+            public = [n for n in sorted(self._items) if not n.startswith("_")]
+            raise ConfigError(f"{self.config_key}={name!r} is not a known {self.kind}; valid: {', '.join(public)}") from None
 
     def names(self) -> list[str]:
         return sorted(self._items)
