@@ -44,12 +44,9 @@ REGISTRIES = {"LEARNERS": LEARNERS, "PLUGINS": PLUGINS, "STREAMS": STREAMS, "DAT
 
 def resolve_components(cfg: ExperimentConfig) -> Components:
     """Check every registry name and component section on the imported components (cltrain/resolve.py), then
-    what only the imported components can check: a method's rules across sections and the `stream.options` /
-    `model.options` of the families that take them (components without a `check` take no options)."""
+    what only the imported components can check: the `stream.options` / `model.options` of the families that
+    take them (components without a `check` take no options)."""
     parts = resolve.resolve_components(cfg, lambda registry, name: REGISTRIES[registry].get(name))
-    check = getattr(parts.learner_cls, "check", None)
-    if check is not None:
-        check(cfg)
     _check_options(STREAMS.get(cfg.stream.name), cfg, cfg.stream.options, "stream.options",
                    f"stream.name={cfg.stream.name!r}")
     _check_options(MODELS.get(cfg.model.name), cfg.model, cfg.model.options, "model.options",

@@ -322,3 +322,12 @@ def test_image_stream_pool_on_a_frozen_mnist_mlp_reports_retrieval(tmp_path):
         if key.startswith("model."):
             head, leaf = key.rsplit(".", 1)
             assert torch.equal(after[f"{head}.base.{leaf}"], value)
+
+
+def test_the_pool_learners_config_names_exactly_the_registered_pool_hosts():
+    # l2m.py keeps a literal copy (its config checks must not import torch): it must follow the registry.
+    import cltrain.nn  # noqa: F401  (registration)
+    from cltrain.learners.l2m import POOL_HOST_MODELS
+    from cltrain.nn.modulators import POOL_HOSTS
+
+    assert set(POOL_HOST_MODELS) == set(POOL_HOSTS)

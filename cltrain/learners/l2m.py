@@ -16,14 +16,13 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from cltrain.config import ExperimentConfig, bounded, choice, component_config, count, positive
+from cltrain.config import bad, bounded, choice, count, positive
 from cltrain.distributed import all_sum
-from cltrain.errors import ConfigError
 from cltrain.learners.base import LEARNERS, Learner
 from cltrain.learners.pool import KeyPool, freeze, pull_loss
 from cltrain.nn.modes import in_mode
 from cltrain.streams.loader import eval_batches
-from cltrain.nn.modulators import POOL_HOSTS, PoolIA3, PoolLoRA, Selection, host_for
+from cltrain.nn.modulators import PoolIA3, PoolLoRA, Selection, host_for
 
 
 @dataclass
@@ -36,34 +35,37 @@ class L2MConfig:
     oracle: bool = False  # task t selects only among its own entries t*E .. t*E+E-1 (needs task ids)
     oracle_entries: int = count(3, high=100_000)  # E: entries per task in the oracle split (30 / CW10)
 
+    def validate(self, where: str, exp: Any) -> None:
+        check_pool_learner(exp, self, POOL_HOST_MODELS, where)
 
-def check_pool_learner(cfg: ExperimentConfig, method: Any, hosts: tuple[str, ...]) -> None:
-    """Pool methods need the decision transformer, a task-aware stream for the oracle, and no weight decay
+
+# The networks that host a pool (cltrain/nn/modulators.py's POOL_HOSTS registry), as a literal so the config
+# checks run without importing torch; tests/test_l2m.py checks it against the registry.
+POOL_HOST_MODELS = ("dt", "mlp")
+
+
+def check_pool_learner(exp: Any, method: Any, hosts: tuple[str, ...], where: str) -> None:
+    """Pool methods need a network that hosts the pool, a task-aware stream for the oracle, and no weight decay
     (decay would move unselected entries, whose gradient is zero but not None)."""
-    if cfg.model.name not in hosts:
-        raise ConfigError(f"learner.name={cfg.learner['name']!r} needs a network that hosts its pool; "
-                          f"model.name={cfg.model.name!r} (valid: {', '.join(hosts)})")
-    if cfg.optim.weight_decay != 0:
-        raise ConfigError(f"optim.weight_decay={cfg.optim.weight_decay} would change pool entries that were not "
-                          f"selected; valid with learner.name={cfg.learner['name']!r}: 0")
+    name = exp.learner.get("name")
+    if exp.model.name not in hosts:
+        raise bad("model.name", exp.model.name, f"{', '.join(hosts)} (a network that hosts {name}'s pool)")
+    if exp.optim.weight_decay != 0:
+        raise bad("optim.weight_decay", exp.optim.weight_decay,
+                  f"0 with learner.name={name!r} (decay would change pool entries that were not selected)")
     if getattr(method, "oracle", False):
-        if cfg.stream.presentation != "task_aware":
-            raise ConfigError("learner.oracle=true needs task ids; stream.presentation must be task_aware")
-        need = cfg.stream.n_tasks * method.oracle_entries
-        if method.oracle_entries <= 0 or method.pool_size < need:
-            raise ConfigError(f"learner.oracle=true gives each of stream.n_tasks={cfg.stream.n_tasks} tasks "
-                              f"learner.oracle_entries={method.oracle_entries} entries; valid: oracle_entries > 0 "
-                              f"and learner.pool_size >= {max(need, 1)}")
+        if exp.stream.presentation != "task_aware":
+            raise bad("stream.presentation", exp.stream.presentation, "task_aware with learner.oracle=true (task ids)")
+        need = exp.stream.n_tasks * method.oracle_entries
+        if method.pool_size < need:
+            raise bad(f"{where}pool_size", method.pool_size,
+                      f"pool_size >= {need} (learner.oracle=true gives each of stream.n_tasks={exp.stream.n_tasks} "
+                      f"tasks learner.oracle_entries={method.oracle_entries} entries)")
 
 
 @LEARNERS.register("l2m")
 class L2M(Learner):
     Config = L2MConfig
-
-    @staticmethod
-    def check(cfg: ExperimentConfig) -> None:
-        method = component_config(cfg.learner, L2MConfig, "learner")  # ranges: declared on the fields
-        check_pool_learner(cfg, method, tuple(POOL_HOSTS))
 
     def __init__(self, model: nn.Module, *args, **kwargs):
         super().__init__(model, *args, **kwargs)

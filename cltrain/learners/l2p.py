@@ -12,8 +12,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from cltrain.config import ExperimentConfig, bounded, component_config, count
-from cltrain.errors import ConfigError
+from cltrain.config import bad, bounded, count
 from cltrain.learners.base import LEARNERS, Learner
 from cltrain.learners.l2m import check_pool_learner
 from cltrain.learners.pool import KeyPool, freeze, pull_loss
@@ -27,18 +26,16 @@ class L2PConfig:
     prompt_length: int = count(1, high=4096)  # tokens per entry
     pull: float = bounded(0.5, 0, 1e6)
 
+    def validate(self, where: str, exp: Any) -> None:
+        if self.top_k > self.pool_size:
+            raise bad(f"{where}top_k", self.top_k, f"<= {where}pool_size ({self.pool_size}): a sample picks top_k "
+                      "different entries")
+        check_pool_learner(exp, self, ("dt",), where)  # prompts are tokens: a transformer only
+
 
 @LEARNERS.register("l2p")
 class L2P(Learner):
     Config = L2PConfig
-
-    @staticmethod
-    def check(cfg: ExperimentConfig) -> None:
-        method = component_config(cfg.learner, L2PConfig, "learner")  # ranges: declared on the fields
-        if method.top_k > method.pool_size:
-            raise ConfigError(f"bad value {method.top_k} for 'learner.top_k'; valid: <= learner.pool_size "
-                              f"({method.pool_size}): a sample picks top_k different entries")
-        check_pool_learner(cfg, method, ("dt",))  # prompts are tokens: a transformer only
 
     def __init__(self, model: nn.Module, *args, **kwargs):
         super().__init__(model, *args, **kwargs)
