@@ -250,6 +250,9 @@ class ContinualTrainer:
             metrics.update({f"val_{k}": v for k, v in val.items()})
         if self.ranks_agree is not None:
             metrics["ddp_weights_agree"] = self.ranks_agree
+        # Lightning's teardown moves the module back to the CPU after every fit while the stream's arrays stay
+        # on the training device; the final figures (routing, retrieval, zero-shot models) need both together.
+        self.learner.to(self.stream.device)
         ctx = FinalContext(self.stream, p.phase_end_steps, self.learner.device,
                            self.cfg.trainer.eval_batch_size, self.rank, self.world_size, str(self.run.path))
         metrics.update(self._method_figures(ctx))

@@ -59,6 +59,11 @@ class Stream:
     def task_aware(self) -> bool:
         return self.presentation == "task_aware"
 
+    @property
+    def device(self) -> torch.device:
+        """Where the stream's arrays are (the training device once the trainer has placed them)."""
+        return self.train.labels.device
+
     def train_batch(self, base: torch.Tensor, task_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs, targets) of training rows `base` (indices into `train`); other stream kinds override this."""
         return self.transform(self.train.images[base], task_ids), self.train.labels[base]

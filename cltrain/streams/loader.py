@@ -96,6 +96,10 @@ class PhaseLoader:
         return torch.randperm(segment.idx.numel(), generator=gen).to(segment.idx.device)
 
     def _segment_batches(self, segment: Segment) -> Iterator[Batch]:
+        # A segment is cut before its fit starts, and the first fit is what moves the stream to the training
+        # device: indices made then are still on the CPU, and batches must not mix devices (task ids on the
+        # CPU beside inputs on the GPU broke replay and facilitation on CUDA).
+        segment.idx, segment.task_ids = segment.idx.to(self.stream.device), segment.task_ids.to(self.stream.device)
         n, drawn, pass_no = segment.idx.numel(), 0, 0
         while drawn < segment.n_batches:
             order = self._order(segment, pass_no)
