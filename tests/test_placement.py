@@ -3,6 +3,7 @@ and state restored from a checkpoint (loaded on the CPU) placed on the module's 
 import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -130,3 +131,23 @@ def _tensors(tree) -> list:
         return [tree]
     values = tree.values() if isinstance(tree, dict) else tree if isinstance(tree, (list, tuple)) else []
     return [t for v in values for t in _tensors(v)]
+
+
+def test_loader_batches_keep_one_device_when_the_stream_is_placed_after_its_segments_were_cut():
+    """The trainer cuts a phase's segment before the fit that places the stream on the training device (CUDA):
+    every batch must still have inputs, labels and task ids on that device (task ids left on the CPU broke replay
+    and facilitation on a GPU). `meta` stands in for the GPU: anything left on the CPU shows."""
+    from conftest import quick_config
+    from cltrain.streams.base import STREAMS
+    from cltrain.streams.loader import PhaseLoader, Segment
+    from cltrain.streams.schedules import phase_indices
+
+    cfg = quick_config("bench/pmnist_naive", "stream.n_tasks=2")
+    stream = STREAMS.get("permuted")(cfg)
+    idx, tids = phase_indices(stream, np.array([500, 500]), 0, cfg.seed, True)
+    segment = Segment(0, idx, tids, 3)
+    assert segment.idx.device.type == "cpu"
+    stream.to(META)
+    batches = list(PhaseLoader(stream, [segment], 128, cfg.seed))
+    assert len(batches) == 3
+    assert all({b.x.device, b.y.device, b.t.device} == {META} for b in batches)
