@@ -42,6 +42,9 @@ CONDITIONS = {  # the paper's comparison on permuted MNIST: environment x learne
 }
 # run first (all seeds) so that a stopped regeneration still answers the matching question
 MATCHING = ("none", "powerlaw", "uniform", "exponential", "uniform_exposure", "exponential_exposure")
+# The regeneration's scale (not the experiment file's 400-unit layers): sized so that all runs fit in an
+# afternoon on 2 cores shared with several other jobs; --full runs the paper's protocol instead.
+CPU_SCALE = ["model.hidden=[100,100]"]
 # every main run also trains a probe copy on each new task alone from the phase's starting weights
 PROBE = ["plugins.probe.steps=50", "plugins.probe.eval_every=5", "plugins.probe.threshold=0.9"]
 SPLIT_CONDITIONS = {k: CONDITIONS[k] for k in ("none", "powerlaw", "uniform", "exponential", "joint")}
@@ -72,7 +75,7 @@ def plan(args) -> list[tuple[str, str, list[str], Path]]:
     for names in (MATCHING, [n for n in CONDITIONS if n not in MATCHING]):
         for seed in range(args.seeds):
             for name in names:
-                jobs.append(("main", pm, [*CONDITIONS[name], *PROBE, f"seed={seed}"],
+                jobs.append(("main", pm, [*CONDITIONS[name], *([] if args.full else CPU_SCALE), *PROBE, f"seed={seed}"],
                              root / "main" / name / f"seed{seed}"))
     for seed in range(args.seeds):
         for name, ov in SPLIT_CONDITIONS.items() if args.all else ():
