@@ -279,6 +279,12 @@ def _probe_by_phase(main: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _tight(tight: dict) -> str:
+    if not tight:
+        return "Not run (the default command runs it; `--full` does not).\n"
+    return f"{_comparison_table(tight)}\n{_matching_table(tight)}"
+
+
 def _scale(args) -> str:
     if args.full:
         return "the paper's protocol: MLP 784-1000-1000-10, Adam 1e-4, batch 128, 5,000 iterations per task"
@@ -288,6 +294,7 @@ def _scale(args) -> str:
 
 def write_doc(path: Path, root: Path, args) -> None:
     main, split = _by_condition(root / "main"), _by_condition(root / "split")
+    tight = _by_condition(root / "tight")
     order = ["none", "powerlaw", "uniform", "exponential", "uniform_exposure", "exponential_exposure", "joint",
              "ewc", "si", "powerlaw_ewc"]
     probe = next((r["probe"] for runs in main.values() for r in runs if "probe" in r), None)
@@ -348,6 +355,12 @@ reach it left out).
 Probe AUC by phase (mean over seeds; phase 1 starts from the initial weights, identical across conditions):
 
 {_probe_by_phase(main)}
+### Where the budget binds: p_min = 0.01
+
+The same comparison with the oldest task keeping 1% of its samples in the last phase instead of 10% (the
+rehearsal share column gives the resulting budget); no rehearsal is the main section's (p_min does not change it).
+
+{_tight(tight)}
 ### Every condition
 
 Iters to 90%: training iterations of the run itself until the new task's running training accuracy first

@@ -47,6 +47,9 @@ MATCHING = ("none", "powerlaw", "uniform", "exponential", "uniform_exposure", "e
 CPU_SCALE = ["model.hidden=[100,100]"]
 # every main run also trains a probe copy on each new task alone from the phase's starting weights
 PROBE = ["plugins.probe.steps=50", "plugins.probe.eval_every=5", "plugins.probe.threshold=0.9"]
+# the same comparison where the budget binds: the oldest task keeps 1% instead of 10% in the last phase
+TIGHT = ["stream.rehearsal.p_min=0.01"]
+TIGHT_CONDITIONS = ("powerlaw", "uniform", "exponential", "uniform_exposure", "exponential_exposure")
 SPLIT_CONDITIONS = {k: CONDITIONS[k] for k in ("none", "powerlaw", "uniform", "exponential", "joint")}
 SWEEPS = {  # robustness: one factor at a time around the CPU default, power law vs its budget-matched rivals
     "tasks": [[f"stream.n_tasks={n}"] for n in (5, 20)],
@@ -77,6 +80,10 @@ def plan(args) -> list[tuple[str, str, list[str], Path]]:
             for name in names:
                 jobs.append(("main", pm, [*CONDITIONS[name], *([] if args.full else CPU_SCALE), *PROBE, f"seed={seed}"],
                              root / "main" / name / f"seed{seed}"))
+    for seed in range(args.seeds) if not args.full else ():
+        for name in TIGHT_CONDITIONS:
+            jobs.append(("tight", pm, [*CONDITIONS[name], *CPU_SCALE, *TIGHT, *PROBE, f"seed={seed}"],
+                         root / "tight" / name / f"seed{seed}"))
     for seed in range(args.seeds):
         for name, ov in SPLIT_CONDITIONS.items() if args.all else ():
             jobs.append(("split", "powerlaw/split_mnist", [*ov, f"seed={seed}"], root / "split" / name / f"seed{seed}"))
