@@ -319,8 +319,8 @@ rehearsal are budget matched to the power law in one of two ways (`stream.rehear
   tasks' share of each phase, hence of the samples presented, differs from the power law's phase by phase.
 - **exposure**: every phase rehearses exactly the power law's number of samples, spread over the old tasks by
   the rival's rule (equal counts; exponential decay with age, the rate fitted per phase). Each phase then
-  presents the same number of rehearsal and new-task samples under every schedule (tests/test_schedules.py
-  counts them on a real run); only which old tasks they come from differs.
+  presents the same number of rehearsal and new-task samples under every schedule, exactly for one seed
+  (tests/test_schedules.py counts them on a real run); only which old tasks they come from differs.
 
 ## Permuted MNIST, 10 tasks ({_scale(args)})
 

@@ -108,6 +108,9 @@ class BudgetMatched(Schedule):
     schedule's own, so each phase's share of new-task data differs between schedules. exposure: every phase
     rehearses exactly as many samples as the power law's phase, so with a fixed number of steps per phase every
     schedule presents the same rehearsal and new-task samples per phase; only their spread over old tasks differs.
+    Exactly, not only in expectation, for one seed: the phases then have the same size, the loader's order
+    depends on (seed, phase, pass) alone, and the new task's rows sit after the older tasks' in every schedule
+    (with a recurring `stream.order` an old task may come after it, and the counts agree in expectation).
     """
 
     def rehearse(self, age, n, old):
