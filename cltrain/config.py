@@ -145,6 +145,9 @@ class RehearsalConfig:
     beta: float = bounded(5.6, 0, 1000)
     nested: bool = True  # the samples rehearsed in phase k are a subset of those in phase k-1
     budget_match: bool = True  # uniform/exponential rehearse as many samples in total as the power law
+    # what budget_match matches: stored = samples stored over the whole run; exposure = the samples of every
+    # phase, so each phase presents as much rehearsal (and new-task data) as the power law's
+    match: str = choice("stored", "stored", "exposure")
     uniform_count: Optional[int] = count(None)  # uniform without budget matching: samples per old task per phase
     exp_rate: Optional[float] = positive(None, high=1000)  # exponential n(x) = N*exp(-rate*x); None: fitted
 
@@ -159,6 +162,9 @@ class RehearsalConfig:
         if self.exp_rate is not None and (schedule != "exponential" or self.budget_match):
             raise bad(f"{where}exp_rate", self.exp_rate,
                       f"null unless stream.schedule=exponential and {where}budget_match=false")
+        if self.match != "stored" and (schedule not in ("uniform", "exponential") or not self.budget_match):
+            raise bad(f"{where}match", self.match,
+                      f"stored unless stream.schedule is uniform or exponential and {where}budget_match=true")
 
 
 # StreamConfig keys that only some stream families read (each declares them: STREAMS.register(name, reads=...))

@@ -138,6 +138,6 @@ def _run(cfg: ExperimentConfig, parts: Components, run_dir: str) -> dict[str, An
         model = build_model()
         learner = parts.learner_cls(model, cfg.optim, parts.method_cfg, stream.class_mask(), build_model,
                                     seed=cfg.seed)
-    ctx = PluginContext(seed=cfg.seed, batch_size=cfg.trainer.batch_size, run_dir=run_dir)
+    ctx = PluginContext(seed=cfg.seed, batch_size=cfg.trainer.batch_size, run_dir=run_dir, stream=stream)
     plugins = {name: cls(pcfg, ctx) for name, (cls, pcfg) in parts.plugin_cfgs.items()}
     return ContinualTrainer(cfg, stream, learner, plugins, counts, run).fit()

@@ -140,6 +140,10 @@ COMBINATIONS = [
     (["stream.schedule=uniform", "stream.rehearsal.budget_match=false", "stream.rehearsal.uniform_count=0"],
      "uniform_count"),
     (["stream.schedule=uniform", "stream.rehearsal.uniform_count=5"], "uniform_count"),  # ignored when matched
+    (["stream.schedule=powerlaw", "stream.rehearsal.match=exposure"], "match"),  # the power law is the reference
+    (["stream.schedule=uniform", "stream.rehearsal.budget_match=false", "stream.rehearsal.match=exposure"],
+     "match"),  # nothing to match
+    (["stream.schedule=exponential", "stream.rehearsal.match=presented"], "match"),
     (["stream.rehearsal.n0=100"], "n0"),  # ignored by the min_proportion form
     (["plugins.replay.capacity=0"], "capacity"),
     (["plugins.detection.window=0"], "window"),

@@ -3,9 +3,10 @@ import signal
 
 from conftest import QUICK, results, run_cli, signal_mid_phase
 
-# SI + replay + facilitation: learner, optimizer, plugin and RNG state must all survive a mid-phase stop.
+# SI + replay + facilitation + probe: learner, optimizer, plugin and RNG state must all survive a mid-phase stop
+# (the probe of the interrupted phase ran before the stop and must neither run again nor be lost).
 JOB = ("fit", "powerlaw/pmnist", *QUICK, "stream.n_tasks=3", "learner.name=si", "plugins.replay.capacity=200",
-       "model.hidden=[100,100]", "trainer.steps_per_task=300")
+       "model.hidden=[100,100]", "trainer.steps_per_task=300", "plugins.probe.steps=10")
 _metrics = results
 
 

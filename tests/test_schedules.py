@@ -145,3 +145,54 @@ def test_loader_trains_each_phase_on_exactly_the_scheduled_counts(tmp_path, monk
         keys = torch.cat(keys)
         assert keys.unique().numel() == keys.numel()  # each scheduled sample once per epoch
         assert torch.bincount(keys // 10**6, minlength=4).tolist() == scheduled[phase]
+
+
+@pytest.mark.parametrize("name", ["uniform", "exponential"])
+def test_exposure_matching_gives_every_phase_the_power_laws_rehearsal(name):
+    pl = counts("powerlaw", p_min=0.05)
+    other = counts(name, p_min=0.05, match="exposure")
+    old = np.tril(np.ones((T, T), dtype=bool), -1)
+    assert (np.where(old, other, 0).sum(1) == np.where(old, pl, 0).sum(1)).all()  # phase by phase
+    assert (np.diag(other) == N).all() and other[old].min() >= 1
+    stored = counts(name, p_min=0.05)  # the run-total matching spreads the same budget differently over phases
+    assert (np.where(old, stored, 0).sum(1) != np.where(old, pl, 0).sum(1)).any()
+    if name == "uniform":  # equal within each phase
+        assert all(other[k, :k].max() - other[k, :k].min() <= 1 for k in range(1, T))
+    else:
+        assert all((np.diff(other[k, :k][::-1]) <= 0).all() for k in range(2, T))
+
+
+def _presented(tmp_path, monkeypatch, overrides):
+    """Rows of each task the real loader hands Lightning in each phase of a real run: P[phase, task]."""
+    from cltrain.streams.loader import PhaseLoader
+
+    drawn: dict = {}
+    original = PhaseLoader._make
+
+    def counting(self, segment, rows, n_global):
+        if segment.phase >= 0:  # not a method hook's task_samples loader
+            drawn.setdefault(segment.phase, []).append(segment.task_ids[rows])
+        return original(self, segment, rows, n_global)
+
+    monkeypatch.setattr(PhaseLoader, "_make", counting)
+    run_experiment(load_config("powerlaw/pmnist", [
+        *QUICK, "stream.n_tasks=4", "stream.train_per_task=600", "trainer.steps_per_task=9",
+        "trainer.batch_size=64", "model.hidden=[50]", f"run_dir={tmp_path / overrides[0]}", *overrides[1:]]))
+    monkeypatch.undo()
+    return np.array([torch.bincount(torch.cat(drawn[k]), minlength=4).tolist() for k in range(4)])
+
+
+def test_exposure_matching_presents_the_same_rehearsal_per_phase_on_a_real_stream(tmp_path, monkeypatch):
+    """Real runs (9 steps of 64 per phase, fewer than a phase holds, so the loader presents a shuffled part of
+    it): under exposure matching uniform and exponential present exactly the power law's number of rehearsal
+    samples and of new-task samples in every phase; only which old tasks they come from differs."""
+    pl = _presented(tmp_path, monkeypatch, ["pl", "stream.schedule=powerlaw"])
+    new = np.eye(4, dtype=bool)
+    for name in ("uniform", "exponential"):
+        other = _presented(tmp_path, monkeypatch, [name, f"stream.schedule={name}", "stream.rehearsal.match=exposure"])
+        assert (other.sum(1) == 9 * 64).all()
+        assert (other[new] == pl[new]).all()  # the new task's share of every phase is the power law's
+        assert (np.where(~new, other, 0).sum(1) == np.where(~new, pl, 0).sum(1)).all()  # so is the rehearsal
+        assert (other[3, :3] != pl[3, :3]).any()  # spread differently over the old tasks
+    stored = _presented(tmp_path, monkeypatch, ["stored", "stream.schedule=uniform"])
+    assert (stored[new] != pl[new]).any()  # matching stored samples alone leaves the shares unequal

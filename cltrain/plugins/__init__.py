@@ -3,4 +3,4 @@ from cltrain.plugins import facilitation, replay  # noqa: F401  (registration)
 from cltrain.plugins.base import PLUGINS, Plugin, PluginContext
 
 __all__ = ["PLUGINS", "Plugin", "PluginContext"]
-from cltrain.plugins import detection, pruning  # noqa: F401,E402  (registration)
+from cltrain.plugins import detection, probe, pruning  # noqa: F401,E402  (registration)

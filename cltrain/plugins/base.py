@@ -20,6 +20,7 @@ class PluginContext:
     seed: int
     batch_size: int
     run_dir: Optional[str] = None
+    stream: Any = None  # the run's Stream (cltrain.streams.base), for plugins that draw their own data
 
 
 class Plugin(Callback):

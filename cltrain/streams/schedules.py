@@ -102,35 +102,60 @@ def _exact_round(values: np.ndarray, total: int, upper: np.ndarray) -> np.ndarra
 
 
 class BudgetMatched(Schedule):
-    """A schedule whose total rehearsal (summed over phases and old tasks) equals the power law's."""
+    """A schedule whose rehearsal budget equals the power law's (`stream.rehearsal.match`).
 
-    def budget(self, age, n, old) -> int:
-        return int(PowerLawSchedule(self.cfg).rehearse(age, n, old).sum())
+    stored: the total over all phases and old tasks is the power law's; how it splits over phases is the
+    schedule's own, so each phase's share of new-task data differs between schedules. exposure: every phase
+    rehearses exactly as many samples as the power law's phase, so with a fixed number of steps per phase every
+    schedule presents the same rehearsal and new-task samples per phase; only their spread over old tasks differs.
+    Exactly, not only in expectation, for one seed: the phases then have the same size, the loader's order
+    depends on (seed, phase, pass) alone, and the new task's rows sit after the older tasks' in every schedule
+    (with a recurring `stream.order` an old task may come after it, and the counts agree in expectation).
+    """
+
+    def rehearse(self, age, n, old):
+        x, upper = age[old].astype(np.float64), n[old]
+        if not self.cfg.budget_match:
+            return self.unmatched(x, upper)
+        budget = PowerLawSchedule(self.cfg).rehearse(age, n, old)
+        if self.cfg.match == "stored":
+            return self.allocate(x, upper, int(budget.sum()))
+        # old[k] picks phase k's old tasks; boolean indexing is row-major, so each phase is one contiguous run
+        bounds = np.concatenate([[0], np.cumsum(old.sum(1))])
+        return np.concatenate([np.zeros(0, dtype=np.int64)] + [
+            self.allocate(x[a:b], upper[a:b], int(budget[a:b].sum())) for a, b in zip(bounds[:-1], bounds[1:])])
+
+    def allocate(self, x: np.ndarray, upper: np.ndarray, total: int) -> np.ndarray:
+        """Counts within [1, upper] for tasks of ages x summing to `total`."""
+        raise NotImplementedError
+
+    def unmatched(self, x: np.ndarray, upper: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
 
 
 @SCHEDULES.register("uniform")
 class UniformSchedule(BudgetMatched):
-    """The same count for every old task in every phase (experience replay's environment)."""
+    """The same count for every old task (experience replay's environment): in every phase (match=stored),
+    or within each phase (match=exposure)."""
 
-    def rehearse(self, age, n, old):
-        upper = n[old]
-        if not self.cfg.budget_match:
-            count = self.cfg.uniform_count or 1
-            return np.minimum(np.full(upper.shape, count), upper)
-        total = self.budget(age, n, old)
+    def unmatched(self, x, upper):
+        count = self.cfg.uniform_count or 1
+        return np.minimum(np.full(upper.shape, count), upper)
+
+    def allocate(self, x, upper, total):
         return _exact_round(np.full(upper.shape, total / max(len(upper), 1), dtype=np.float64), total, upper)
 
 
 @SCHEDULES.register("exponential")
 class ExponentialSchedule(BudgetMatched):
-    """n(x) = N * exp(-rate * x); the rate is fitted (bisection) so the total matches the power law's budget."""
+    """n(x) = N * exp(-rate * x); the rate is fitted (bisection) so the total matches the power law's budget
+    (over the run, or per phase with match=exposure)."""
 
-    def rehearse(self, age, n, old):
-        x, upper = age[old].astype(np.float64), n[old]
-        if not self.cfg.budget_match:
-            rate = self.cfg.exp_rate if self.cfg.exp_rate is not None else 1.0
-            return np.clip(np.round(upper * np.exp(-rate * x)), 1, upper).astype(np.int64)
-        total = self.budget(age, n, old)
+    def unmatched(self, x, upper):
+        rate = self.cfg.exp_rate if self.cfg.exp_rate is not None else 1.0
+        return np.clip(np.round(upper * np.exp(-rate * x)), 1, upper).astype(np.int64)
+
+    def allocate(self, x, upper, total):
         curve = lambda rate: np.clip(upper * np.exp(-rate * x), 1, upper)  # noqa: E731
         lo, hi = 0.0, 50.0
         for _ in range(200):  # total is decreasing in the rate
