@@ -251,8 +251,8 @@ class TrainerConfig:
 
             name = exp.learner["name"]
             if not lookup("LEARNERS", name).single_network:
-                raise bad(f"{where}keep_phase_weights", True, f"false: learner.name={name!r} keeps no single network "
-                          f"(cltrain merge finds its experts through a source of its own)")
+                raise bad(f"{where}keep_phase_weights", True, f"false: learner.name={name!r} keeps state outside its "
+                          f"network, whose weights alone are not the learner (TAME's experts: cltrain merge source=tame)")
 
 
 @dataclass

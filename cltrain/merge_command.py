@@ -121,8 +121,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
     from cltrain.merging.offline import merge_run  # torch and the streams: seconds
 
     result = merge_run(run_dir, req, options)
+    norm = "undefined" if result["normalised_acc"] is None else f"{result['normalised_acc']:.4f}"
     print(f"[cltrain] merged {len(result['tasks'])} task vectors ({req.source}) with {req.method} "
-          f"(lam {result['lam']}): mean acc {result['acc']:.4f}, normalised by the experts {result['normalised_acc']:.4f} -> "
+          f"(lam {result['lam']}): mean acc {result['acc']:.4f}, normalised by the experts {norm} -> "
           f"{result['out']}")
     return 0
 

@@ -102,9 +102,13 @@ def run_all(seeds: list[int]) -> None:
 
 
 def task_orders(seed: int) -> dict[str, list[int]]:
-    """natural, reversed, and a shuffle drawn from the seed."""
-    shuffled = torch.randperm(5, generator=generator(seed, "merging_task_order")).tolist()
-    return {"natural": [0, 1, 2, 3, 4], "reversed": [4, 3, 2, 1, 0], "shuffled": shuffled}
+    """natural, reversed, and a shuffle drawn from the seed (redrawn until it is neither of the other two)."""
+    fixed = {"natural": [0, 1, 2, 3, 4], "reversed": [4, 3, 2, 1, 0]}
+    draw = 0
+    while (shuffled := torch.randperm(5, generator=generator(seed, "merging_task_order", draw)).tolist()) \
+            in fixed.values():
+        draw += 1
+    return {**fixed, "shuffled": shuffled}
 
 
 def condition(name: str, base: Path | None) -> tuple[str, list[str]]:

@@ -49,8 +49,8 @@ class Learner(pl.LightningModule):
     presentations: ClassVar[tuple[str, ...]] = ("task_aware", "task_agnostic")  # stream.presentation values it supports
     incompatible_plugins: ClassVar[dict[str, str]] = {}  # plugin name -> why the two cannot run together
     reports_shifts: ClassVar[bool] = False  # its training_step returns outputs["shift"] (its own task-shift decisions)
-    # True: `self.model` is the whole network it predicts with (trainer.keep_phase_weights saves its weights after
-    # each phase); False: no single network (TAME's expert pool)
+    # True: `self.model` holds everything it predicts with (trainer.keep_phase_weights saves its weights after each
+    # phase); False: part of it lives elsewhere (TAME's expert pool, L2M's / L2P's pools and prompts)
     single_network: ClassVar[bool] = True
 
     def __init__(self, model: nn.Module, optim: OptimConfig, method: Any = None,

@@ -88,11 +88,19 @@ def merge_run(run_dir: Path, req: Any, options: Any) -> dict[str, Any]:
         "tasks": [min((t for t, j in owners.items() if j == i), default=None) for i in range(len(vectors))],
         "task_to_vector": {str(t): i for t, i in sorted(owners.items())}, "acc_per_task": acc,
         "acc": sum(acc[t] for t in seen) / len(seen), "expert_acc": [expert_acc.get(t) for t in range(len(acc))],
-        "normalised_acc": sum(acc[t] / expert_acc[t] for t in seen) / len(seen), "out": str(out),
+        "normalised_acc": normalised(acc, expert_acc, seen), "out": str(out),
         "merge_time_s": seconds, "task_vector_bytes": size_bytes(vectors),
     }
     (out / "merge.json").write_text(strict_json.dumps(result, indent=2))
     return result
+
+
+def normalised(acc: list[float], expert_acc: dict[int, float], seen: list[int]) -> float | None:
+    """Mean over the seen tasks of merged / expert accuracy; null when an expert scores 0 on its task (a TAME
+    expert whose task was learned over by another, say), where the ratio means nothing."""
+    if any(expert_acc[t] == 0 for t in seen):
+        return None
+    return sum(acc[t] / expert_acc[t] for t in seen) / len(seen)
 
 
 def choose(learner: Learner, req: Any, options: Any, seed: int, vectors: list, data: MergeData,
