@@ -251,8 +251,9 @@ class TrainerConfig:
 
             name = exp.learner["name"]
             if not lookup("LEARNERS", name).single_network:
-                raise bad(f"{where}keep_phase_weights", True, f"false: learner.name={name!r} keeps state outside its "
-                          f"network, whose weights alone are not the learner (TAME's experts: cltrain merge source=tame)")
+                raise bad(f"{where}keep_phase_weights", True,
+                          f"false: learner.name={name!r} keeps state outside its network, whose weights alone are "
+                          f"not the learner (TAME's experts: cltrain merge source=tame)")
 
 
 @dataclass

@@ -30,7 +30,6 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from cltrain import strict_json  # noqa: E402
 from cltrain.cli import _quiet_lightning  # noqa: E402
 from cltrain.config import component_config, load_config  # noqa: E402
 from cltrain.experiment import run_experiment  # noqa: E402
@@ -211,8 +210,9 @@ def order_table(seeds: list[int]) -> list[str]:
         runs = {o: metrics(name if o == "natural" else f"{name}_{o}", seeds) for o in labels}
         accs = [statistics.mean(m["acc"] for m in runs[o]) for o in labels if runs[o]]
         spread = f"{max(accs) - min(accs):.3f}" if len(accs) == len(labels) else "—"
-        lines.append(f"| {name} | " + " | ".join(mean_sd([m["acc"] for m in runs[o]]) for o in labels) + f" | {spread} | "
-                     + " | ".join(mean_sd([m["bwt"] for m in runs[o]]) for o in labels) + " |")
+        acc = " | ".join(mean_sd([m["acc"] for m in runs[o]]) for o in labels)
+        bwt = " | ".join(mean_sd([m["bwt"] for m in runs[o]]) for o in labels)
+        lines.append(f"| {name} | {acc} | {spread} | {bwt} |")
     return lines
 
 

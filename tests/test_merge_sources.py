@@ -141,3 +141,21 @@ def test_cltrain_merge_takes_tames_experts(tmp_path):
     result = _read(run / "merged" / "task_arithmetic" / "merge.json")
     assert result["source"] == "tame" and result["val_acc"] is not None
     assert result["val_rows_per_task"] == [50] * len(experts.owners)
+
+
+def test_kept_phase_weights_after_a_kill_and_resume_equal_an_uninterrupted_runs(tmp_path):
+    """A kill after phase 1 of 2, then resume=true: the start and both phases' weights are the uninterrupted
+    run's (the start file is written once, at the first phase's start, and a resumed run does not rewrite it)."""
+    import signal
+
+    from conftest import kill_after, run_cli
+
+    job = ["fit", *FINETUNE, "trainer.steps_per_task=400"]
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    assert run_cli(*job, f"run_dir={full}").returncode == 0
+    assert kill_after([*job, f"run_dir={killed}"], "phase 1/2") == -signal.SIGKILL
+    assert not (killed / "metrics.json").exists(), "the run finished before the kill; the test proves nothing"
+    assert run_cli(*job, f"run_dir={killed}", "resume=true").returncode == 0
+    for name in ("phase_start.pt", "phase_0.pt", "phase_1.pt"):
+        a, b = _weights(full / "checkpoints" / name), _weights(killed / "checkpoints" / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name

@@ -51,7 +51,8 @@ class MergeConfig:
             from cltrain.catalog import lookup
 
             learns = lookup("MERGERS", self.method).learns_scale
-            reason = f"{where}method={self.method!r} learns its coefficients" if learns else f"{where}lam=null picks lam"
+            reason = (f"{where}method={self.method!r} learns its coefficients" if learns
+                      else f"{where}lam=null picks lam")
             raise bad("stream.val_fraction", exp.stream.val_fraction,
                       f"> 0, e.g. 0.1 ({reason} on the stream's validation split, never on training or test data)"
                       + ("" if learns else f", or a fixed {where}lam"))
