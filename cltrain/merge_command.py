@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
-from cltrain.config import bounded, check_fields, component_config, count, merge_checked, parse_overrides, text
+from cltrain.config import bad, bounded, check_fields, component_config, count, merge_checked, parse_overrides, text
 from cltrain.errors import ConfigError
 
 
@@ -34,10 +34,6 @@ class MergeRunConfig:
     val_per_task: int = count(500, high=100_000)  # validation rows per task (at most the split's)
     merge: dict[str, Any] = field(default_factory=dict)  # the method's options, e.g. merge.density=0.2
     out: Optional[str] = text(None)  # default RUN_DIR/merged/<method>
-
-
-def bad(key: str, value: Any, valid: str) -> ConfigError:
-    return ConfigError(f"bad value {value!r} for '{key}'; valid: {valid}")
 
 
 def pick_source(run_dir: Path, learner: str, asked: Optional[str]) -> str:
@@ -60,9 +56,11 @@ def pick_source(run_dir: Path, learner: str, asked: Optional[str]) -> str:
         return asked
     found = entries("SOURCES")
     own = [n for n, e in found.items() if learner in e.for_learners]
+    if own:  # the same checks as when it is named (a killed run may lack a file it reads)
+        return pick_source(run_dir, learner, own[0])
     anyone = [n for n, e in sorted(found.items()) if not e.for_learners and usable(e)]
-    if own or anyone:
-        return (own or anyone)[0]
+    if anyone:
+        return anyone[0]
     raise ConfigError(f"{run_dir} has nothing to merge: learner.name={learner!r} keeps no task vectors and the run "
                       f"kept no per-phase weights; valid: a run of learner.name=merge or tame, or any run with "
                       f"trainer.keep_phase_weights=true")

@@ -150,7 +150,7 @@ def test_kept_phase_weights_after_a_kill_and_resume_equal_an_uninterrupted_runs(
 
     from conftest import kill_after, run_cli
 
-    job = ["fit", *FINETUNE, "trainer.steps_per_task=400"]
+    job = ["fit", *FINETUNE, "trainer.steps_per_task=200"]  # long enough to kill between the phases
     full, killed = tmp_path / "full", tmp_path / "killed"
     assert run_cli(*job, f"run_dir={full}").returncode == 0
     assert kill_after([*job, f"run_dir={killed}"], "phase 1/2") == -signal.SIGKILL
