@@ -35,7 +35,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parent
 # registry variable -> the package whose files register into it (imported by that package's __init__)
 PACKAGES = {"LEARNERS": "cltrain.learners", "PLUGINS": "cltrain.plugins", "STREAMS": "cltrain.streams",
             "DATASETS": "cltrain.streams", "SCHEDULES": "cltrain.streams", "MODELS": "cltrain.nn",
-            "MERGERS": "cltrain.merging"}
+            "MERGERS": "cltrain.merging", "SOURCES": "cltrain.merging"}
 # registry variable -> (the module defining it, kind, config key): as in its Registry(...) line, for the same errors
 REGISTRIES = {"LEARNERS": ("cltrain.learners.base", "learner", "learner.name"),
               "PLUGINS": ("cltrain.plugins.base", "plugin", "plugins"),
@@ -43,12 +43,14 @@ REGISTRIES = {"LEARNERS": ("cltrain.learners.base", "learner", "learner.name"),
               "DATASETS": ("cltrain.streams.datasets", "dataset", "stream.dataset"),
               "SCHEDULES": ("cltrain.streams.schedules", "schedule", "stream.schedule"),
               "MODELS": ("cltrain.nn.registry", "model", "model.name"),
-              "MERGERS": ("cltrain.merging.base", "merging method", "method")}
+              "MERGERS": ("cltrain.merging.base", "merging method", "method"),
+              "SOURCES": ("cltrain.merging.sources", "task-vector source", "source")}
 # Traits of the framework's base classes (Learner, Plugin); tests/test_catalog.py compares them with the classes.
 BASE_TRAITS: dict[str, Any] = {"presentations": ("task_aware", "task_agnostic"), "incompatible_plugins": {},
                                "schedule": None, "syncs_own_gradients": False, "reports_shifts": False,
-                               "learner_needs": {}, "reads": (), "learns_scale": False}
-FRAMEWORK_BASES = {"Learner", "Plugin", "Merger"}
+                               "learner_needs": {}, "reads": (), "learns_scale": False, "single_network": True,
+                               "for_learners": (), "needs_files": ("checkpoints/last.pt",), "takes_base": False}
+FRAMEWORK_BASES = {"Learner", "Plugin", "Merger", "Source"}
 # Imported for real while reading: they import nothing heavy.
 LIGHT_MODULES = {"__future__", "dataclasses", "typing", "math", "enum", "re", "pathlib", "cltrain.config",
                  "cltrain.errors", "cltrain.registry", "cltrain.hardware"}

@@ -58,7 +58,8 @@ def cmd_list(args: argparse.Namespace) -> int:
                           for p in d.rglob("*.yaml")})
     print(f"experiments: {', '.join(experiments)}")
     for title, registry in [("streams", "STREAMS"), ("learners", "LEARNERS"), ("plugins", "PLUGINS"),
-                            ("schedules", "SCHEDULES"), ("models", "MODELS"), ("merging methods", "MERGERS")]:
+                            ("schedules", "SCHEDULES"), ("models", "MODELS"), ("merging methods", "MERGERS"),
+                            ("merge sources (cltrain merge source=)", "SOURCES")]:
         print(f"{title}: {', '.join(known_names(registry))}")
     return 0
 

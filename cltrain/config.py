@@ -236,6 +236,9 @@ class TrainerConfig:
     precision: str = choice("32-true", *PRECISIONS)
     progress_bar: bool = True
     checkpoint: bool = True  # save a checkpoint after each phase (needed for resume)
+    # also keep the network's weights at the start (checkpoints/phase_start.pt) and after every phase k
+    # (checkpoints/phase_<k>.pt): task vectors for `cltrain merge RUN_DIR source=phases`
+    keep_phase_weights: bool = False
 
     @property
     def several_processes(self) -> bool:
@@ -249,6 +252,14 @@ class TrainerConfig:
         from cltrain.hardware import check_devices
 
         check_devices(self, where)
+        if self.keep_phase_weights:
+            from cltrain.catalog import lookup
+
+            name = exp.learner["name"]
+            if not lookup("LEARNERS", name).single_network:
+                raise bad(f"{where}keep_phase_weights", True,
+                          f"false: learner.name={name!r} keeps state outside its network, whose weights alone are "
+                          f"not the learner (TAME's experts: cltrain merge source=tame)")
 
 
 @dataclass

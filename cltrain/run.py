@@ -72,6 +72,14 @@ class RunFolder:
         torch.save(state, tmp)
         os.replace(tmp, self.last_checkpoint)
 
+    def save_weights(self, name: str, weights: dict[str, Any]) -> None:
+        """checkpoints/<name>.pt, written once (atomically): a resumed phase must not overwrite the start it had."""
+        target = self.checkpoints / f"{name}.pt"
+        if not target.exists():
+            tmp = self.checkpoints / f".{name}.pt.tmp"
+            torch.save({k: v.detach().cpu() for k, v in weights.items()}, tmp)
+            os.replace(tmp, target)
+
     def load_checkpoint(self) -> Optional[dict[str, Any]]:
         if not self.last_checkpoint.exists():
             return None

@@ -30,9 +30,9 @@ from cltrain.plots import acc_matrix_png, retention_png
 from cltrain.plugins.base import Plugin
 from cltrain.preemption import Preempted, PreemptionWatcher
 from cltrain.run import RunFolder
-from cltrain.seeding import derive_seed, generator, rng_snapshot
+from cltrain.seeding import derive_seed, rng_snapshot
 from cltrain.streams.base import Stream
-from cltrain.streams.loader import PhaseLoader, Segment
+from cltrain.streams.loader import PhaseLoader, Segment, task_rows
 from cltrain.streams.schedules import phase_indices
 
 
@@ -143,6 +143,8 @@ class ContinualTrainer:
 
     # ---- phase boundaries (called by _PhaseDriver inside the fit) ------------------------------------
     def start_phase(self, phase: int) -> None:
+        if phase == 0:
+            self.keep_weights("phase_start")  # before a learner's task hook can move them
         if self.stream.task_aware:
             task_id = self.stream.order[phase]
             self.learner.on_task_start(task_id)
@@ -152,7 +154,7 @@ class ContinualTrainer:
     def end_phase(self, trainer: pl.Trainer, phase: int, started: float, steps: int) -> None:
         if self.stream.task_aware:
             task_id = self.stream.order[phase]
-            self.learner.on_task_end(task_id, lambda bs, n: self.task_samples(task_id, bs, n))
+            self.learner.on_task_end(task_id, lambda bs, n, split="train": self.task_samples(task_id, bs, n, split))
             for plugin in self.plugins.values():
                 plugin.on_task_end(self.learner, task_id)
         row = self.evaluate(trainer)
@@ -172,6 +174,7 @@ class ContinualTrainer:
             self.loggers.log_phase(phase, row, seen, p.steps)
             if self.cfg.trainer.checkpoint:
                 self.run.save_checkpoint(self.checkpoint_state(), phase)
+            self.keep_weights(f"phase_{phase}")
             print(f"[cltrain] phase {phase + 1}/{self.stream.n_phases} (task {self.stream.order[phase]}): "
                   f"mean acc over seen tasks {seen:.4f} | {seconds:.1f} s", flush=True)
 
@@ -190,14 +193,18 @@ class ContinualTrainer:
                         f"{self.run.path}" + (f"; requeued SLURM job {requeued}" if requeued else
                                               "; continue with resume=true"))
 
-    def task_samples(self, task_id: int, batch_size: int, max_samples: int):
-        """Batches of up to max_samples training samples of one task (a seeded subset), for method hooks."""
-        task = self.stream.tasks[task_id]
-        gen = generator(self.cfg.seed, "task_samples", task_id)
-        pick = torch.randperm(task.n_train, generator=gen)[:max_samples].to(task.train_idx.device)
-        idx = task.train_idx[pick]
+    def task_samples(self, task_id: int, batch_size: int, max_samples: int, split: str = "train"):
+        """Batches of up to max_samples rows of one task's training (or validation) split, a seeded subset, for
+        method hooks (learners.base.TaskSamples)."""
+        idx = task_rows(self.stream.tasks[task_id], max_samples, self.cfg.seed, split)
         segment = Segment(-1 - task_id, idx, torch.full_like(idx, task_id), -(-idx.numel() // batch_size))
         return PhaseLoader(self.stream, [segment], batch_size, self.cfg.seed)
+
+    def keep_weights(self, name: str) -> None:
+        """trainer.keep_phase_weights: the network's state dict as checkpoints/<name>.pt (rank 0; a resumed run
+        keeps the file an earlier attempt wrote, which holds the weights of that moment)."""
+        if self.cfg.trainer.keep_phase_weights and self.rank == 0:
+            self.run.save_weights(name, self.learner.model.state_dict())
 
     # ---- evaluation -----------------------------------------------------------------------------------
     def evaluate(self, trainer: pl.Trainer, split: str = "test") -> list[float]:

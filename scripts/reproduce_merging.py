@@ -1,15 +1,19 @@
 """Reproduce the merging study and regenerate docs/results/merging.md.
 
-    python scripts/reproduce_merging.py                 # 3 seeds, CPU scale (minutes)
+    python scripts/reproduce_merging.py                 # 3 seeds x 3 task orders, CPU scale
     python scripts/reproduce_merging.py --seeds 0       # one seed
     python scripts/reproduce_merging.py --report-only
 
 1. A base MLP is pre-trained on Fashion-MNIST (all 10 classes, outside the stream; one per seed).
-2. On 5-task split MNIST (experiments/merging/split_mnist_merge.yaml) the merge learner fine-tunes that base on each
-   task (one run per seed, TIES at every boundary); `cltrain merge`'s code then merges its five experts with
-   every method (lam, where a method has one, chosen on 500 training samples per task).
+2. On 5-task split MNIST (experiments/merging/split_mnist_merge.yaml, 10 % of each task's training images held
+   out as its validation split) the merge learner fine-tunes that base on each task (one run per seed, TIES at
+   every boundary); `cltrain merge`'s code then merges its five experts with every method (lam, densities and
+   AdaMerging's inputs from the validation split).
 3. The same learner from the seeded random initialisation instead of the base (the baselines' start).
-4. Fine-tuning, EWC and joint training on the same stream from the seeded random initialisation.
+4. Fine-tuning, EWC and joint training on the same stream from the seeded random initialisation; fine-tuning
+   keeps its per-phase weights, merged as task vectors too (`cltrain merge source=phases`).
+5. Order sensitivity: the merge learner (F-MNIST base), fine-tuning and EWC with the tasks met in the natural
+   order, reversed, and in a shuffle drawn from the seed (cltrain.seeding purpose "merging_task_order").
 Runs land in runs/merging/<condition>/seed<k>; finished runs are reused.
 """
 from __future__ import annotations
@@ -26,12 +30,12 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from cltrain import strict_json  # noqa: E402
 from cltrain.cli import _quiet_lightning  # noqa: E402
 from cltrain.config import component_config, load_config  # noqa: E402
 from cltrain.experiment import run_experiment  # noqa: E402
 from cltrain.merging import MERGERS  # noqa: E402
 from cltrain.merging.offline import merge_run  # noqa: E402
+from cltrain.seeding import generator  # noqa: E402
 
 ROOT = REPO / "runs" / "merging"
 DOC = REPO / "docs" / "results" / "merging.md"
@@ -39,12 +43,16 @@ QUIET = ["trainer.progress_bar=false", "logger.wandb.mode=disabled"]
 PRETRAIN = ["stream.name=split", "stream.dataset=fashion_mnist", "stream.n_tasks=1", "stream.train_per_task=20000",
             "stream.test_per_task=2000", "learner.name=finetune", "trainer.epochs_per_task=2"]
 METHODS = {  # method -> its options (papers' defaults where they give one)
-    "average": {}, "task_arithmetic": {}, "ties": {"density": 0.2}, "dare": {"density": 0.1},
-    "breadcrumbs": {"drop_low": 0.85, "drop_high": 0.01}, "pcb": {"density": 0.2},
+    "average": {}, "task_arithmetic": {}, "ties": {}, "dare": {},
+    "breadcrumbs": {"drop_low": 0.85, "drop_high": 0.01}, "pcb": {},
     "adamerging": {"granularity": "layer", "coef_steps": 200, "coef_lr": 0.01},
 }
-BASELINES = {"finetune": ["learner.name=finetune"], "ewc": ["learner.name=ewc", "learner.lam=1000"],
-             "joint": ["learner.name=joint"]}
+DENSITIES = [0.1, 0.2, 0.3, 0.5]  # ties, dare, pcb: chosen with lam on the validation split
+LAMS = [0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0]
+PHASE_METHODS = ("average", "task_arithmetic", "ties")  # over fine-tuning's per-phase weights (source=phases)
+BASELINES = {"finetune": ["learner.name=finetune", "trainer.keep_phase_weights=true"],
+             "ewc": ["learner.name=ewc", "learner.lam=1000"], "joint": ["learner.name=joint"]}
+ORDERED = ("merge_fmnist_base", "finetune", "ewc")  # the conditions run in every task order
 
 
 def fit(name: str, seed: int, overrides: list[str], experiment: str = "merging/split_mnist") -> Path:
@@ -64,15 +72,16 @@ def pretrained_base(seed: int) -> Path:
     return path
 
 
-def merge_all(run: Path) -> dict[str, dict]:
+def merge_all(run: Path, methods=tuple(METHODS), source: str = "merge") -> dict[str, dict]:
     out = {}
-    for method, options in METHODS.items():
-        target = run / "merged" / method / "merge.json"
+    for method in methods:
+        target = run / ("merged" if source == "merge" else f"merged_{source}") / method / "merge.json"
         if not target.exists():
             schema = MERGERS.get(method).Config
-            req = SimpleNamespace(method=method, lam=None, lam_grid=[0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0],
-                                  val_per_task=500, out=None)
-            merge_run(run, req, component_config(options, schema, "merge") if schema else None)
+            grid = DENSITIES if schema is not None and "density" in schema.__dataclass_fields__ else None
+            req = SimpleNamespace(method=method, source=source, base=None, lam=None, lam_grid=LAMS,
+                                  density_grid=grid, val_per_task=500, needs_val=True, out=target.parent)
+            merge_run(run, req, component_config(METHODS[method], schema, "merge") if schema else None)
         out[method] = json.loads(target.read_text())
     return out
 
@@ -86,18 +95,36 @@ def run_all(seeds: list[int]) -> None:
         merge_all(fit("merge_random_base", seed, [], "merging/split_mnist_merge"))
         for name, overrides in BASELINES.items():
             fit(name, seed, overrides)
-        for name, (experiment, overrides) in orders(base).items():
+        merge_all(ROOT / "finetune" / f"seed{seed}", PHASE_METHODS, "phases")
+        for name, (experiment, overrides) in ordered_runs(base, seed).items():
             fit(name, seed, overrides, experiment)
 
 
-REVERSED = "stream.order=[4,3,2,1,0]"
+def task_orders(seed: int) -> dict[str, list[int]]:
+    """natural, reversed, and a shuffle drawn from the seed (redrawn until it is neither of the other two)."""
+    fixed = {"natural": [0, 1, 2, 3, 4], "reversed": [4, 3, 2, 1, 0]}
+    draw = 0
+    while (shuffled := torch.randperm(5, generator=generator(seed, "merging_task_order", draw)).tolist()) \
+            in fixed.values():
+        draw += 1
+    return {**fixed, "shuffled": shuffled}
 
 
-def orders(base: Path | None) -> dict[str, tuple[str, list[str]]]:
-    """Order sensitivity: the merge learner (F-MNIST base) and fine-tuning with the tasks met in reverse."""
-    base_key = [f"learner.base={base}"] if base is not None else []
-    return {"merge_fmnist_base_reversed": ("merging/split_mnist_merge", [REVERSED, *base_key]),
-            "finetune_reversed": ("merging/split_mnist", [REVERSED])}
+def condition(name: str, base: Path | None) -> tuple[str, list[str]]:
+    if name == "merge_fmnist_base":
+        return "merging/split_mnist_merge", [f"learner.base={base}"]
+    return "merging/split_mnist", BASELINES[name]
+
+
+def ordered_runs(base: Path | None, seed: int) -> dict[str, tuple[str, list[str]]]:
+    """The ordered conditions in the reversed and the shuffled order (the natural order is the main runs)."""
+    out = {}
+    for name in ORDERED:
+        experiment, overrides = condition(name, base)
+        for label, order in task_orders(seed).items():
+            if label != "natural":
+                out[f"{name}_{label}"] = (experiment, [f"stream.order=[{','.join(map(str, order))}]", *overrides])
+    return out
 
 
 def mean_sd(values: list[float]) -> str:
@@ -107,48 +134,90 @@ def mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {sd:.3f}"
 
 
-def report(seeds: list[int]) -> str:
+def metrics(name: str, seeds: list[int]) -> list[dict]:
+    return [json.loads((ROOT / name / f"seed{s}" / "metrics.json").read_text()) for s in seeds
+            if (ROOT / name / f"seed{s}" / "metrics.json").exists()]
+
+
+def merged(run_name: str, seeds: list[int], methods, folder: str = "merged") -> list[dict[str, dict]]:
+    runs = [ROOT / run_name / f"seed{s}" for s in seeds if (ROOT / run_name / f"seed{s}" / folder).exists()]
+    return [{m: json.loads((r / folder / m / "merge.json").read_text()) for m in methods} for r in runs]
+
+
+def method_rows(results: list[dict[str, dict]], methods) -> list[str]:
+    lines = []
+    for method in methods:
+        rows = [m[method] for m in results]
+        lams = ", ".join(map(str, sorted({r["lam"] for r in rows})))
+        densities = ", ".join(map(str, sorted({r["options"]["density"] for r in rows if "density" in r["options"]})))
+        lines.append(f"| {method} | {mean_sd([r['acc'] for r in rows])} | "
+                     f"{mean_sd([r['normalised_acc'] for r in rows])} | {lams} | {densities or '—'} | "
+                     f"{mean_sd([r['merge_time_s'] for r in rows])} |")
+    return lines
+
+
+HEADER = ["| method | ACC (merged, mean over tasks) | normalised by the experts | lam | density | "
+          "time per merge (s, measured under heavy load) |", "|---|---|---|---|---|---|"]
+
+
+def expert_tables(seeds: list[int]) -> list[str]:
     lines = []
     for base in ("merge_fmnist_base", "merge_random_base"):
-        runs = [ROOT / base / f"seed{s}" for s in seeds if (ROOT / base / f"seed{s}" / "merged").exists()]
-        merged = [{m: json.loads((r / "merged" / m / "merge.json").read_text()) for m in METHODS} for r in runs]
-        learner = [json.loads((r / "metrics.json").read_text()) for r in runs]
+        results = merged(base, seeds, METHODS)
+        learner = metrics(base, seeds)
         title = "Fashion-MNIST-pre-trained base" if base == "merge_fmnist_base" else "random-init base (seeded)"
-        lines += [f"### Experts fine-tuned from the {title} ({len(runs)} seeds)", "",
-                  "| method | ACC (merged, mean over tasks) | normalised by the experts | lam | time per merge (s) |",
-                  "|---|---|---|---|---|"]
-        if merged:
-            experts = [statistics.mean(m["average"]["expert_acc"]) for m in merged]
-            lines.append(f"| individual experts (each on its own task) | {mean_sd(experts)} | 1 | — | — |")
-        for method in METHODS:
-            rows = [m[method] for m in merged]
-            lams = sorted({r["lam"] for r in rows})
-            lines.append(f"| {method} | {mean_sd([r['acc'] for r in rows])} | "
-                         f"{mean_sd([r['normalised_acc'] for r in rows])} | {', '.join(map(str, lams))} | "
-                         f"{mean_sd([r['merge_time_s'] for r in rows])} |")
+        lines += [f"### Experts fine-tuned from the {title} ({len(results)} seeds)", "", *HEADER]
+        if results:
+            experts = [statistics.mean(e for e in m["average"]["expert_acc"] if e is not None) for m in results]
+            lines.append(f"| individual experts (each on its own task) | {mean_sd(experts)} | 1 | — | — | — |")
+        lines += method_rows(results, METHODS)
         lines.append(f"| merge learner along the stream (ties at each boundary): final ACC | "
-                     f"{mean_sd([m['acc'] for m in learner])} | — | — | — |")
-        lines.append(f"| same, BWT | {mean_sd([m['bwt'] for m in learner])} | — | — | — |")
-        if merged:
-            lines.append(f"\nTask vectors kept for 5 tasks: {merged[0]['average']['task_vector_bytes'] / 2**20:.2f} "
+                     f"{mean_sd([m['acc'] for m in learner])} | — | — | — | — |")
+        lines.append(f"| same, BWT | {mean_sd([m['bwt'] for m in learner])} | — | — | — | — |")
+        if results:
+            lines.append(f"\nTask vectors kept for 5 tasks: {results[0]['average']['task_vector_bytes'] / 2**20:.2f} "
                          f"MiB (grows with the tasks; running_average keeps one vector).")
         lines.append("")
-    lines += ["### Continual-learning baselines (seeded random initialisation, same stream)", "",
-              "| method | ACC | BWT | forgetting |", "|---|---|---|---|"]
+    return lines
+
+
+def phase_table(seeds: list[int]) -> list[str]:
+    results = merged("finetune", seeds, PHASE_METHODS, "merged_phases")
+    lines = [f"### Fine-tuning's per-phase weights as task vectors (`cltrain merge source=phases`, {len(results)} "
+             f"seeds)", "", "Vector k = the network after phase k minus the seeded initialisation; the 'experts' "
+             "are fine-tuning's network after each task's phase.", "", *HEADER]
+    return lines + method_rows(results, PHASE_METHODS) + [""]
+
+
+def baseline_table(seeds: list[int]) -> list[str]:
+    lines = ["### Continual-learning baselines (seeded random initialisation, same stream)", "",
+             "| method | ACC | BWT | forgetting |", "|---|---|---|---|"]
     for name in BASELINES:
-        ms = [json.loads((ROOT / name / f"seed{s}" / "metrics.json").read_text()) for s in seeds
-              if (ROOT / name / f"seed{s}" / "metrics.json").exists()]
+        ms = metrics(name, seeds)
         lines.append(f"| {name} | {mean_sd([m['acc'] for m in ms])} | {mean_sd([m['bwt'] for m in ms])} | "
                      f"{mean_sd([m['forgetting'] for m in ms])} |")
-    lines += ["", "### Task order: natural (0..4) vs reversed (4..0), final ACC", "",
-              "| method | natural | reversed |", "|---|---|---|"]
-    for name, natural in (("merge_fmnist_base_reversed", "merge_fmnist_base"), ("finetune_reversed", "finetune")):
-        cols = []
-        for run_name in (natural, name):
-            cols.append(mean_sd([json.loads((ROOT / run_name / f"seed{s}" / "metrics.json").read_text())["acc"]
-                                 for s in seeds if (ROOT / run_name / f"seed{s}" / "metrics.json").exists()]))
-        lines.append(f"| {natural} | {cols[0]} | {cols[1]} |")
-    return "\n".join(lines)
+    return lines + [""]
+
+
+def order_table(seeds: list[int]) -> list[str]:
+    labels = ("natural", "reversed", "shuffled")
+    shuffles = "; ".join(f"seed {s}: {task_orders(s)['shuffled']}" for s in seeds)
+    lines = [f"### Task order: final ACC and BWT over {len(seeds)} seeds (mean ± sd)", "",
+             f"Orders: natural [0, 1, 2, 3, 4], reversed [4, 3, 2, 1, 0], shuffled (drawn from the seed; {shuffles}).",
+             "", "| method | " + " | ".join(f"{o} ACC" for o in labels) + " | spread of ACC over orders | "
+             + " | ".join(f"{o} BWT" for o in labels) + " |", "|---" * 8 + "|"]
+    for name in ORDERED:
+        runs = {o: metrics(name if o == "natural" else f"{name}_{o}", seeds) for o in labels}
+        accs = [statistics.mean(m["acc"] for m in runs[o]) for o in labels if runs[o]]
+        spread = f"{max(accs) - min(accs):.3f}" if len(accs) == len(labels) else "—"
+        acc = " | ".join(mean_sd([m["acc"] for m in runs[o]]) for o in labels)
+        bwt = " | ".join(mean_sd([m["bwt"] for m in runs[o]]) for o in labels)
+        lines.append(f"| {name} | {acc} | {spread} | {bwt} |")
+    return lines
+
+
+def report(seeds: list[int]) -> str:
+    return "\n".join(expert_tables(seeds) + phase_table(seeds) + baseline_table(seeds) + order_table(seeds))
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ def _field_view(schema):
              dict(f.metadata)) for f in dataclasses.fields(schema)]
 
 
-@pytest.mark.parametrize("registry", ["LEARNERS", "PLUGINS", "STREAMS", "MERGERS"])
+@pytest.mark.parametrize("registry", ["LEARNERS", "PLUGINS", "STREAMS", "MERGERS", "SOURCES"])
 def test_configs_and_traits_read_from_source_equal_the_imported_classes(registry):
     real = _imported(registry)
     for name, entry in catalog.entries(registry).items():

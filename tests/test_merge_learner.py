@@ -12,7 +12,8 @@ from test_bad_inputs import refused
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-# 3 permuted-MNIST tasks of 2,000 images, TIES, lam chosen on 300 training samples per task.
+# 3 permuted-MNIST tasks of 2,000 images (200 held out as each task's validation split), TIES, lam chosen on
+# the validation rows (val_per_task=300: all 200 of them).
 JOB = ["merging/pmnist_merge", *QUICK, "learner.method=ties", "learner.density=0.3", "learner.val_per_task=300"]
 
 
@@ -42,11 +43,28 @@ def test_merge_learner_merges_at_every_boundary(ties_run):
     assert extra["tasks"] == [0, 1, 2] and len(extra["vectors"]) == 3 and len(extra["val"]) == 3
 
 
+def test_merge_learner_chooses_lam_on_the_validation_split_only(ties_run):
+    """The rows the learner scored lam on are exactly the task's held-out validation rows, never trained on."""
+    from cltrain.merging.offline import evaluator, validation_rows
+
+    _, stream, cfg = evaluator(ties_run)
+    extra = torch.load(ties_run / "checkpoints" / "last.pt", map_location="cpu",
+                       weights_only=False)["learner"]["_extra_state"]
+    for x, y, t in extra["val"]:
+        task = stream.tasks[t]
+        assert len(y) == task.val_idx.numel() == 200
+        assert not set(task.val_idx.tolist()) & set(task.train_idx.tolist())
+        vx, vy, _ = validation_rows(stream, t, 300, cfg.seed)
+        # the same rows (the trainer's loader hands them over in its own shuffled order)
+        rows = lambda a, b: sorted(zip(b.tolist(), map(tuple, a.flatten(1).tolist())))  # noqa: E731
+        assert rows(x, y) == rows(vx, vy)
+
+
 def test_cltrain_merge_reproduces_the_learner_and_its_saved_model_evaluates_to_the_recorded_numbers(ties_run):
     from cltrain.cli import main
     from cltrain.merging.offline import evaluator, test_accuracy
 
-    # the run's own method and options, lam chosen again on the same training samples: the learner's last row
+    # the run's own method and options, lam chosen again on the same validation rows: the learner's last row
     assert main(["merge", str(ties_run), "merge.density=0.3", "val_per_task=300"]) == 0
     out = _read(ties_run / "merged" / "ties" / "merge.json")
     assert out["acc_per_task"] == _read(ties_run / "metrics.json")["acc_matrix"][-1]
@@ -59,7 +77,7 @@ def test_cltrain_merge_reproduces_the_learner_and_its_saved_model_evaluates_to_t
     assert main(["merge", str(ties_run), "method=average", "lam=1.0", f"out={ties_run / 'avg'}"]) == 0
     avg = _read(ties_run / "avg" / "merge.json")
     assert avg["method"] == "average" and avg["lam"] == 1.0 and avg["val_acc"] is None
-    # AdaMerging: coefficients learned on the unlabelled training samples, applied with lam 1
+    # AdaMerging: coefficients learned on the validation rows' inputs (labels unread), applied with lam 1
     assert main(["merge", str(ties_run), "method=adamerging", "merge.coef_steps=20", "merge.coef_lr=0.01",
                  "val_per_task=300", f"out={ties_run / 'ada'}"]) == 0
     ada = _read(ties_run / "ada" / "merge.json")
@@ -91,11 +109,21 @@ def test_merge_learner_resumes_after_sigkill_to_the_same_metrics(tmp_path):
     (["learner.method=adamerging", "learner.lam=1"], "lam"),
     (["learner.method=ties", "learner.coef_steps=5"], "coef_steps"),  # ties learns no coefficients: ignored
     (["stream.presentation=task_agnostic"], "presentation"),
+    (["learner.lam=1", "learner.val_per_task=10"], "val_per_task"),  # nothing is chosen on data: ignored
+    (["stream.val_fraction=0"], "val_fraction"),  # lam=null: chosen on the validation split, and there is none
+    (["stream.val_fraction=0", "learner.method=adamerging"], "val_fraction"),  # no inputs to learn on
 ])
 def test_bad_merge_learner_options_get_one_line_and_exit_2(tmp_path, capsys, args, key):
     from cltrain.cli import main
 
-    refused(main, capsys, tmp_path, ["learner.name=merge", *args], key)
+    refused(main, capsys, tmp_path, ["learner.name=merge", "stream.val_fraction=0.1", *args], key)
+
+
+def test_a_fixed_lam_needs_no_validation_split(tmp_path):
+    from cltrain.cli import main
+
+    assert main(["fit", *JOB[:-3], "stream.val_fraction=0", "learner.lam=1", "stream.n_tasks=2",
+                 "trainer.steps_per_task=2", f"run_dir={tmp_path / 'run'}"]) == 0
 
 
 def test_bad_cltrain_merge_requests_get_one_line_and_exit_2(ties_run, tmp_path, capsys):

@@ -8,7 +8,7 @@ lives here once.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Iterable, Optional
+from typing import Any, Callable, ClassVar, Iterable, Optional, Protocol
 
 import pytorch_lightning as pl
 import torch
@@ -20,8 +20,18 @@ from cltrain.registry import Registry
 from cltrain.streams.base import Stream
 from cltrain.streams.loader import Batch
 
-# Yields batches of one task's training data: (batch_size, max_samples) -> Batch iterator.
-TaskSamples = Callable[[int, int], Iterable[Batch]]
+
+
+class TaskSamples(Protocol):
+    """The `samples` argument of `on_task_end`: batches of a seeded subset of one task's rows.
+
+    `samples(batch_size, max_samples)` reads the task's training data; `split="val"` reads its held-out
+    validation split instead (stream.val_fraction > 0; no rows otherwise), for methods that choose
+    coefficients on data never trained on (the merge learner's lam, AdaMerging's inputs).
+    """
+
+    def __call__(self, batch_size: int, max_samples: int, split: str = "train") -> Iterable[Batch]: ...
+
 
 OPTIMIZERS: dict[str, Callable[[Iterable[nn.Parameter], OptimConfig], torch.optim.Optimizer]] = {
     "sgd": lambda params, c: torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay),
@@ -39,6 +49,9 @@ class Learner(pl.LightningModule):
     presentations: ClassVar[tuple[str, ...]] = ("task_aware", "task_agnostic")  # stream.presentation values it supports
     incompatible_plugins: ClassVar[dict[str, str]] = {}  # plugin name -> why the two cannot run together
     reports_shifts: ClassVar[bool] = False  # its training_step returns outputs["shift"] (its own task-shift decisions)
+    # True: `self.model` holds everything it predicts with (trainer.keep_phase_weights saves its weights after each
+    # phase); False: part of it lives elsewhere (TAME's expert pool, L2M's / L2P's pools and prompts)
+    single_network: ClassVar[bool] = True
 
     def __init__(self, model: nn.Module, optim: OptimConfig, method: Any = None,
                  class_mask: Optional[torch.Tensor] = None, model_factory: Optional[Callable[[], nn.Module]] = None,
@@ -120,7 +133,7 @@ class Learner(pl.LightningModule):
             self._optimizer.state.clear()
 
     def on_task_end(self, task_id: int, samples: TaskSamples) -> None:
-        """Called after the last step on a task; `samples` reads that task's training data."""
+        """Called after the last step on a task; `samples` reads that task's training (or validation) data."""
 
     def final_metrics(self, ctx: "FinalContext") -> dict[str, Any]:
         """Method-specific figures for metrics.json, computed once at the end of the run.

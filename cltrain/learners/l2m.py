@@ -66,6 +66,7 @@ def check_pool_learner(exp: Any, method: Any, hosts: tuple[str, ...], where: str
 @LEARNERS.register("l2m")
 class L2M(Learner):
     Config = L2MConfig
+    single_network = False  # the pool's keys live outside self.model: its weights alone are not the learner
 
     def __init__(self, model: nn.Module, *args, **kwargs):
         super().__init__(model, *args, **kwargs)

@@ -36,6 +36,7 @@ class L2PConfig:
 @LEARNERS.register("l2p")
 class L2P(Learner):
     Config = L2PConfig
+    single_network = False  # the prompts and the pool's keys live outside self.model
 
     def __init__(self, model: nn.Module, *args, **kwargs):
         super().__init__(model, *args, **kwargs)

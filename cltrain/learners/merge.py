@@ -4,8 +4,9 @@ Every task starts from the same base weights (the run's initial network, or `lea
 pre-trained outside the stream). At the task's end its task vector (expert - base) is kept and all vectors so
 far are merged with `learner.method` (cltrain/merging/); the model evaluated after the phase is
 `base + lam * merged`. lam is `learner.lam`, or the grid value with the best mean accuracy on validation
-samples: `learner.val_per_task` samples of each task's *training* data (the trainer's seeded `samples` hook),
-never test data. A streaming method (running_average) keeps only its merged state between tasks.
+samples: up to `learner.val_per_task` rows of each task's validation split (stream.val_fraction > 0: rows never
+trained on; the trainer's seeded `samples(..., split="val")` hook), never test data; AdaMerging's unlabelled
+inputs are the same rows. A streaming method (running_average) keeps only its merged state between tasks.
 Task vectors, the merger's state and the validation samples are in the checkpoint (exact resume; `cltrain
 merge RUN_DIR` reads them).
 """
@@ -33,7 +34,7 @@ class MergeConfig:
                          "breadcrumbs", "pcb", "running_average")
     lam: Optional[float] = bounded(None, 0, 10, low_open=True)  # None: the best of lam_grid on validation samples
     lam_grid: list[float] = bounded([0.25, 0.5, 0.75, 1.0, 1.5], 0, 10, low_open=True)
-    val_per_task: int = count(500, high=100_000)  # training samples per task that score the lam grid
+    val_per_task: int = count(500, high=100_000)  # validation rows per task (at most the split's) for lam / AdaMerging
     base: Optional[str] = text(None)  # a state dict (torch.save) of the model to start every task from
     density: float = fraction(0.2, low_open=True)  # ties, dare, pcb: fraction of entries kept
     drop_low: float = fraction(0.85, high_open=True)  # breadcrumbs: smallest magnitudes dropped per layer
@@ -45,10 +46,30 @@ class MergeConfig:
 
     def validate(self, where: str, exp: Any) -> None:
         method_config(self, where)
+        needs_val = needs_validation(self)
+        if needs_val and exp.stream.val_fraction <= 0:
+            from cltrain.catalog import lookup
+
+            learns = lookup("MERGERS", self.method).learns_scale
+            reason = (f"{where}method={self.method!r} learns its coefficients" if learns
+                      else f"{where}lam=null picks lam")
+            raise bad("stream.val_fraction", exp.stream.val_fraction,
+                      f"> 0, e.g. 0.1 ({reason} on the stream's validation split, never on training or test data)"
+                      + ("" if learns else f", or a fixed {where}lam"))
+        if not needs_val and self.val_per_task != type(self)().val_per_task:
+            raise bad(f"{where}val_per_task", self.val_per_task, f"its default: {where}lam is fixed and "
+                      f"{where}method={self.method!r} reads no data")
         if self.lam is not None and self.lam_grid != type(self)().lam_grid:
             raise bad(f"{where}lam_grid", self.lam_grid, f"its default unless {where}lam=null (lam is fixed)")
         if self.base is not None and not Path(self.base).expanduser().is_file():
             raise bad(f"{where}base", self.base, "a file holding a state dict saved with torch.save")
+
+
+def needs_validation(cfg: Any) -> bool:
+    """Does this config read validation rows: lam chosen on them, or coefficients learned from them?"""
+    from cltrain.catalog import lookup
+
+    return cfg.lam is None or lookup("MERGERS", cfg.method).learns_scale
 
 
 def method_config(cfg: Any, where: str) -> Any:
@@ -103,7 +124,8 @@ class Merge(Learner):
         else:
             self.vectors.append(tau)
         if self.method.lam is None or self.merger.learns_scale:
-            batch = next(iter(samples(self.method.val_per_task, self.method.val_per_task)))
+            n = self.method.val_per_task
+            batch = next(iter(samples(n, n, split="val")))  # held-out rows (config resolution made sure of them)
             self.val.append((batch.x, batch.y, task_id))
         merged = self.merged_vector()
         lam = 1.0 if self.merger.learns_scale else self.method.lam or self.choose_lam(merged)

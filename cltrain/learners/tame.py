@@ -111,6 +111,7 @@ class TAME(Learner):
     presentations = ("task_agnostic",)  # it detects tasks itself; given boundaries would go unused
     incompatible_plugins = {"pruning": "TAME prunes its own experts (learner.prune_experts)"}
     reports_shifts = True
+    single_network = False  # experts and a selector: `cltrain merge` reads them with source=tame
     syncs_own_gradients = True  # the expert pool grows during training, outside any DDP wrapper
     Config = TAMEConfig
 

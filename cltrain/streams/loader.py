@@ -13,7 +13,7 @@ from typing import Iterator, Optional
 import torch
 
 from cltrain.seeding import generator, rng_restore
-from cltrain.streams.base import Stream
+from cltrain.streams.base import Stream, Task
 
 
 class Batch:
@@ -57,6 +57,15 @@ class Segment:
     @staticmethod
     def batches_for(n_samples: int, batch_size: int, epochs: int, steps: Optional[int]) -> int:
         return steps if steps is not None else epochs * math.ceil(n_samples / batch_size)
+
+
+def task_rows(task: Task, n: int, seed: int, split: str = "train") -> torch.Tensor:
+    """Up to n seeded rows (indices into Stream.train) of a task's training or validation split: what the
+    trainer's `samples` hook hands a learner, and what `cltrain merge` draws again for the same run."""
+    pool = task.val_idx if split == "val" else task.train_idx
+    purpose = "val_samples" if split == "val" else "task_samples"
+    pick = torch.randperm(pool.numel(), generator=generator(seed, purpose, task.id))[:n]
+    return pool[pick.to(pool.device)]
 
 
 class PhaseLoader:
