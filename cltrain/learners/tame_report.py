@@ -111,7 +111,7 @@ def final_metrics(tame: "TAME", ctx: "FinalContext") -> dict[str, Any]:
     acc = routed_accuracies(tame, ctx, owners)
     expert_tot = [count_params(e) for e in tame.experts]
     sel_tot = count_params(tame.selector) if tame.selector is not None else (0, 0)
-    shifts = true_shifts(ctx.phase_end_steps, ctx.stream.order)
+    shifts = true_shifts(ctx.shift_steps(), ctx.stream.order)
     events = [e["step"] for e in tame.events]
     det = score_detections(events, shifts, len(tame.trace["expert"]))
     warning = never_fired("TAME", events, shifts, ctx.phase_end_steps, tame.detector_cfg)
