@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -205,6 +206,29 @@ def commands(root: Path) -> list[str]:
     return out
 
 
+def study_sections(path: Path) -> list[str]:
+    """The sections scripts/tame_studies.py wrote into the page (kept as they are when the rest is rewritten)."""
+    if not path.exists():
+        return []
+    found = re.finditer(r"<!-- study:(\w+) -->.*?<!-- /study:\1 -->", path.read_text(), re.S)
+    return [m.group(0) + "\n" for m in found]
+
+
+def pruning_rows(root: Path) -> list[str]:
+    """Each TAME run's accuracy before and right after its experts' pruning, so forgetting is not pruning loss."""
+    out = ["| run | forgetting (vs just-learned, dense) | pruning loss | forgetting after pruning | routing loss "
+           "| per task: dense → pruned (expert alone) |", "|---|---|---|---|---|---|"]
+    for name in TAME_RUNS:
+        m = load(root, name)
+        if m is None or "pruning_loss" not in m:
+            continue
+        pairs = ", ".join(f"{100 * b:.1f}→{100 * a:.1f}" for b, a in zip(m["per_task_acc_before_prune"],
+                                                                      m["per_task_acc_after_prune"]))
+        out.append(f"| {name} | {pct(m['forgetting'])} | {pct(m['pruning_loss'])} | {pct(m['forgetting_after_pruning'])} "
+                   f"| {pct(m['routing_loss'])} | {pairs} |")
+    return out
+
+
 def write_doc(root: Path, path: Path) -> None:
     text = "\n".join([
         "# TAME in cltrain: CPU-scale reproduction",
@@ -255,6 +279,15 @@ def write_doc(root: Path, path: Path) -> None:
         "",
         "Each run folder has `detection.png` (active expert's loss, detected and true boundaries).",
         "",
+        "## Pruning loss and forgetting, apart",
+        "",
+        "The framework's forgetting compares each task with its just-learned accuracy, taken before its expert is",
+        "pruned (at the next detected shift), so it holds the pruning loss. Here each task is also scored right after",
+        "its expert's pruning (the expert alone): pruning loss = dense − pruned; forgetting after pruning = pruned −",
+        "final routed accuracy (tasks before the last phase); routing loss = final expert alone − final routed.",
+        "",
+        *pruning_rows(root),
+        "",
         "## Baseline tuning (picked on the test set)",
         "",
         "bench/'s EWC λ = 10000 was tuned for Adam + MLP; with SGD + LeNet it diverged, so λ was swept once on split",
@@ -297,6 +330,7 @@ def write_doc(root: Path, path: Path) -> None:
         "- Single seed (0) per run; no error bars.",
         "- Not run: split CIFAR-100 (VGG11 experts), the pruning-buffer ablation, A-GEM / CN-DPM / DEN baselines.",
         "",
+        *study_sections(path),
     ])
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
