@@ -54,13 +54,13 @@ def routed_accuracies(tame: "TAME", ctx: "FinalContext", owners: dict[int, int])
     return counts[seen, :4] / counts[seen, 4:]
 
 
-def pruned_task(tame: "TAME", ctx: "FinalContext", entry: dict[str, Any], owners: dict[int, int]) -> int:
-    """The true task an expert had just trained on when it was pruned: the latest phase started before the
-    pruning step whose task that expert owns (a late detection prunes after a few batches of the next task)."""
+def pruned_tasks(ctx: "FinalContext", entry: dict[str, Any], owners: dict[int, int]) -> list[int]:
+    """The true tasks an expert had trained on when it was pruned: those it owns whose phase started before the
+    pruning step (a late detection prunes after a few batches of the next task; a missed shift leaves one
+    expert owning two tasks)."""
     starts = [0, *ctx.phase_end_steps[:-1]]
-    phases = [k for k, task in enumerate(ctx.stream.order)
-              if owners.get(task) == entry["expert"] and starts[k] < max(entry["step"], 1)]
-    return ctx.stream.order[phases[-1]] if phases else -1
+    return [task for k, task in enumerate(ctx.stream.order)
+            if owners.get(task) == entry["expert"] and starts[k] < max(entry["step"], 1)]
 
 
 @torch.no_grad()
@@ -87,7 +87,8 @@ def pruning_figures(tame: "TAME", ctx: "FinalContext", owners: dict[int, int], r
     seen = sorted(set(ctx.stream.order))
     last = {}
     for entry, snap in zip(tame.prune_log, tame.prune_snapshots):
-        last[pruned_task(tame, ctx, entry, owners)] = (entry, snap)
+        for task in pruned_tasks(ctx, entry, owners):
+            last[task] = (entry, snap)
     if not all(task in last for task in seen):
         return {}  # pruning off (or a task's expert never pruned): nothing to separate
     final_state = {task: tame.experts[owners[task]].state_dict() for task in seen}
