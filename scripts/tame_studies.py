@@ -7,8 +7,8 @@ Studies:
              permuted MNIST: delays, misses, false alarms per seed.
   baselines  EWC's lambda and SI's c for the TAME comparison, picked by validation ACC (stream.val_fraction) over a
              stated grid, with a divergence check on every run.
-  ablation   split MNIST: one factor at a time (epochs per task, expert lr, pruning schedule, selector training)
-             against the shipped tame/split_mnist, with the pruning / routing split of each run.
+  ablation   split MNIST at reduced scale: one factor at a time (epochs per task, expert lr, pruning fine-tuning,
+             selector training), with the pruning / routing split of each run.
 
 Each run is one `cltrain fit` subprocess (one intra-op thread); a run whose metrics.json exists is skipped. The
 section between `<!-- study:NAME -->` and `<!-- /study:NAME -->` in the document is replaced (appended the first
@@ -37,6 +37,10 @@ Run = tuple[str, str, list[str]]  # (name, experiment, overrides)
 # per task; the selector and pruning schedules are cut (they do not touch detection, only the final ACC).
 SMALL_TAME = ["stream.train_per_task=4000", "stream.test_per_task=500", "trainer.epochs_per_task=4",
               "learner.selector_epochs=3", "learner.eval_selector_epochs=1", "learner.expert_prune_epochs=3"]
+# The boundary study takes 4,012 images: 4 x 4,012 = 16,048 rows per task leave 48 rows in the batch at the first
+# boundary (then 96, 16, 64), so every mixed boundary batch holds both tasks; with 4,000 (16,000 = 125 x 128)
+# every boundary falls on a batch edge and mixed batches would only merge the short batches at the pass ends.
+BOUNDARY_TAME = ["stream.train_per_task=4012", *SMALL_TAME[1:]]
 BOUNDARY_STREAMS = {"split MNIST": "tame/split_mnist", "permuted MNIST": "tame/pmnist"}
 # Baselines: the TAME comparison's streams with 10 % of each task's training images held out for validation.
 BASELINE_GRID = {
@@ -49,13 +53,12 @@ BASELINE_GRID = {
 }
 BASELINE_SCALE = {"tame/pmnist": ["stream.train_per_task=20000", "stream.val_fraction=0.1"],
                   "tame/split_mnist": ["stream.val_fraction=0.1"]}
-# Ablation on split MNIST at the boundary study's scale (its aligned runs are the reference): one factor at a
+# Ablation on split MNIST at reduced scale (the reference: SMALL_TAME, seed by seed): one factor at a
 # time, each toward the paper's setting (longer training, longer selector / pruning schedules) or away from ours.
 ABLATION = {  # factor -> overrides on top of SMALL_TAME (the reference: selector 3 epochs, pruning 3 epochs)
     "epochs per task 8 (ref. 4)": ["trainer.epochs_per_task=8"],
     "expert lr 0.05 (ref. 0.02)": ["learner.lr=0.05"],
     "pruning fine-tuning 10 epochs (ref. 3)": ["learner.expert_prune_epochs=10"],
-    "no expert pruning": ["learner.prune_experts=false"],
     "selector 15 epochs (ref. 3)": ["learner.selector_epochs=15"],
 }
 DEFAULT_SEEDS = {"boundary": [0, 1, 2], "baselines": [0], "ablation": [0]}  # cut to what 2 shared cores allowed
@@ -66,8 +69,8 @@ def slug(text: str) -> str:
 
 
 def boundary_runs(seeds: list[int]) -> list[Run]:
-    return [(f"{slug(label)}_{mode}_s{seed}", experiment,
-             [*SMALL_TAME, f"trainer.boundary_batches={mode}", f"seed={seed}"])
+    return [(f"bd_{slug(label)}_{mode}_s{seed}", experiment,
+             [*BOUNDARY_TAME, f"trainer.boundary_batches={mode}", f"seed={seed}"])
             for label, experiment in BOUNDARY_STREAMS.items() for mode in ("aligned", "mixed") for seed in seeds]
 
 
@@ -81,7 +84,7 @@ def baseline_runs(seeds: list[int]) -> list[Run]:
 
 
 def ablation_runs(seeds: list[int]) -> list[Run]:
-    reference = [r for r in boundary_runs(seeds) if r[0].startswith("split_mnist_aligned")]
+    reference = [(f"abl_reference_s{seed}", "tame/split_mnist", [*SMALL_TAME, f"seed={seed}"]) for seed in seeds]
     return reference + [(f"abl_{slug(label)}_s{seed}", "tame/split_mnist", [*SMALL_TAME, *extra, f"seed={seed}"])
                         for label, extra in ABLATION.items() for seed in seeds]
 
@@ -127,13 +130,14 @@ def boundary_section(root: Path, seeds: list[int]) -> list[str]:
            "boundaries as the TAME paper's code batches its stream, so the batch at each boundary holds the old task's",
            "last rows and the new task's first ones. The true shift is the first batch holding the new task's rows",
            "(the straddling batch, when mixed); a detection on it has delay 0, one before it is a false alarm.",
-           f"Scale: 5 tasks, 4,000 training images x 4 epochs per task (125 batches), window 100, seeds {seeds};",
-           f"overrides `{' '.join(SMALL_TAME)}`.", "",
+           f"Scale: 5 tasks, 4,012 training images x 4 epochs per task (126 batches aligned, 125-126 mixed), window",
+           f"100, seeds {seeds}; overrides `{' '.join(BOUNDARY_TAME)}` (4,012: every mixed boundary batch holds both",
+           "tasks, 48, 96, 16 and 64 rows of the old one).", "",
            "| stream | batches | runs | shifts | missed | false alarms | delay (batches): mean ± sd over runs | "
            "delays per run | ACC % |", "|---|---|---|---|---|---|---|---|---|"]
     for label in BOUNDARY_STREAMS:
         for mode in ("aligned", "mixed"):
-            ms_ = [load(root, f"{slug(label)}_{mode}_s{s}") for s in seeds]
+            ms_ = [load(root, f"bd_{slug(label)}_{mode}_s{s}") for s in seeds]
             ms_ = [m for m in ms_ if m is not None]
             if not ms_:
                 out.append(f"| {label} | {mode} | not run | | | | | | |")
@@ -185,7 +189,8 @@ def baselines_section(root: Path, seeds: list[int]) -> list[str]:
             if not ms_:
                 out.append(f"| {experiment} | {key}={v} | not run | | | | |")
                 continue
-            out.append(f"| {experiment} | {key}={v} | {ms([m['val_acc'] for m in ms_])} | {ms([m['acc'] for m in ms_])} "
+            out.append(f"| {experiment} | {key}={v} | {ms([m['val_acc'] for m in ms_])} "
+                       f"| {ms([m['acc'] for m in ms_])} "
                        f"| {ms([m['forgetting'] for m in ms_])} | {sum(diverged(m) for m in ms_)} / {len(ms_)} "
                        f"| {'**yes**' if chosen.get((experiment, key)) == v else ''} |")
     out += ["", f"Seeds {seeds}. All runs: `.venv/bin/python scripts/tame_studies.py baselines` (runs under "
@@ -195,26 +200,28 @@ def baselines_section(root: Path, seeds: list[int]) -> list[str]:
 
 def ablation_section(root: Path, seeds: list[int]) -> list[str]:
     out = ["## Split MNIST gap ablation (one factor at a time)", "",
-           "The boundary study's aligned split-MNIST runs are the reference (4,000 training images x 4 epochs per",
-           "task, selector 3 epochs, pruning fine-tuning 3 epochs); each row changes one factor. ACC is routed",
+           "Reference: `tame/split_mnist` at 4,000 training images x 4 epochs per task, selector 3 epochs, pruning",
+           f"fine-tuning 3 epochs (`{' '.join(SMALL_TAME)}`); each row changes one factor. ACC is routed",
            "(hard routing, the framework's); lenient is the paper's code's metric (the prediction's index within its",
            "task's classes); dense / pruned = each task's expert alone just before / right after its pruning;",
            "pruning loss = dense − pruned; routing loss = expert alone at the end − routed ACC; forgetting after",
            f"pruning = pruned − final routed (tasks before the last). Paper: 98.63 % / 37.02K. Seeds {seeds};",
            "mean ± sd over seeds; losses in percentage points.", "",
-           "| factor | ACC % | lenient % | dense expert % | pruned expert % | pruning loss | routing loss "
-           "| forgetting after pruning | non-zero params (K) |", "|---|---|---|---|---|---|---|---|---|"]
-    rows = {"reference (boundary study, aligned)": "split_mnist_aligned"}
+           "| factor | ACC % | Δ ACC vs reference | lenient % | dense expert % | pruned expert % | pruning loss "
+           "| routing loss | forgetting after pruning | non-zero params (K) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    reference = [m["acc"] for s in seeds if (m := load(root, f"abl_reference_s{s}"))]
+    rows = {"reference (selector 3 epochs, pruning 3 epochs, 4 epochs per task, lr 0.02)": "abl_reference"}
     rows.update({label: f"abl_{slug(label)}" for label in ABLATION})
     for label, prefix in rows.items():
         ms_ = [m for s in seeds if (m := load(root, f"{prefix}_s{s}"))]
         if not ms_:
-            out.append(f"| {label} | not run | | | | | | | |")
+            out.append(f"| {label} | not run | | | | | | | | |")
             continue
         get = lambda key: [m[key] for m in ms_ if key in m]  # noqa: E731  (no pruning: no pruning fields)
         dense = [float(np.mean(m["per_task_acc_before_prune"])) for m in ms_ if "per_task_acc_before_prune" in m]
         pruned = [float(np.mean(m["per_task_acc_after_prune"])) for m in ms_ if "per_task_acc_after_prune" in m]
-        out.append(f"| {label} | {ms(get('acc'))} | {ms(get('lenient_acc'))} | {ms(dense)} | {ms(pruned)} "
+        delta = f"{100 * (np.mean(get('acc')) - np.mean(reference)):+.2f}" if reference else "—"
+        out.append(f"| {label} | {ms(get('acc'))} | {delta} | {ms(get('lenient_acc'))} | {ms(dense)} | {ms(pruned)} "
                    f"| {ms(get('pruning_loss'))} | {ms(get('routing_loss'))} | {ms(get('forgetting_after_pruning'))} "
                    f"| {ms(get('nonzero_params'), 1e-3)} |")
     out += ["", f"All runs: `.venv/bin/python scripts/tame_studies.py ablation` (runs under `{shown(root)}`); e.g.", "",
@@ -249,7 +256,7 @@ def main() -> None:
     args = parser.parse_args()
     runs_of, section = STUDIES[args.study]
     seeds = args.seeds or DEFAULT_SEEDS[args.study]
-    root = (REPO / args.runs).resolve()  # one folder: the ablation's reference runs are the boundary study's
+    root = (REPO / args.runs).resolve()
     root.mkdir(parents=True, exist_ok=True)
     if not args.no_run:
         with ThreadPoolExecutor(args.jobs) as pool:

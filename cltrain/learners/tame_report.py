@@ -81,8 +81,8 @@ def pruning_figures(tame: "TAME", ctx: "FinalContext", owners: dict[int, int], r
     the end (expert alone and routed): pruning loss, forgetting after pruning, and routing loss, separately.
 
     Forgetting after pruning averages over the tasks other than the last phase's (whose expert is pruned when
-    the stream ends; the framework's `forgetting` leaves out the last task the same way); it is measured on the routed accuracy
-    that ACC reports, so it holds routing errors and any later change of the expert.
+    the stream ends; the framework's `forgetting` leaves out the last task the same way); it is measured on the
+    routed accuracy that ACC reports, so it holds routing errors and any later change of the expert.
     """
     seen = sorted(set(ctx.stream.order))
     last = {}
