@@ -123,11 +123,13 @@ def load(root: Path, name: str) -> dict | None:
 
 
 def ms(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
-    """mean ± sd (sample sd over seeds) of a list, in percent by default."""
+    """mean ± sd (sample sd over seeds) of a list, in percent by default; a single value alone."""
     if not values:
         return "—"
     v = np.asarray(values, dtype=float) * scale
-    return f"{v.mean():.{digits}f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.{digits}f}"
+    if len(v) == 1:
+        return f"{v[0]:.{digits}f}"  # one seed: no spread to show
+    return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
 
 
 # ---- sections ---------------------------------------------------------------------------------------------
