@@ -269,7 +269,31 @@ def gap_split(root: Path, seeds: list[int]) -> list[str]:
             f"(ACC = dense − pruning loss − drift − routing loss, seeds {seeds}): the dense experts' own shortfall "
             f"{100 * (PAPER_SPLIT - dense):.2f}, pruning loss {100 * mean('pruning_loss'):.2f}, drift after pruning "
             f"{100 * mean('expert_drift_after_pruning'):.2f}, routing loss {100 * mean('routing_loss'):.2f} points. "
-            f"The lenient metric (the paper's code's) reads {100 * mean('lenient_acc'):.2f} % on the same runs."]
+            f"The lenient metric (the paper's code's) reads {100 * mean('lenient_acc'):.2f} % on the same runs.",
+            *best_factor(root, seeds, mean("acc"))]
+
+
+def best_factor(root: Path, seeds: list[int], reference: float) -> list[str]:
+    gains = {label: float(np.mean([m["acc"] for m in ms_])) - reference for label in ABLATION
+             if (ms_ := [m for s in seeds if (m := load(root, f"abl_{slug(label)}_s{s}"))])}
+    if not gains:
+        return []
+    label = max(gains, key=gains.get)
+    return ["", f"Largest gain from one factor: {label}, {100 * gains[label]:+.2f} points; the others move ACC by "
+            + ", ".join(f"{100 * g:+.2f} ({k})" for k, g in gains.items() if k != label)
+            + "."] + seed_spread(root, seeds)
+
+
+def seed_spread(root: Path, seeds: list[int]) -> list[str]:
+    """The reference at other seeds than the table's: how far one seed moves ACC (and detection) at this scale."""
+    others = {s: m for s in (0, 1, 2) if s not in seeds and (m := load(root, f"abl_reference_s{s}"))}
+    if not others:
+        return []
+    return ["", "The reference at other seeds (`--seeds " + " ".join(map(str, others)) + "` reruns them): "
+            + "; ".join(f"seed {s}: ACC {100 * m['acc']:.2f} %, {m['tame_detection_missed']} missed shifts"
+                        for s, m in others.items())
+            + ". At this scale a seed moves ACC by more than most factors above (a missed shift merges two tasks",
+            "into one expert), so single-seed differences of a few points are not resolved."]
 
 
 STUDIES: dict[str, tuple[Callable[[list[int]], list[Run]], Callable[[Path, list[int]], list[str]]]] = {
