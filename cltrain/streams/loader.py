@@ -87,8 +87,9 @@ class PhaseLoader:
         self.rank, self.world_size = rank, world_size
         self.hide_task_ids = hide_task_ids
         self.mixed = mixed
-        self._lengths = [s.n_samples(batch_size) for s in segments]
-        if mixed:
+        self._lengths: list[int] = []
+        if mixed:  # only then: an aligned loader keeps its segments exactly as given (empty ones too)
+            self._lengths = [s.n_samples(batch_size) for s in segments]
             self._count_mixed_batches()
 
     def __len__(self) -> int:
