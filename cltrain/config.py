@@ -229,6 +229,9 @@ class TrainerConfig:
     steps_per_task: Optional[int] = count(None)  # iterations per phase; overrides epochs_per_task when set
     batch_size: int = count(128, high=1 << 20)
     eval_batch_size: int = count(2000, high=1 << 20)
+    # aligned: every batch holds one phase's rows; mixed: task-agnostic streams batched straight across
+    # boundaries (the batch at a boundary holds both tasks' rows), as the TAME paper's code batches its stream
+    boundary_batches: str = choice("aligned", "aligned", "mixed")
     accelerator: str = choice("cpu", *ACCELERATORS)
     devices: Any = 1  # a number of devices (-1: all), "auto", a list of device indices or "0,1"
     strategy: str = choice("auto", *STRATEGIES)
@@ -260,6 +263,10 @@ class TrainerConfig:
                 raise bad(f"{where}keep_phase_weights", True,
                           f"false: learner.name={name!r} keeps state outside its network, whose weights alone are "
                           f"not the learner (TAME's experts: cltrain merge source=tame)")
+        if self.boundary_batches == "mixed" and exp.stream.presentation != "task_agnostic":
+            # task-aware phases are fitted one at a time, with the task hooks between them
+            raise bad(f"{where}boundary_batches", self.boundary_batches,
+                      "aligned unless stream.presentation=task_agnostic")
 
 
 @dataclass

@@ -112,16 +112,35 @@ class ContinualTrainer:
         # resuming: skip what a preempted phase already trained on; the global RNG continues from the checkpoint
         segments[0].skip, segments[0].rng_state = self.progress.batches_into_phase, self._rng_state
         self._rng_state = None
+        mixed = self.cfg.trainer.boundary_batches == "mixed"
+        if mixed:
+            segments[0].offset = self._mixed_offset(phases[0])
         driver = _PhaseDriver(self, phases, segments, phase_start)
         trainer = self._pl_trainer([*self.plugins.values(), driver])
         self._place(trainer)
         loader = PhaseLoader(
             self.stream, segments, self.cfg.trainer.batch_size, self.cfg.seed,
             rank=trainer.global_rank, world_size=trainer.world_size, hide_task_ids=not self.stream.task_aware,
+            mixed=mixed,
         )
         driver.boundaries = loader.boundaries
         with collective_check():
             trainer.fit(self.learner, train_dataloaders=loader)
+
+    def _mixed_offset(self, phase: int) -> int:
+        """Mixed boundary batches: rows of `phase` that the batch ending the previous phase took (every batch
+        before the stream's end is full, so it is what the earlier phases' rows leave to fill a batch)."""
+        bs = self.cfg.trainer.batch_size
+        before = sum(self.segment(k).n_samples(bs) for k in range(phase))
+        return -before % bs
+
+    def _first_new_steps(self) -> Optional[list[int]]:
+        """Mixed boundary batches: a phase's last batch holds the next phase's first rows unless the phase's rows
+        end exactly on a batch edge; aligned: None (the next phase starts after the phase end)."""
+        if self.cfg.trainer.boundary_batches != "mixed":
+            return None
+        ends, bs = self.progress.phase_end_steps, self.cfg.trainer.batch_size
+        return [end - bool(self._mixed_offset(k + 1) % bs) for k, end in enumerate(ends)]
 
     def _place(self, trainer: pl.Trainer) -> None:
         """Move the stream's arrays to the training device once per run (not per phase)."""
@@ -261,7 +280,8 @@ class ContinualTrainer:
         # on the training device; the final figures (routing, retrieval, zero-shot models) need both together.
         self.learner.to(self.stream.device)
         ctx = FinalContext(self.stream, p.phase_end_steps, self.learner.device,
-                           self.cfg.trainer.eval_batch_size, self.rank, self.world_size, str(self.run.path))
+                           self.cfg.trainer.eval_batch_size, self.rank, self.world_size, str(self.run.path),
+                           self._first_new_steps())
         metrics.update(self._method_figures(ctx))
         if self.rank == 0:
             for warning in metrics["warnings"]:

@@ -186,7 +186,7 @@ consistent with the 5-task run staying above chance and the 10- and 20-task runs
 identical per-task numbers. The cause is the summed penalty's stiffness against SGD's step size, not EWC's
 Fisher: fixes that keep lr·λ·ΣF_max < 2(1 + β) are a smaller λ·lr, online EWC (γ < 1 bounds the sum), or Adam,
 whose per-weight step is bounded by lr whatever the curvature (the protocol above uses Adam; see each
-scenario's divergence check, which covers λ up to 1e9). tame/pmnist_ewc's defaults are not changed on this branch (they belong to the TAME comparison).
+scenario's divergence check, which covers λ up to 1e9). tame/pmnist_ewc now ships λ = 10, picked on validation over a grid capped below this bound and checked on 10 and 20 tasks (docs/results/tame.md, "Baselines for the comparison").
 """
 
 

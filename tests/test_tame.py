@@ -192,3 +192,17 @@ def test_training_is_invariant_to_the_boundary_evaluations(tmp_path, monkeypatch
         assert other.trace["loss"] == normal.trace["loss"] and other.trace["expert"] == normal.trace["expert"]
         assert module_digest(other.experts) == module_digest(normal.experts)
         assert module_digest(other.selector) == module_digest(normal.selector)
+
+
+def test_pruning_loss_and_forgetting_after_pruning_are_reported_apart(recurring):
+    m = recurring["metrics"]
+    before, after = m["per_task_acc_before_prune"], m["per_task_acc_after_prune"]
+    assert len(before) == len(after) == len(m["per_task_final_expert_acc"]) == 2
+    assert before != after  # the dense and the pruned snapshots are different weights (98 % of them zeroed)
+    assert m["pruning_loss"] == pytest.approx(sum(b - a for b, a in zip(before, after)) / 2)
+    # no expert trains after its last pruning here (task 1's expert is never active again; task 0's is pruned
+    # when the stream ends), so the accuracy right after pruning is the expert's final one
+    assert after == m["per_task_final_expert_acc"] and m["expert_drift_after_pruning"] == 0
+    # order [0, 1, 0]: task 1 is the only task not trained in the last phase; measured on the routed accuracy
+    assert m["forgetting_after_pruning"] == pytest.approx(after[1] - m["acc_matrix"][-1][1])
+    assert m["routing_loss"] == pytest.approx(sum(a - r for a, r in zip(after, m["acc_matrix"][-1])) / 2)

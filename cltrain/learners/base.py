@@ -155,6 +155,13 @@ class FinalContext:
     rank: int = 0  # under DDP: split evaluation work with eval_batches(..., rank, world_size) + all_sum
     world_size: int = 1
     run_dir: Optional[str] = None  # the run folder, for a method's own plots (rank 0 writes them)
+    # step of the first batch holding each next phase's rows; None: the phase ends (aligned batches). With mixed
+    # boundary batches it is the batch ending the phase when that batch straddles the boundary.
+    first_new_steps: Optional[list[int]] = None
+
+    def shift_steps(self) -> list[int]:
+        """Where each phase's successor first shows up in the stream (what shift detection is scored against)."""
+        return self.phase_end_steps if self.first_new_steps is None else self.first_new_steps
 
 
 # name -> Learner subclass. One file per method registers itself here.

@@ -98,6 +98,11 @@ def bounded_cross_entropy(logits: torch.Tensor, y: torch.Tensor, reduction: str 
     return F.cross_entropy(torch.sigmoid(logits), y, reduction=reduction)
 
 
+def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached CPU copy of a module's state (reporting only; the module trains on)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
 def replace_head(model: nn.Module, n_out: int) -> nn.Module:
     """The same network with its last linear layer resized to n_out outputs (the selector over experts)."""
     name, last = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
@@ -138,6 +143,9 @@ class TAME(Learner):
         self.trace: dict[str, list] = {"expert": [], "loss": [], "ema": []}  # one entry per batch
         self.events: list[dict[str, Any]] = []  # shifts: {step, from, to, kind: recur|spawn}
         self.prune_log: list[dict[str, Any]] = []
+        # per prune_log entry: the expert's weights just before and just after its pruning (CPU copies), so the
+        # report can score each task right after its pruning and split pruning loss from later forgetting
+        self.prune_snapshots: list[dict[str, dict]] = []
         self._opts: list[torch.optim.Optimizer] = []
         self._pending_opt_states: Optional[list] = None
         self._eval_selector: tuple[Any, Optional[nn.Module]] = (None, None)
@@ -307,10 +315,12 @@ class TAME(Learner):
         x, y, _ = self.prune_buffer.contents()
         seed = derive_seed(self.seed, "tame_prune", len(self.prune_log))
         before = self._buffer_loss(j, x, y)
+        dense = snapshot(self.experts[j])
         self.masks[j] = prune_and_finetune(self.experts[j], x, y, c.expert_sparsity, c.expert_prune_epochs,
                                            c.expert_prune_lr, c.batch_size, seed, loss_fn=self.train_loss,
                                            rounds=c.expert_prune_rounds)
         broadcast_module(self.experts[j])
+        self.prune_snapshots.append({"dense": dense, "pruned": snapshot(self.experts[j])})
         after = self._buffer_loss(j, x, y)
         # The frozen threshold was measured on the dense expert; a returning task is judged on the pruned one.
         self.detectors[j].rebase(from_rank0(after - before, self.device))
@@ -401,6 +411,7 @@ class TAME(Learner):
             "selector_masks": self.selector_masks, "active": self.active, "finalized": self.finalized,
             "sel_buffer": self.sel_buffer.state_dict(), "prune_buffer": self.prune_buffer.state_dict(),
             "step": self.step, "trace": self.trace, "events": self.events, "prune_log": self.prune_log,
+            "prune_snapshots": self.prune_snapshots,
         }
 
     def _grow_to(self, extra: dict) -> None:
@@ -428,6 +439,7 @@ class TAME(Learner):
         self.prune_buffer.load_state_dict(state["prune_buffer"])
         self.trace = {k: list(v) for k, v in state["trace"].items()}
         self.events, self.prune_log = list(state["events"]), list(state["prune_log"])
+        self.prune_snapshots = list(state.get("prune_snapshots", []))  # checkpoints from before it
         self._opts = []  # rebuilt lazily for the restored pool (load_optimizer_state supplies their states)
         self._eval_selector = (None, None)
 

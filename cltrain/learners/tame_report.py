@@ -54,13 +54,65 @@ def routed_accuracies(tame: "TAME", ctx: "FinalContext", owners: dict[int, int])
     return counts[seen, :4] / counts[seen, 4:]
 
 
+def pruned_tasks(ctx: "FinalContext", entry: dict[str, Any], owners: dict[int, int]) -> list[int]:
+    """The true tasks an expert had trained on when it was pruned: those it owns whose phase started before the
+    pruning step (a late detection prunes after a few batches of the next task; a missed shift leaves one
+    expert owning two tasks)."""
+    starts = [0, *ctx.phase_end_steps[:-1]]
+    return [task for k, task in enumerate(ctx.stream.order)
+            if owners.get(task) == entry["expert"] and starts[k] < max(entry["step"], 1)]
+
+
+@torch.no_grad()
+def expert_accuracy(tame: "TAME", ctx: "FinalContext", state: dict[str, torch.Tensor], task_id: int) -> float:
+    """Test accuracy on one task of an expert's saved weights alone (no routing: the expert is told)."""
+    expert = tame.model_factory().to(ctx.device)
+    expert.load_state_dict(state)
+    expert.eval()
+    counts = torch.zeros(2, dtype=torch.float64, device=ctx.device)
+    for x, y in eval_batches(ctx.stream, task_id, ctx.eval_batch_size, ctx.rank, ctx.world_size):
+        counts += torch.stack([(expert(x).argmax(1) == y).sum(), torch.tensor(len(y), device=ctx.device)]).double()
+    counts = all_sum(counts)
+    return float(counts[0] / counts[1])
+
+
+def pruning_figures(tame: "TAME", ctx: "FinalContext", owners: dict[int, int], routed: np.ndarray) -> dict[str, Any]:
+    """Each task's accuracy before and right after its expert's (last) pruning, with the expert alone, then at
+    the end (expert alone and routed): pruning loss, forgetting after pruning, and routing loss, separately.
+
+    Forgetting after pruning averages over the tasks other than the last phase's (whose expert is pruned when
+    the stream ends; the framework's `forgetting` leaves out the last task the same way); it is measured on the
+    routed accuracy that ACC reports, so it holds routing errors and any later change of the expert.
+    """
+    seen = sorted(set(ctx.stream.order))
+    last = {}
+    for entry, snap in zip(tame.prune_log, tame.prune_snapshots):
+        for task in pruned_tasks(ctx, entry, owners):
+            last[task] = (entry, snap)
+    if not all(task in last for task in seen):
+        return {}  # pruning off (or a task's expert never pruned): nothing to separate
+    final_state = {task: tame.experts[owners[task]].state_dict() for task in seen}
+    rows = {task: [expert_accuracy(tame, ctx, last[task][1][key], task) for key in ("dense", "pruned")]
+            + [expert_accuracy(tame, ctx, final_state[task], task)] for task in seen}
+    before, after, final_expert = (np.array([rows[t][i] for t in seen]) for i in range(3))
+    earlier = [i for i, t in enumerate(seen) if t != ctx.stream.order[-1]]
+    return {
+        "per_task_acc_before_prune": before.tolist(), "per_task_acc_after_prune": after.tolist(),
+        "per_task_final_expert_acc": final_expert.tolist(),
+        "pruning_loss": float(np.mean(before - after)),
+        "forgetting_after_pruning": float(np.mean(after[earlier] - routed[earlier])) if earlier else 0.0,
+        "expert_drift_after_pruning": float(np.mean(after - final_expert)),
+        "routing_loss": float(np.mean(final_expert - routed)),
+    }
+
+
 def final_metrics(tame: "TAME", ctx: "FinalContext") -> dict[str, Any]:
     tame.to(ctx.device)  # Lightning's teardown may have moved the module back to the CPU
     owners = task_owners(tame, ctx)
     acc = routed_accuracies(tame, ctx, owners)
     expert_tot = [count_params(e) for e in tame.experts]
     sel_tot = count_params(tame.selector) if tame.selector is not None else (0, 0)
-    shifts = true_shifts(ctx.phase_end_steps, ctx.stream.order)
+    shifts = true_shifts(ctx.shift_steps(), ctx.stream.order)
     events = [e["step"] for e in tame.events]
     det = score_detections(events, shifts, len(tame.trace["expert"]))
     warning = never_fired("TAME", events, shifts, ctx.phase_end_steps, tame.detector_cfg)
@@ -77,6 +129,7 @@ def final_metrics(tame: "TAME", ctx: "FinalContext") -> dict[str, Any]:
         "selector_weight_sparsity": weight_sparsity(tame.selector) if tame.selector is not None else None,
         "shift_events": tame.events, "prune_log": tame.prune_log,
         **{f"tame_{k}": v for k, v in det.items() if k != "true_shifts"}, "true_shifts": shifts,
+        **pruning_figures(tame, ctx, owners, acc[:, 0]),
         **ranks_agree_figures(tame, ctx), **({"warnings": [warning]} if warning else {}),
     }
 

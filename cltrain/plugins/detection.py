@@ -379,7 +379,7 @@ class Detection(Plugin):
 
     def final_metrics(self, ctx) -> dict[str, Any]:
         self.flush()
-        shifts = true_shifts(ctx.phase_end_steps, ctx.stream.order)
+        shifts = true_shifts(ctx.shift_steps(), ctx.stream.order)
         out = score_detections(self.events, shifts, len(self.losses))
         # source=learner: the learner's own detector missed, and the learner reports that with its own numbers
         warning = self.cfg.source == "own" and never_fired("the detection plugin", self.events, shifts,

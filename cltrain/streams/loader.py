@@ -53,6 +53,14 @@ class Segment:
     skip: int = 0  # batches already trained before a preemption; the loader starts after them
     # resuming: torch's global RNG as the checkpoint saved it, restored just before the first batch drawn
     rng_state: Optional[dict] = None
+    # mixed boundary batches: rows of this segment that the previous phase's last batch already took
+    offset: int = 0
+
+    def n_samples(self, batch_size: int) -> int:
+        """Rows in this segment's aligned batches: whole passes, then the first batches of one more pass."""
+        n = self.idx.numel()
+        passes, extra = divmod(self.n_batches, math.ceil(n / batch_size))
+        return passes * n + min(extra * batch_size, n)
 
     @staticmethod
     def batches_for(n_samples: int, batch_size: int, epochs: int, steps: Optional[int]) -> int:
@@ -80,13 +88,18 @@ class PhaseLoader:
     """
 
     def __init__(self, stream: Stream, segments: list[Segment], batch_size: int, seed: int,
-                 rank: int = 0, world_size: int = 1, hide_task_ids: bool = False):
+                 rank: int = 0, world_size: int = 1, hide_task_ids: bool = False, mixed: bool = False):
         self.stream = stream
         self.segments = segments
         self.batch_size = batch_size
         self.seed = seed
         self.rank, self.world_size = rank, world_size
         self.hide_task_ids = hide_task_ids
+        self.mixed = mixed
+        self._lengths: list[int] = []
+        if mixed:  # only then: an aligned loader keeps its segments exactly as given (empty ones too)
+            self._lengths = [s.n_samples(batch_size) for s in segments]
+            self._count_mixed_batches()
 
     def __len__(self) -> int:
         return sum(s.n_batches - s.skip for s in self.segments)
@@ -105,10 +118,6 @@ class PhaseLoader:
         return torch.randperm(segment.idx.numel(), generator=gen).to(segment.idx.device)
 
     def _segment_batches(self, segment: Segment) -> Iterator[Batch]:
-        # A segment is cut before its fit starts, and the first fit is what moves the stream to the training
-        # device: indices made then are still on the CPU, and batches must not mix devices (task ids on the
-        # CPU beside inputs on the GPU broke replay and facilitation on CUDA).
-        segment.idx, segment.task_ids = segment.idx.to(self.stream.device), segment.task_ids.to(self.stream.device)
         n, drawn, pass_no = segment.idx.numel(), 0, 0
         while drawn < segment.n_batches:
             order = self._order(segment, pass_no)
@@ -124,14 +133,72 @@ class PhaseLoader:
             pass_no += 1
 
     def _make(self, segment: Segment, rows: torch.Tensor, n_global: int) -> Batch:
-        base = segment.idx[rows]
-        t = segment.task_ids[rows]
+        return self._batch(segment.idx[rows], segment.task_ids[rows], n_global)
+
+    def _batch(self, base: torch.Tensor, t: torch.Tensor, n_global: int) -> Batch:
         x, y = self.stream.train_batch(base, t)
         return Batch(x, y, None if self.hide_task_ids else t, int(y.shape[0]), n_global)
 
     def __iter__(self) -> Iterator[Batch]:
+        # A segment is cut before its fit starts, and the first fit is what moves the stream to the training
+        # device: indices made then are still on the CPU, and batches must not mix devices (task ids on the
+        # CPU beside inputs on the GPU broke replay and facilitation on CUDA).
+        for segment in self.segments:
+            segment.idx, segment.task_ids = segment.idx.to(self.stream.device), segment.task_ids.to(self.stream.device)
+        if self.mixed:
+            yield from self._mixed_batches()
+            return
         for segment in self.segments:
             yield from self._segment_batches(segment)
+
+    # ---- mixed boundary batches ---------------------------------------------------------------------------
+    # The rows of all segments, each in its aligned order (same shuffles, same passes), are read as ONE sequence
+    # and cut into full batches: the batch at a task boundary holds the old task's last rows and the new task's
+    # first ones, as a stream batched straight through (the TAME paper's code) would. A phase ends with the
+    # batch holding its segment's last row; its n_batches is rewritten to that count (what the trainer steps).
+
+    def _count_mixed_batches(self) -> None:
+        first, bs = self.segments[0], self.batch_size
+        remaining, ended = -(first.offset + first.skip * bs), 0  # rows of the fit up to each segment's end
+        for segment, length in zip(self.segments, self._lengths):
+            remaining += length
+            end = -(-remaining // bs)
+            if end <= ended:
+                raise ValueError(f"phase {segment.phase} holds fewer rows than the boundary batch takes from it "
+                                 f"({length} rows, batch {bs}); mixed boundary batches need longer phases")
+            segment.n_batches = end - ended + segment.skip
+            ended = end
+
+    def _flat_rows(self, segment: Segment, length: int) -> torch.Tensor:
+        """Positions into segment.idx in the order the aligned batches draw them."""
+        passes = -(-length // segment.idx.numel())
+        return torch.cat([self._order(segment, p) for p in range(passes)])[:length]
+
+    def _mixed_batches(self) -> Iterator[Batch]:
+        first, bs = self.segments[0], self.batch_size
+        if first.rng_state is not None:
+            rng_restore(first.rng_state, first.idx.device)
+        pieces: list[tuple[Segment, torch.Tensor]] = []
+        held = 0
+        for i, (segment, length) in enumerate(zip(self.segments, self._lengths)):
+            rows = self._flat_rows(segment, length)
+            if i == 0:
+                rows = rows[first.offset + first.skip * bs:]
+            while rows.numel():
+                take, rows = rows[: bs - held], rows[bs - held:]
+                pieces.append((segment, take))
+                held += take.numel()
+                if held == bs:
+                    yield self._mixed_batch(pieces)
+                    pieces, held = [], 0
+        if pieces:
+            yield self._mixed_batch(pieces)
+
+    def _mixed_batch(self, pieces: list[tuple[Segment, torch.Tensor]]) -> Batch:
+        base = torch.cat([segment.idx[rows] for segment, rows in pieces])
+        t = torch.cat([segment.task_ids[rows] for segment, rows in pieces])
+        mine = slice(self.rank, None, self.world_size)
+        return self._batch(base[mine], t[mine], base.numel())
 
 
 def eval_batches(stream: Stream, task_id: int, batch_size: int, rank: int = 0, world_size: int = 1,
