@@ -14,7 +14,6 @@ import torch
 from cltrain.distributed import all_sum
 from cltrain.nn.modes import in_mode
 from cltrain.registry import Registry
-from cltrain.streams.loader import eval_batches
 
 if TYPE_CHECKING:
     from cltrain.learners.base import Learner
@@ -32,6 +31,10 @@ def test_accuracy(stream: "Stream", learner: "Learner", batch_size: int, rank: i
                   split: str = "test") -> list[float]:
     """Test (or validation) accuracy on every task, future ones too. Under DDP each rank scores a share; counts
     are summed."""
+    # Imported here: cltrain.streams registers every stream family on import, and the metaworld family imports
+    # this module for EVALUATORS (a module-level import was a cycle whenever cltrain.evaluation came first).
+    from cltrain.streams.loader import eval_batches
+
     counts = torch.zeros(len(stream.tasks), 2, dtype=torch.float64, device=learner.device)
     with in_mode(learner, False):
         for task in stream.tasks:
