@@ -230,6 +230,9 @@ class TrainerConfig:
     precision: str = choice("32-true", *PRECISIONS)
     progress_bar: bool = True
     checkpoint: bool = True  # save a checkpoint after each phase (needed for resume)
+    # MiB (on the training device) a phase's transformed inputs may take to be computed once per phase instead
+    # of once per batch; the same batches either way (a speed / memory trade only); 0: always per batch
+    materialise_mb: int = count(1024, high=1 << 20, low=0)
 
     @property
     def several_processes(self) -> bool:
