@@ -136,7 +136,7 @@ def run_one(row: str, args: argparse.Namespace, run_dir: Path) -> dict:
     """Measure one row; its peak RSS from wait4 on its own pid (RUSAGE_CHILDREN would be the max over all)."""
     kind = "cltrain" if row in ("cltrain", "base") else row
     code = args.base if row == "base" else REPO
-    env = {**os.environ, "PYTHONPATH": str(code)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(code), *filter(None, [os.environ.get("PYTHONPATH")])])}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--tasks", str(args.tasks), "--seed",
            str(args.seed), "--device", args.device, "--run-dir", str(run_dir), "--hidden", *map(str, args.hidden),
            *(["--"] + args.overrides if args.overrides else [])]
