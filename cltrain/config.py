@@ -242,6 +242,9 @@ class TrainerConfig:
     # also keep the network's weights at the start (checkpoints/phase_start.pt) and after every phase k
     # (checkpoints/phase_<k>.pt): task vectors for `cltrain merge RUN_DIR source=phases`
     keep_phase_weights: bool = False
+    # MiB (on the training device) a phase's transformed inputs may take to be computed once per phase instead
+    # of once per batch; the same batches either way (a speed / memory trade only); 0: always per batch
+    materialise_mb: int = count(1024, high=1 << 20, low=0)
 
     @property
     def several_processes(self) -> bool:

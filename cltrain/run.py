@@ -50,7 +50,8 @@ class RunFolder:
 
     # May differ on resume: where and how the run executes, not what it computes.
     RESUME_MAY_CHANGE = ("resume", "run_dir", "trainer.progress_bar", "trainer.accelerator", "trainer.devices",
-                         "trainer.strategy", "trainer.num_nodes", "logger.", "slurm.", "data.")
+                         "trainer.strategy", "trainer.num_nodes", "trainer.materialise_mb", "logger.", "slurm.",
+                         "data.")
 
     def _check_same_experiment(self, cfg: ExperimentConfig) -> None:
         """A resumed run must continue the same experiment, or its metrics would mean nothing."""

@@ -9,6 +9,7 @@ matrix, logs, and a checkpoint from which `resume=true` continues.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import sys
 import time
@@ -122,6 +123,7 @@ class ContinualTrainer:
             self.stream, segments, self.cfg.trainer.batch_size, self.cfg.seed,
             rank=trainer.global_rank, world_size=trainer.world_size, hide_task_ids=not self.stream.task_aware,
             mixed=mixed,
+            materialise_bytes=self.cfg.trainer.materialise_mb << 20,
         )
         driver.boundaries = loader.boundaries
         with collective_check():
@@ -242,8 +244,13 @@ class ContinualTrainer:
             "plugins": {name: plugin.state_dict() for name, plugin in self.plugins.items()},
             "rng": rng_snapshot(self.stream.train.images.device),
             "precision": self._precision_state,
-            "config": to_yaml(self.cfg),
+            "config": self._config_yaml,
         }
+
+    @functools.cached_property
+    def _config_yaml(self) -> str:
+        """The run's config as YAML, once per run: OmegaConf takes ~0.1 s to write it and it never changes."""
+        return to_yaml(self.cfg)
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.progress = Progress(**state["progress"])

@@ -70,3 +70,31 @@ def test_grad_scaler_state_is_carried_into_the_next_fit():
     assert precision_state(second)["scale"] == 2.0 ** 10  # continued, not restarted at 1
     assert precision_state(_fit([], plugins=amp()))["scale"] == 2.0 ** 5  # without it: a fresh scaler
     assert precision_state(_fit([])) == {}  # 32-true has nothing to carry
+
+
+def test_learner_hook_names_and_batches_reach_lightning_unchanged(tmp_path):
+    """cltrain's Learner sets Lightning's `_current_fx_name` without nn.Module.__setattr__ and hands batches over
+    without Lightning's device walk: self.log (which reads the hook name) must still log, and the batch a step
+    receives must be the loader's very object."""
+    from cltrain.config import load_config
+    from cltrain.experiment import run_experiment
+    from cltrain.learners.finetune import Finetune
+
+    seen = []
+
+    def spy(self, batch, batch_idx):
+        seen.append((self._current_fx_name, batch))
+        return Finetune.__bases__[0].training_step(self, batch, batch_idx)
+
+    original = Finetune.training_step
+    Finetune.training_step = spy
+    try:
+        run_experiment(load_config("bench/pmnist_naive", [
+            "stream.n_tasks=1", "stream.train_per_task=6400", "stream.test_per_task=100", "trainer.progress_bar=false",
+            "logger.wandb.mode=disabled", f"run_dir={tmp_path}/run"]))
+    finally:
+        Finetune.training_step = original
+    assert {name for name, _ in seen} == {"training_step"} and len(seen) == 50
+    assert all(type(batch).__name__ == "Batch" for _, batch in seen)
+    rows = list(csv.DictReader(open(next((tmp_path / "run" / "logs").rglob("metrics.csv")))))
+    assert any(row.get("train/loss") for row in rows)  # Lightning writes it at step 49 (log_every_n_steps=50)

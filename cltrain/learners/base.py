@@ -68,6 +68,20 @@ class Learner(pl.LightningModule):
         self._optimizer: Optional[torch.optim.Optimizer] = None
         self._pending_optimizer_state: Optional[dict] = None
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Lightning sets `_current_fx_name` before and after every hook it calls (~40 times a training step).
+        # nn.Module.__setattr__ first checks the value and the name against its parameter, module and buffer
+        # tables (~10 isinstance calls); a hook name is none of those, so it goes straight to the instance.
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Batches are made on the training device (the stream's arrays live there); a `Batch` is no collection
+        Lightning could move either, so its default walk through the batch would return it unchanged."""
+        return batch
+
     # ---- model ----------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)

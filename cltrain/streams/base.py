@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -64,9 +64,17 @@ class Stream:
         """Where the stream's arrays are (the training device once the trainer has placed them)."""
         return self.train.labels.device
 
-    def train_batch(self, base: torch.Tensor, task_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(inputs, targets) of training rows `base` (indices into `train`); other stream kinds override this."""
-        return self.transform(self.train.images[base], task_ids), self.train.labels[base]
+    def train_batch(self, base: torch.Tensor, task_ids: torch.Tensor,
+                    task: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, targets) of training rows `base` (indices into `train`); other stream kinds override this.
+
+        `task` is set when every row is that task's: the transform may take a cheaper path to the same values.
+        The result must depend on the rows alone (not on the batch they come in), so that the loader may
+        transform a whole phase at once (cltrain.streams.loader).
+        """
+        images = self.train.images[base]
+        x = self.transform(images, task_ids) if task is None else self.transform.for_task(images, task)
+        return x, self.train.labels[base]
 
     def class_mask(self) -> torch.Tensor | None:
         """[n_tasks, n_classes] bool: the labels each task may predict (task-incremental only)."""

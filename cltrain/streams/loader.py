@@ -3,12 +3,18 @@
 A `PhaseLoader` walks through one or more `Segment`s (one per training phase) and is what Lightning's
 `fit` iterates. Task-aware runs fit one segment at a time; task-agnostic runs fit all segments in one go,
 so the learner sees a single unbroken stream while the trainer still knows where the boundaries are.
+
+Materialising: a segment drawn often enough (MIN_PASSES epochs or more) is transformed once, in chunks, when
+its inputs fit `materialise_bytes` (trainer.materialise_mb); its batches are then row slices of that tensor.
+A transform depends on the row alone, so the batches are the same values either way (tests/test_materialise.py);
+other segments are transformed batch by batch (a segment of one task through the transform's cheaper
+single-task path).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 
@@ -88,13 +94,15 @@ class PhaseLoader:
     """
 
     def __init__(self, stream: Stream, segments: list[Segment], batch_size: int, seed: int,
-                 rank: int = 0, world_size: int = 1, hide_task_ids: bool = False, mixed: bool = False):
+                 rank: int = 0, world_size: int = 1, hide_task_ids: bool = False, mixed: bool = False,
+                 materialise_bytes: int = 0):
         self.stream = stream
         self.segments = segments
         self.batch_size = batch_size
         self.seed = seed
         self.rank, self.world_size = rank, world_size
         self.hide_task_ids = hide_task_ids
+        self.materialise_bytes = materialise_bytes
         self.mixed = mixed
         self._lengths: list[int] = []
         if mixed:  # only then: an aligned loader keeps its segments exactly as given (empty ones too)
@@ -119,6 +127,7 @@ class PhaseLoader:
 
     def _segment_batches(self, segment: Segment) -> Iterator[Batch]:
         n, drawn, pass_no = segment.idx.numel(), 0, 0
+        rows_of = self._rows_source(segment)  # segment rows -> (x, y); holds a materialised phase until we return
         while drawn < segment.n_batches:
             order = self._order(segment, pass_no)
             for start in range(0, n, self.batch_size):
@@ -128,16 +137,33 @@ class PhaseLoader:
                     if drawn == segment.skip and segment.rng_state is not None:
                         rng_restore(segment.rng_state, segment.idx.device)
                     global_rows = order[start:start + self.batch_size]
-                    yield self._make(segment, global_rows[self.rank::self.world_size], global_rows.numel())
+                    rows = global_rows[self.rank::self.world_size]
+                    x, y = rows_of(rows)
+                    t = None if self.hide_task_ids else segment.task_ids[rows]
+                    yield Batch(x, y, t, int(y.shape[0]), global_rows.numel())
                 drawn += 1
             pass_no += 1
-
-    def _make(self, segment: Segment, rows: torch.Tensor, n_global: int) -> Batch:
-        return self._batch(segment.idx[rows], segment.task_ids[rows], n_global)
 
     def _batch(self, base: torch.Tensor, t: torch.Tensor, n_global: int) -> Batch:
         x, y = self.stream.train_batch(base, t)
         return Batch(x, y, None if self.hide_task_ids else t, int(y.shape[0]), n_global)
+
+    def _rows_source(self, segment: Segment) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """How a batch's rows (positions in the segment) become (inputs, targets): per batch, or sliced from the
+        segment transformed once."""
+        task = single_task(segment.task_ids)
+
+        def per_batch(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.stream.train_batch(segment.idx[rows], segment.task_ids[rows], task)
+
+        draws = (segment.n_batches - segment.skip) * self.batch_size // self.world_size
+        if self.materialise_bytes <= 0 or draws < MIN_PASSES.get(segment.idx.device.type, 1) * segment.idx.numel():
+            return per_batch
+        whole = materialise(self.stream, segment.idx, segment.task_ids, task, self.materialise_bytes)
+        if whole is None:
+            return per_batch
+        x_all, y_all = whole
+        return lambda rows: (x_all[rows], y_all[rows])
 
     def __iter__(self) -> Iterator[Batch]:
         # A segment is cut before its fit starts, and the first fit is what moves the stream to the training
@@ -201,6 +227,43 @@ class PhaseLoader:
         return self._batch(base[mine], t[mine], base.numel())
 
 
+def single_task(task_ids: torch.Tensor) -> Optional[int]:
+    """The task id when every row has the same one, else None (one device sync per segment, not per batch)."""
+    if task_ids.numel() == 0:
+        return None
+    first = task_ids[0]
+    return int(first) if bool((task_ids == first).all()) else None
+
+
+MATERIALISE_CHUNK = 4096  # rows transformed per call: the chunk's temporaries stay small next to the result
+# Passes over a segment (rows drawn / rows held) from which transforming it once pays. On a CPU a 128-row batch
+# is transformed inside the cache while a whole phase goes through memory: `scripts/bench_transforms.py` on the
+# 2-core machine (loaded, 1 thread) measured a 60,000-row MNIST phase at ~1.4 per-batch passes to materialise and
+# ~0.5 of one per pass to slice, so it pays from ~3 passes. On a GPU a per-batch transform is several kernel
+# launches every step and a whole phase is one pass over device memory: it pays from the first pass.
+MIN_PASSES = {"cpu": 3}
+
+
+def materialise(stream: Stream, idx: torch.Tensor, task_ids: torch.Tensor, task: Optional[int],
+                budget_bytes: int) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+    """(inputs, targets) of every row of a segment, transformed chunk by chunk into one preallocated tensor each;
+    None when they would take more than `budget_bytes`. Row i is exactly what train_batch gives for row i."""
+    n = idx.numel()
+    first = min(n, MATERIALISE_CHUNK)
+    x0, y0 = stream.train_batch(idx[:first], task_ids[:first], task)
+    per_row = x0[0].numel() * x0.element_size() + y0[0].numel() * y0.element_size()
+    if n * per_row > budget_bytes:
+        return None
+    x_all = torch.empty((n, *x0.shape[1:]), dtype=x0.dtype, device=x0.device)
+    y_all = torch.empty((n, *y0.shape[1:]), dtype=y0.dtype, device=y0.device)
+    x_all[:first], y_all[:first] = x0, y0
+    del x0, y0
+    for start in range(first, n, MATERIALISE_CHUNK):
+        end = min(n, start + MATERIALISE_CHUNK)
+        x_all[start:end], y_all[start:end] = stream.train_batch(idx[start:end], task_ids[start:end], task)
+    return x_all, y_all
+
+
 def eval_batches(stream: Stream, task_id: int, batch_size: int, rank: int = 0, world_size: int = 1,
                  split: str = "test"):
     """(x, y) batches of one task's test split (or its validation split, carved from the training arrays);
@@ -208,7 +271,6 @@ def eval_batches(stream: Stream, task_id: int, batch_size: int, rank: int = 0, w
     task = stream.tasks[task_id]
     idx, arrays = (task.val_idx, stream.train) if split == "val" else (task.test_idx, stream.test)
     idx = idx[rank::world_size]
-    ids = torch.full((batch_size,), task_id, dtype=torch.long, device=idx.device)
     for start in range(0, idx.numel(), batch_size):
         base = idx[start:start + batch_size]
-        yield stream.transform(arrays.images[base], ids[: base.numel()]), arrays.labels[base]
+        yield stream.transform.for_task(arrays.images[base], task_id), arrays.labels[base]

@@ -217,7 +217,8 @@ class RobotStream(Stream):
         self.ep_start = self.ep_start.to(device)
         return self
 
-    def train_batch(self, base: torch.Tensor, task_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def train_batch(self, base: torch.Tensor, task_ids: torch.Tensor,
+                    task: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Windows ending at steps `base`: x [B, K, S + 2 + A], targets [B, K, A] (ignored before the episode)."""
         k = self.opts.context
         rows = base[:, None] + torch.arange(1 - k, 1, device=base.device)  # [B, K]

@@ -21,10 +21,16 @@ class BatchTransform(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        return (x.float().div_(255.0) - self.mean) / self.std
+        # In place on a fresh copy: the same element-wise operations (so the same floats) as
+        # (x/255 - mean) / std, without two more batch-sized allocations per call.
+        return x.to(torch.float32, copy=True).div_(255.0).sub_(self.mean).div_(self.std)
 
     def forward(self, x: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
         return self.normalise(x)
+
+    def for_task(self, x: torch.Tensor, task_id: int) -> torch.Tensor:
+        """The same as forward(x, [task_id] * B) for a batch of one task's rows; subclasses make it cheaper."""
+        return self(x, torch.full((x.shape[0],), task_id, dtype=torch.long, device=x.device))
 
 
 class PermuteTransform(BatchTransform):
@@ -39,6 +45,12 @@ class PermuteTransform(BatchTransform):
         flat = x.reshape(b, c, h * w)
         index = self.perms[task_ids].unsqueeze(1).expand(b, c, h * w)
         return self.normalise(torch.gather(flat, 2, index).view(b, c, h, w))
+
+    def for_task(self, x: torch.Tensor, task_id: int) -> torch.Tensor:
+        # One task: select the pixel columns once instead of gathering with a [B, C, H*W] int64 index
+        # (8 bytes of index per uint8 pixel). Both copy the same values, so the output is identical.
+        b, c, h, w = x.shape
+        return self.normalise(x.reshape(b, c, h * w).index_select(2, self.perms[task_id]).view(b, c, h, w))
 
 
 class RotateTransform(BatchTransform):
@@ -56,4 +68,4 @@ class RotateTransform(BatchTransform):
         grid = F.affine_grid(affine, list(x.shape), align_corners=False)
         # Rotate the raw intensities, then normalise, so the zero fill is black like the MNIST background.
         rotated = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        return (rotated.div_(255.0) - self.mean) / self.std
+        return rotated.div_(255.0).sub_(self.mean).div_(self.std)
