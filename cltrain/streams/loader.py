@@ -103,6 +103,7 @@ class PhaseLoader:
         self.rank, self.world_size = rank, world_size
         self.hide_task_ids = hide_task_ids
         self.materialise_bytes = materialise_bytes
+        self._rows_of: Optional[Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]] = None
         self.mixed = mixed
         self._lengths: list[int] = []
         if mixed:  # only then: an aligned loader keeps its segments exactly as given (empty ones too)
@@ -127,22 +128,28 @@ class PhaseLoader:
 
     def _segment_batches(self, segment: Segment) -> Iterator[Batch]:
         n, drawn, pass_no = segment.idx.numel(), 0, 0
-        rows_of = self._rows_source(segment)  # segment rows -> (x, y); holds a materialised phase until we return
-        while drawn < segment.n_batches:
-            order = self._order(segment, pass_no)
-            for start in range(0, n, self.batch_size):
-                if drawn == segment.n_batches:
-                    return
-                if drawn >= segment.skip:
-                    if drawn == segment.skip and segment.rng_state is not None:
-                        rng_restore(segment.rng_state, segment.idx.device)
-                    global_rows = order[start:start + self.batch_size]
-                    rows = global_rows[self.rank::self.world_size]
-                    x, y = rows_of(rows)
-                    t = None if self.hide_task_ids else segment.task_ids[rows]
-                    yield Batch(x, y, t, int(y.shape[0]), global_rows.numel())
-                drawn += 1
-            pass_no += 1
+        self._rows_of = self._rows_source(segment)  # segment rows -> (x, y); may hold a materialised phase
+        try:
+            while drawn < segment.n_batches:
+                order = self._order(segment, pass_no)
+                for start in range(0, n, self.batch_size):
+                    if drawn == segment.n_batches:
+                        return
+                    if drawn >= segment.skip:
+                        if drawn == segment.skip and segment.rng_state is not None:
+                            rng_restore(segment.rng_state, segment.idx.device)
+                        global_rows = order[start:start + self.batch_size]
+                        yield self._make(segment, global_rows[self.rank::self.world_size], global_rows.numel())
+                    drawn += 1
+                pass_no += 1
+        finally:
+            self._rows_of = None  # the materialised phase is freed with its segment
+
+    def _make(self, segment: Segment, rows: torch.Tensor, n_global: int) -> Batch:
+        """The batch of `rows` (positions in the segment); one seam where tests count what the loader hands over."""
+        x, y = self._rows_of(rows)
+        t = None if self.hide_task_ids else segment.task_ids[rows]
+        return Batch(x, y, t, int(y.shape[0]), n_global)
 
     def _batch(self, base: torch.Tensor, t: torch.Tensor, n_global: int) -> Batch:
         x, y = self.stream.train_batch(base, t)
