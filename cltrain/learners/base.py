@@ -21,7 +21,6 @@ from cltrain.streams.base import Stream
 from cltrain.streams.loader import Batch
 
 
-
 class TaskSamples(Protocol):
     """The `samples` argument of `on_task_end`: batches of a seeded subset of one task's rows.
 
