@@ -103,6 +103,25 @@ def test_usage_penalty_steers_the_second_task_to_unused_entries():
     assert set(learner.selection.idx.tolist()) <= used
 
 
+def test_key_lr_moves_the_keys_at_their_own_rate_and_everything_else_at_optim_lr():
+    """learner.key_lr: at a few hundred steps the keys (init U(-1, 1)) barely move at the model's lr."""
+    x, y = windows(32, shift=1.0, seed=1)
+    moved = {}
+    for key_lr in (None, 0.1):
+        learner = l2m(lr=1e-3, key_lr=key_lr)
+        learner.on_task_start(0)
+        opt = learner.configure_optimizers()
+        keys = [p for g in opt.param_groups for p in g["params"] if p is learner.pool.keys]
+        assert len(keys) == 1  # in exactly one group
+        assert sum(len(g["params"]) for g in opt.param_groups) == len(list(learner.parameters()))
+        assert [g["lr"] for g in opt.param_groups] == ([1e-3] if key_lr is None else [1e-3, 0.1])
+        start = learner.pool.keys.detach().clone()
+        train(learner, x, y, 3)
+        moved[key_lr] = float((learner.pool.keys.detach() - start).abs().max())
+    assert moved[None] <= 3 * 1e-3 * 1.01  # Adam: about lr per step and coordinate
+    assert moved[0.1] > 30 * moved[None]
+
+
 def test_retrieval_picks_the_trained_entry_on_its_own_task():
     learner = l2m(pool=8)
     (xa, ya), (xb, yb) = windows(64, shift=1.5, seed=1), windows(64, shift=-1.5, seed=2)
@@ -314,7 +333,7 @@ def test_image_stream_pool_on_a_frozen_mnist_mlp_reports_retrieval(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     m = json.loads((tmp_path / "l2m" / "metrics.json").read_text())
     assert set(m["task_entries"]) == {"0", "1"} and len(m["retrieval_acc"]) == 2
-    assert all(0.0 <= r <= 1.0 for r in m["retrieval_acc"])
+    assert min(m["retrieval_acc"]) > 0.8  # learner.key_lr in l2m/pmnist: the keys found their tasks' queries
     assert m["acc_matrix"][0][0] > m["acc_init"][0] + 0.1  # the entries learned task 0 on the frozen backbone
     before = torch.load(ckpt, weights_only=False)["learner"]
     after = torch.load(tmp_path / "l2m" / "checkpoints" / "last.pt", weights_only=False)["learner"]

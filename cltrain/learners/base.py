@@ -120,11 +120,15 @@ class Learner(pl.LightningModule):
         # One optimizer object for the whole run (or per task, if configured), not one per Lightning fit:
         # a plain PyTorch loop keeps its Adam/momentum state across tasks, and so do we.
         if self._optimizer is None:
-            self._optimizer = OPTIMIZERS[self.optim_cfg.name](self.parameters(), self.optim_cfg)
+            self._optimizer = OPTIMIZERS[self.optim_cfg.name](self.optimizer_groups(), self.optim_cfg)
             if self._pending_optimizer_state is not None:
                 self._optimizer.load_state_dict(self._pending_optimizer_state)
                 self._pending_optimizer_state = None
         return self._optimizer
+
+    def optimizer_groups(self) -> Any:
+        """What the optimizer updates: every parameter at optim.lr, unless a method gives some their own group."""
+        return self.parameters()
 
     def optimizer_state(self) -> Optional[dict]:
         return self._optimizer.state_dict() if self._optimizer is not None else self._pending_optimizer_state

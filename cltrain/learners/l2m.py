@@ -19,7 +19,7 @@ from torch import nn
 from cltrain.config import bad, bounded, choice, count, positive
 from cltrain.distributed import all_sum
 from cltrain.learners.base import LEARNERS, Learner
-from cltrain.learners.pool import KeyPool, freeze, pull_loss
+from cltrain.learners.pool import KeyPool, freeze, key_groups, pull_loss
 from cltrain.nn.modes import in_mode
 from cltrain.streams.loader import eval_batches
 from cltrain.nn.modulators import PoolIA3, PoolLoRA, Selection, host_for
@@ -32,6 +32,7 @@ class L2MConfig:
     alpha: float = positive(16.0, high=1e6)  # LoRA scale alpha / rank = 2
     modulator: str = choice("lora", "lora", "ia3")
     pull: float = bounded(0.5, 0, 1e6)  # strength of the key pull term
+    key_lr: Optional[float] = positive(None, high=1e3)  # the keys' own learning rate; None: optim.lr
     oracle: bool = False  # task t selects only among its own entries t*E .. t*E+E-1 (needs task ids)
     oracle_entries: int = count(3, high=100_000)  # E: entries per task in the oracle split (30 / CW10)
 
@@ -95,6 +96,9 @@ class L2M(Learner):
 
     def loss(self, logits: torch.Tensor, batch) -> torch.Tensor:
         return super().loss(logits, batch) + pull_loss(self._sim, self.method.pull)
+
+    def optimizer_groups(self) -> Any:
+        return key_groups(self, self.pool, self.method.key_lr)
 
     def on_task_start(self, task_id: int) -> None:
         # A fresh optimizer per task: Adam's momentum would otherwise keep moving the last task's entries.

@@ -12,10 +12,10 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from cltrain.config import bad, bounded, count
+from cltrain.config import bad, bounded, count, positive
 from cltrain.learners.base import LEARNERS, Learner
 from cltrain.learners.l2m import check_pool_learner
-from cltrain.learners.pool import KeyPool, freeze, pull_loss
+from cltrain.learners.pool import KeyPool, freeze, key_groups, pull_loss
 from cltrain.nn.modulators import host_for
 
 
@@ -25,6 +25,7 @@ class L2PConfig:
     top_k: int = count(5, high=100_000)
     prompt_length: int = count(1, high=4096)  # tokens per entry
     pull: float = bounded(0.5, 0, 1e6)
+    key_lr: Optional[float] = positive(None, high=1e3)  # the keys' own learning rate; None: optim.lr
 
     def validate(self, where: str, exp: Any) -> None:
         if self.top_k > self.pool_size:
@@ -54,6 +55,9 @@ class L2P(Learner):
 
     def loss(self, logits: torch.Tensor, batch) -> torch.Tensor:
         return super().loss(logits, batch) + pull_loss(self._sim, self.method.pull)
+
+    def optimizer_groups(self) -> Any:
+        return key_groups(self, self.pool, self.method.key_lr)
 
     def on_task_start(self, task_id: int) -> None:
         self._optimizer = None  # as L2M: no momentum carried onto the last task's prompts

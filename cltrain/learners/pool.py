@@ -11,7 +11,7 @@ al. 2022 for L2P).
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +59,16 @@ class KeyPool(nn.Module):
             if self.training:
                 self.counts += all_sum(torch.bincount(idx.flatten(), minlength=self.size).double())
         return idx, sim.gather(1, idx)
+
+
+def key_groups(learner: nn.Module, pool: KeyPool, key_lr: Optional[float]) -> Any:
+    """The optimizer's parameter groups: the keys at their own learning rate when `key_lr` is set. Keys start
+    U(-1, 1) and Adam moves a coordinate by about lr per step, so in a few hundred steps at the model's lr (CPU
+    scale, where the paper trains 100k steps) a key stays near its random start and retrieval near chance."""
+    if key_lr is None:
+        return learner.parameters()
+    rest = [p for p in learner.parameters() if p is not pool.keys]
+    return [{"params": rest}, {"params": [pool.keys], "lr": key_lr}]
 
 
 def pull_loss(sim: torch.Tensor, strength: float) -> torch.Tensor:
