@@ -147,9 +147,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         if not tune:
             raise ConfigError("bad value None for '--tune'; valid with --select val: the comma-separated config keys "
                               "that were searched, e.g. --tune learner.lam,learner.c")
-        header, rows = selection_table(select(group_runs(find_runs(args.runs)), tune), COLUMNS)
-    elif args.tune:
-        raise ConfigError(f"bad value {args.tune!r} for '--tune'; valid: only with --select val")
+        seeds = _seeds(args.tune_seeds)
+        header, rows = selection_table(select(group_runs(find_runs(args.runs)), tune, seeds), COLUMNS)
+    elif args.tune or args.tune_seeds:
+        key, value = ("--tune", args.tune) if args.tune else ("--tune-seeds", args.tune_seeds)
+        raise ConfigError(f"bad value {value!r} for '{key}'; valid: only with --select val")
     else:
         header, rows, _ = report(args.runs)
     text = markdown(header, rows)
@@ -163,6 +165,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seeds(text: str | None) -> set[int] | None:
+    if text is None:
+        return None
+    try:
+        seeds = {int(v) for v in text.split(",") if v.strip()}
+    except ValueError:
+        seeds = set()
+    if not seeds:
+        raise ConfigError(f"bad value {text!r} for '--tune-seeds'; valid: comma-separated integer seeds, e.g. 0 or 0,1")
+    return seeds
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("report", help="aggregate finished runs over seeds (mean ± sd)")
     parser.add_argument("runs", nargs="+", help="run folders, or folders containing run folders")
@@ -171,4 +185,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "ACC over seeds (runs need stream.val_fraction > 0), then report the picks' test metrics")
     parser.add_argument("--tune", help="with --select val: the comma-separated config keys searched, e.g. "
                         "learner.lam,learner.c; runs that differ only in these are one method")
+    parser.add_argument("--tune-seeds", help="with --select val: compare grid points on these seeds only (e.g. 0: a "
+                        "grid run on seed 0, the pick on more seeds); the table still averages every seed of the pick")
     parser.set_defaults(func=cmd_report)

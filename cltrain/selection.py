@@ -8,6 +8,10 @@ takes part in the choice.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Collection, Optional
+
+import yaml
 
 from cltrain.errors import ConfigError
 from cltrain.report import Group, _label, mean_sd
@@ -53,22 +57,33 @@ def _check_tuned(groups: list[Group], tune: list[str]) -> None:
                           f"of these runs, e.g. those that vary: {', '.join(varying) or 'none'}")
 
 
-def _val_score(group: Group) -> float:
+def _val_score(group: Group, seeds: Optional[Collection[int]] = None) -> float:
     for run, metrics in zip(group.runs, group.metrics):
         if metrics.get(CRITERION) is None:
             raise ConfigError(f"run {run} has no '{CRITERION}' in metrics.json; valid for --select val: runs "
                               "made with stream.val_fraction > 0")
-    return mean_sd([m[CRITERION] for m in group.metrics])[0]
+    scored = [m for run, m in zip(group.runs, group.metrics) if seeds is None or run_seed(run) in seeds]
+    if not scored:
+        have = sorted(run_seed(run) for run in group.runs)
+        raise ConfigError(f"bad value {','.join(map(str, sorted(seeds or [])))!r} for '--tune-seeds'; valid: seeds "
+                          f"every grid point was run with (runs {group.runs[0].parent} ... have seeds {have})")
+    return mean_sd([m[CRITERION] for m in scored])[0]
 
 
-def select(groups: list[Group], tune: list[str]) -> list[Pick]:
-    """One Pick per method: groups that agree on every key except the tuned ones share a method."""
+def run_seed(run: Path) -> int:
+    return int(yaml.safe_load((run / "config.yaml").read_text())["seed"])
+
+
+def select(groups: list[Group], tune: list[str], seeds: Optional[Collection[int]] = None) -> list[Pick]:
+    """One Pick per method: groups that agree on every key except the tuned ones share a method. With `seeds`,
+    grid points are compared on those seeds' runs only (a grid run on seed 0, the pick then run on more seeds:
+    every point is scored on the same seeds), and the pick's table rows still cover all its seeds."""
     _check_tuned(groups, tune)
     picks: dict[tuple, Pick] = {}
     for group in sorted(groups, key=lambda g: g.key):
         method_key = tuple((k, v) for k, v in group.key if k not in tune)
         pick = picks.setdefault(method_key, Pick(Group(method_key)))
-        pick.candidates.append((group, _val_score(group)))
+        pick.candidates.append((group, _val_score(group, seeds)))
         for k, v in group.key:
             if k in tune and v not in pick.grid.setdefault(k, []):
                 pick.grid[k].append(v)

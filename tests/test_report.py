@@ -93,3 +93,24 @@ def test_select_val_refuses_runs_without_validation_and_unknown_keys(tmp_path, c
     assert "'--tune'" in capsys.readouterr().err
     assert main(["report", str(tmp_path), "--select", "val"]) == 2
     assert main(["report", str(tmp_path), "--tune", "learner.lam"]) == 2
+
+
+def test_tune_seeds_compares_grid_points_on_those_seeds_only(tmp_path, capsys):
+    # lam=10 ran on seed 0 only (a grid point), lam=100 on seeds 0-2 (the pick, run on more seeds): lam=100 is
+    # worse on seed 0 but its seeds 1, 2 are high, so a mean over all of each point's seeds would pick it.
+    _tuned_run(tmp_path / "ewc10" / "0", {"name": "ewc", "lam": 10.0}, 0, 0.80, 0.60)
+    for seed, val in enumerate((0.70, 0.95, 0.95)):
+        _tuned_run(tmp_path / "ewc100" / str(seed), {"name": "ewc", "lam": 100.0}, seed, val, 0.5)
+    out = tmp_path / "sel" / "table"
+    base = ["report", str(tmp_path), "--select", "val", "--tune", "learner.lam", "--out", str(out)]
+    assert main(base) == 0
+    assert next(csv.DictReader(out.with_suffix(".csv").open()))["picked (by val ACC)"] == "learner.lam=100.0"
+    assert main([*base, "--tune-seeds", "0"]) == 0
+    row = next(csv.DictReader(out.with_suffix(".csv").open()))
+    assert row["picked (by val ACC)"] == "learner.lam=10.0" and row["n"] == "1"
+    capsys.readouterr()
+    assert main([*base, "--tune-seeds", "3"]) == 2  # no grid point ran on seed 3
+    assert "'--tune-seeds'" in capsys.readouterr().err
+    assert main([*base, "--tune-seeds", "x"]) == 2
+    assert main(["report", str(tmp_path), "--tune-seeds", "0"]) == 2  # only with --select val
+    assert "only with --select val" in capsys.readouterr().err
