@@ -97,7 +97,8 @@ def point_name(method: str, overrides: list[str], seed: int) -> str:
     return "_".join([slug, *tuned, f"s{seed}"])
 
 
-def fit(bench: str, scenario: str, steps: int, overrides: list[str], seed: int, run_dir: Path) -> str:
+def fit(bench: str, scenario: str, steps: int, overrides: list[str], seed: int, run_dir: Path,
+        extra: tuple[str, ...] = ()) -> str:
     """One `cltrain fit` in a subprocess (one thread: 2 cores, runs side by side); skipped when finished."""
     if (run_dir / "metrics.json").exists():
         return f"{run_dir.name}: done before"
@@ -106,7 +107,7 @@ def fit(bench: str, scenario: str, steps: int, overrides: list[str], seed: int, 
     scenario_key = [f"stream.scenario={scenario}"] if BENCHMARKS[bench].sets_scenario else []
     cmd = [sys.executable, "-m", "cltrain.cli", "fit", BENCHMARKS[bench].experiment, *scenario_key,
            f"trainer.steps_per_task={steps}", f"seed={seed}", f"run_dir={run_dir}", f"resume={str(resume).lower()}",
-           *overrides]
+           *extra, *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_SILENT": "true"}
     start = time.perf_counter()
     with open(run_dir.parent / f"{run_dir.name}.log", "a") as log:
@@ -125,8 +126,13 @@ def first_round(args, runs: Path) -> list[tuple]:
             for overrides in points:
                 for seed in seeds:
                     run_dir = folder(runs, bench, scenario, steps) / point_name(method, overrides, seed)
-                    jobs.append((bench, scenario, steps, overrides, seed, run_dir))
+                    jobs.append((bench, scenario, steps, overrides, seed, run_dir, extra(args, bench)))
     return jobs
+
+
+def extra(args, bench: str) -> tuple[str, ...]:
+    """Overrides every run of a benchmark gets (a smaller test set: evaluation is most of a short run's time)."""
+    return (f"stream.test_per_task={args.pmnist_test}",) if bench == "pmnist" and args.pmnist_test else ()
 
 
 def second_round(args, runs: Path) -> list[tuple]:
@@ -139,7 +145,7 @@ def second_round(args, runs: Path) -> list[tuple]:
             overrides = picked(runs, bench, scenario, steps, method, args.tune_seeds)
             for seed in args.seeds:
                 run_dir = folder(runs, bench, scenario, steps) / point_name(method, overrides, seed)
-                jobs.append((bench, scenario, steps, overrides, seed, run_dir))
+                jobs.append((bench, scenario, steps, overrides, seed, run_dir, extra(args, bench)))
     return jobs
 
 
@@ -267,6 +273,9 @@ def write_doc(args, runs: Path, out: Path) -> None:
                         + f"\n\n{divergence_line(base)} {wall_line(base)}\n")
     head = DOC_HEAD.format(split=args.split_steps, pmnist=args.pmnist_steps, seeds=", ".join(map(str, args.seeds)),
                            n=len(args.seeds), tune=",".join(map(str, args.tune_seeds)),
+                           test_arg=f" --pmnist-test {args.pmnist_test}" if args.pmnist_test else "",
+                           test_cut=(f" Permuted MNIST is tested on {args.pmnist_test:,} of the 10,000 test images per "
+                                     "task (a seeded subset, the same for every method at a given seed)") if args.pmnist_test else "",
                            runs=runs.relative_to(REPO) if runs.is_relative_to(REPO) else runs)
     differ = "\n".join(f"- {d}" for d in all_differ) or "- none"
     out.write_text(head + "".join(sections) + DOC_DIFFER.format(differ=differ) + notes_section() + DOC_TAIL)
@@ -284,7 +293,7 @@ HEADER = ("| method | test ACC (%) | seeds | paper (± SEM, 20 seeds) | ours −
 
 DOC_HEAD = """# Baselines on the standard protocol (van de Ven & Tolias), tuned on validation data
 
-Regenerate: `CLTRAIN_DATA=<data> python scripts/reproduce_baselines.py --jobs 2 --split-steps {split} --pmnist-steps {pmnist}`
+Regenerate: `CLTRAIN_DATA=<data> python scripts/reproduce_baselines.py --jobs 2 --split-steps {split} --pmnist-steps {pmnist}{test_arg}`
 (runs under `{runs}/`; finished runs are reused). Every number in the *ours* columns is measured by that command.
 
 **Protocol** (experiments/baselines/*.yaml, as in van de Ven & Tolias): split MNIST — 5 tasks of two digits,
@@ -295,7 +304,7 @@ MLP 784-1000-1000, Adam lr 1e-4, batch 128, 5000 iterations
 per task, domain-incremental (one 10-way head, no task id).
 
 **Where this run departs from the protocol** (each changes the numbers):
-- Iterations per task here: split MNIST {split}, permuted MNIST {pmnist} (protocol: 2000 and 5000).
+- Iterations per task here: split MNIST {split}, permuted MNIST {pmnist} (protocol: 2000 and 5000).{test_cut}
 - **{n} seeds ({seeds})**, mean ± sd (sample sd) over them; the paper: 20 seeds, ± SEM (its sd is √20 = 4.5 times
   the printed SEM).
 - Hyperparameters picked on **validation data** (10 % of each task's training images held out,
@@ -360,6 +369,7 @@ def main() -> int:
     parser.add_argument("--runs", default="runs/baselines")
     parser.add_argument("--split-steps", type=int, default=2000, help="iterations per task, split MNIST (paper 2000)")
     parser.add_argument("--pmnist-steps", type=int, default=5000, help="iterations per task, permuted MNIST (paper 5000)")
+    parser.add_argument("--pmnist-test", type=int, help="test images per permuted task (default: all 10,000)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--tune-seeds", type=int, nargs="+", default=[0], help="seeds the grids run on")
     parser.add_argument("--benchmarks", nargs="+", default=list(BENCHMARKS), choices=list(BENCHMARKS))
