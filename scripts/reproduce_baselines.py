@@ -6,8 +6,8 @@ validation data, beside the authors' published table; writes docs/results/baseli
         [--benchmarks split_mnist pmnist] [--doc-only]
 
 Every run is one `cltrain fit` subprocess of experiments/baselines/{split_mnist,pmnist}.yaml; a run whose
-metrics.json exists is skipped, so an interrupted reproduction continues where it stopped. Two rounds:
-(1) every plain method on every seed and every grid point of the regularised methods on the tune seeds;
+metrics.json exists is skipped, so an interrupted reproduction continues where it stopped. Per scenario, two
+rounds: (1) every plain method on every seed and every grid point of the regularised methods on the tune seeds;
 (2) each method's pick (best mean validation ACC on the tune seeds: `cltrain report --select val --tune
 learner.lam,learner.c --tune-seeds 0`) on the remaining seeds. The tables show the pick's *test* ACC.
 """
@@ -117,16 +117,16 @@ def fit(bench: str, scenario: str, steps: int, overrides: list[str], seed: int, 
     return f"{bench} {scenario} {run_dir.name}: {time.perf_counter() - start:.0f} s"
 
 
-def first_round(args, runs: Path) -> list[tuple]:
+def first_round(args, runs: Path, target: tuple[str, str, int]) -> list[tuple]:
     """Plain methods on every seed; grid points on the tune seeds."""
+    bench, scenario, steps = target
     jobs = []
-    for bench, scenario, steps in targets(args):
-        for method, points in BENCHMARKS[bench].methods.items():
-            seeds = args.seeds if len(points) == 1 else args.tune_seeds
-            for overrides in points:
-                for seed in seeds:
-                    run_dir = folder(runs, bench, scenario, steps) / point_name(method, overrides, seed)
-                    jobs.append((bench, scenario, steps, overrides, seed, run_dir, extra(args, bench)))
+    for method, points in BENCHMARKS[bench].methods.items():
+        seeds = args.seeds if len(points) == 1 else args.tune_seeds
+        for overrides in points:
+            for seed in seeds:
+                run_dir = folder(runs, bench, scenario, steps) / point_name(method, overrides, seed)
+                jobs.append((bench, scenario, steps, overrides, seed, run_dir, extra(args, bench)))
     return jobs
 
 
@@ -135,17 +135,17 @@ def extra(args, bench: str) -> tuple[str, ...]:
     return (f"stream.test_per_task={args.pmnist_test}",) if bench == "pmnist" and args.pmnist_test else ()
 
 
-def second_round(args, runs: Path) -> list[tuple]:
+def second_round(args, runs: Path, target: tuple[str, str, int]) -> list[tuple]:
     """Each tuned method's pick on the seeds it has not run yet."""
+    bench, scenario, steps = target
     jobs = []
-    for bench, scenario, steps in targets(args):
-        for method, points in BENCHMARKS[bench].methods.items():
-            if len(points) == 1:
-                continue
-            overrides = picked(runs, bench, scenario, steps, method, args.tune_seeds)
-            for seed in args.seeds:
-                run_dir = folder(runs, bench, scenario, steps) / point_name(method, overrides, seed)
-                jobs.append((bench, scenario, steps, overrides, seed, run_dir, extra(args, bench)))
+    for method, points in BENCHMARKS[bench].methods.items():
+        if len(points) == 1:
+            continue
+        overrides = picked(runs, bench, scenario, steps, method, args.tune_seeds)
+        for seed in args.seeds:
+            run_dir = folder(runs, bench, scenario, steps) / point_name(method, overrides, seed)
+            jobs.append((bench, scenario, steps, overrides, seed, run_dir, extra(args, bench)))
     return jobs
 
 
@@ -381,8 +381,9 @@ def main() -> int:
         parser.error(f"--tune-seeds {args.tune_seeds} must be among --seeds {args.seeds}")
     runs = Path(args.runs).resolve()
     if not args.doc_only:
-        run_all(first_round(args, runs), args.jobs)
-        run_all(second_round(args, runs), args.jobs)
+        for target in targets(args):  # scenario by scenario: a stopped reproduction leaves whole tables
+            run_all(first_round(args, runs, target), args.jobs)
+            run_all(second_round(args, runs, target), args.jobs)
     write_doc(args, runs, Path(args.out))
     return 0
 
