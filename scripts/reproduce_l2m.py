@@ -231,7 +231,8 @@ performance kept (the pre-trained weights are never changed).
   multi-task (joint schedule, settings in runs/l2m/pretrain/config.yaml). Rollout success of the pre-trained
   model on them: {', '.join(f'{v:.2f}' for v in pre['acc_matrix'][-1])} (mean {pre_success:.2f}); its action
   accuracy on the episodes the fine-tuning runs hold out of those tasks: {pre_acc:.2f} (the pre-training run
-  itself trained on every episode: it predates the hold-out, so this is its training-data accuracy).
+  itself trained on every episode: it predates the hold-out, so this is its training-data accuracy). The
+  pre-training run took {pre['wall_time_s']:.0f} s of wall time on 2 CPU cores shared with other runs.
 - Sequence: the first {n_tasks} CW10 tasks in the paper's order ({', '.join(CW10[:n_tasks])}), not 10.
 - Data: 20 scripted-policy episodes per task (200 steps, action noise sd 0, 0.1, 0.3, 0.6 in turn) instead of
   the paper's dataset from trained agents; 2 noise-free episodes per task held out. Training steps per task as
