@@ -215,7 +215,7 @@ def write_doc(path: Path, root: Path, seeds: int, n_tasks: int) -> None:
     text = f"""# L2M on Continual World: the paper vs our CPU-scale runs
 
 Paper: Schmied et al., "Learning to Modulate pre-trained Models in RL", NeurIPS 2023 (arXiv 2306.14884).
-Regenerate this page: `python scripts/reproduce_l2m.py` (`--seeds 3` for three seeds; it pre-trains first if
+Regenerate this page: `python scripts/reproduce_l2m.py` (`--seeds 3` for three seeds, as below; it pre-trains first if
 runs/l2m/pretrain is missing).
 
 ## What the paper reports
