@@ -317,7 +317,8 @@ def tame_worker(args: argparse.Namespace) -> dict:
         learner, batches = tame_setup(args, n_experts)
         rows = tame_rows(learner)
         check = [rows[r](*batches[0]) for r in rows]  # the three must score the same losses
-        if max(abs(a - b) for other in check[1:] for a, b in zip(check[0], other)) > 1e-4:
+        tol = 1e-4 if args.device == "cpu" else 2e-3  # CUDA convolutions may run in TF32, grouped or not
+        if max(abs(a - b) for other in check[1:] for a, b in zip(check[0], other)) > tol:
             raise SystemExit(f"E={n_experts}: the scoring rows disagree: {check}")
         names = list(rows)
         out[n_experts] = {name: [] for name in names}
