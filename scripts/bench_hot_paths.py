@@ -143,7 +143,7 @@ class Reservoir:
 
 
 def replay_loop(args: argparse.Namespace) -> tuple[float, int]:
-    data, torch = Data(args, args.device), None
+    data = Data(args, args.device)
     torch = data.torch
     model, opt = new_model(args, args.device)
     buffer, steps, correct = Reservoir(torch, args.device, CAPACITY), 0, None
@@ -263,8 +263,6 @@ def cltrain_job(args: argparse.Namespace) -> tuple[float, int]:
 # ---- TAME's expert scoring (one process; rows alternate inside it) ----------------------------------------
 def tame_setup(args: argparse.Namespace, n_experts: int):
     """A TAME learner holding n_experts LeNet-5 experts (tame/pmnist's network) and real MNIST batches."""
-    import torch
-
     from cltrain.config import ModelConfig, OptimConfig
     from cltrain.learners.tame import TAME, TAMEConfig
     from cltrain.nn.lenet import build_lenet
@@ -392,6 +390,8 @@ def report(path: str, rows: list[str], runs: dict[str, list[dict]], args: argpar
           f"{'overhead us/step':>17s} {'in-proc CPU s':>14s} {'peak RSS GiB':>13s} {'steps':>6s} {'ACC':>7s}")
     for row in rows:
         r = runs[row]
+        if r[0]["steps"] != fast[0]["steps"]:  # then the reference does other work and the ratios mean nothing
+            print(f"WARNING: {ROWS[row]} took {r[0]['steps']} steps, the reference {fast[0]['steps']}", flush=True)
         whole_ratio = [a["whole"] / b["whole"] for a, b in zip(r, fast)]
         inproc_ratio = [a["seconds"] / b["seconds"] for a, b in zip(r, fast)]
         overhead = [1e6 * (a["seconds"] - b["seconds"]) / b["steps"] for a, b in zip(r, fast)]
