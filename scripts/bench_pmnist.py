@@ -140,16 +140,22 @@ def run_one(row: str, args: argparse.Namespace, run_dir: Path) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--tasks", str(args.tasks), "--seed",
            str(args.seed), "--device", args.device, "--run-dir", str(run_dir), "--hidden", *map(str, args.hidden),
            *(["--"] + args.overrides if args.overrides else [])]
-    out_path = run_dir.with_suffix(".out")
+    return timed_child(cmd, code, env, run_dir.with_suffix(".out"), ROWS[row])
+
+
+def timed_child(cmd: list[str], cwd: Path, env: dict, out_path: Path, label: str) -> dict:
+    """Run one measured child process: its RESULT line, plus its whole-process seconds and peak RSS (wait4).
+
+    Shared with scripts/bench_hot_paths.py."""
     with open(out_path, "w") as out:
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=code, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(proc.pid, 0)
         whole = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
     text = out_path.read_text()
     if proc.returncode != 0:
-        raise SystemExit(f"{ROWS[row]} failed (exit {proc.returncode}):\n{text[-3000:]}")
+        raise SystemExit(f"{label} failed (exit {proc.returncode}):\n{text[-3000:]}")
     result = json.loads(next(line for line in text.splitlines() if line.startswith("RESULT "))[7:])
     return {**result, "whole": whole, "rss_gib": usage.ru_maxrss / 2**20}
 

@@ -42,8 +42,10 @@ class Replay(Plugin):
             return
         n = self.cfg.batch_size or self.ctx.batch_size
         x, y, t = self.buffer.sample(n)
-        rows = rank_rows(n, trainer, x.device)
-        batch.extend(x[rows], y[rows], t[rows])
+        if trainer.world_size > 1:  # DDP: this rank's share; one process keeps the draw (no second copy of it)
+            rows = rank_rows(n, trainer, x.device)
+            x, y, t = x[rows], y[rows], t[rows]
+        batch.extend(x, y, t)
 
     def on_train_batch_end(self, trainer, pl_module, outputs: Any, batch: Batch, batch_idx: int) -> None:
         new = slice(0, batch.n_new)

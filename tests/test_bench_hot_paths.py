@@ -1,0 +1,40 @@
+"""scripts/bench_hot_paths.py's references must do the work cltrain does, or its ratios mean nothing."""
+import importlib.util
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO
+from cltrain.config import RehearsalConfig
+from cltrain.streams.schedules import PowerLawSchedule
+
+
+def bench():
+    sys.path.insert(0, str(REPO / "scripts"))
+    spec = importlib.util.spec_from_file_location("bench_hot_paths", REPO / "scripts" / "bench_hot_paths.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("n_tasks,n", [(2, 2000), (3, 60000), (5, 1000), (10, 60000)])
+def test_hand_powerlaw_counts_are_cltrain_schedule(n_tasks, n):
+    """The power-law loop draws, per phase and task, exactly as many rows as `stream.schedule=powerlaw`."""
+    cltrain = PowerLawSchedule(RehearsalConfig()).counts(list(range(n_tasks)), [n] * n_tasks)
+    assert np.array_equal(np.asarray(bench().powerlaw_counts(n_tasks, n)), cltrain)
+
+
+def test_hand_reservoir_keeps_capacity_rows_of_the_stream():
+    """The replay loop's reservoir fills to its capacity, then holds rows of the whole stream (not the last ones)."""
+    res = bench().Reservoir(torch, "cpu", 50)
+    torch.manual_seed(0)
+    for step in range(20):
+        rows = torch.arange(step * 10, step * 10 + 10)
+        res.add(rows[:, None].float().expand(10, 784), rows)
+        assert res.seen == (step + 1) * 10
+    assert res.y.unique().numel() == 50 and bool((res.x[:, 0] == res.y.float()).all())
+    assert int(res.y.min()) < 150  # older rows survive: a uniform sample of all 200, not a FIFO
+    x, y = res.sample(128)
+    assert x.shape == (128, 784) and bool(torch.isin(y, res.y).all())
