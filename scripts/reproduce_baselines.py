@@ -275,7 +275,7 @@ def write_doc(args, runs: Path, out: Path) -> None:
                            n=len(args.seeds), tune=",".join(map(str, args.tune_seeds)),
                            test_arg=f" --pmnist-test {args.pmnist_test}" if args.pmnist_test else "",
                            test_cut=(f" Permuted MNIST is tested on {args.pmnist_test:,} of the 10,000 test images per "
-                                     "task (a seeded subset, the same for every method at a given seed)") if args.pmnist_test else "",
+                                     "task (a seeded subset, the same for every method at a given seed).") if args.pmnist_test else "",
                            runs=runs.relative_to(REPO) if runs.is_relative_to(REPO) else runs)
     differ = "\n".join(f"- {d}" for d in all_differ) or "- none"
     out.write_text(head + "".join(sections) + DOC_DIFFER.format(differ=differ) + notes_section() + DOC_TAIL)
