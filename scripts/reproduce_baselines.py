@@ -48,22 +48,23 @@ class Benchmark:
     sets_scenario: bool = True  # split streams take stream.scenario; a permuted stream is domain-incremental
 
 
+PLAIN = {  # methods without a tuned key: every seed, no grid
+    "fine-tuning": plain("learner.name=finetune"),
+    "joint": plain("learner.name=joint"),
+    "experience replay (2000)": plain("learner.name=finetune", "plugins.replay.capacity=2000"),
+}
 # Grids: two decades apart, spanning the values in the authors' repository (GMvandeVen/continual-learning,
 # param_values.py: split MNIST EWC 1e6-1e8, online EWC 1e8-1e9, SI c 0.5-500; permuted MNIST EWC 500, online
 # EWC 1000, SI c 5), so a pick at an edge shows. Online EWC keeps gamma = 1 (not tuned here).
 BENCHMARKS = {
     "split_mnist": Benchmark("baselines/split_mnist", SPLIT_SCENARIOS, {
-        "fine-tuning": plain("learner.name=finetune"),
-        "joint": plain("learner.name=joint"),
-        "experience replay (2000)": plain("learner.name=finetune", "plugins.replay.capacity=2000"),
+        **PLAIN,
         "EWC": grid(["learner.name=ewc", "learner.mode=offline"], "learner.lam", ("1e5", "1e7", "1e9")),
         "online EWC": grid(["learner.name=ewc", "learner.mode=online"], "learner.lam", ("1e6", "1e8", "1e10")),
         "SI": grid(["learner.name=si"], "learner.c", ("0.5", "50.0", "5000.0")),
     }),
     "pmnist": Benchmark("baselines/pmnist", ("domain_incremental",), {
-        "fine-tuning": plain("learner.name=finetune"),
-        "joint": plain("learner.name=joint"),
-        "experience replay (2000)": plain("learner.name=finetune", "plugins.replay.capacity=2000"),
+        **PLAIN,
         "EWC": grid(["learner.name=ewc", "learner.mode=offline"], "learner.lam", ("5.0", "500.0", "50000.0")),
         "online EWC": grid(["learner.name=ewc", "learner.mode=online"], "learner.lam", ("10.0", "1000.0", "100000.0")),
         "SI": grid(["learner.name=si"], "learner.c", ("0.05", "5.0", "500.0")),
