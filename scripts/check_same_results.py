@@ -28,6 +28,11 @@ CASES = {
                                                 "stream.presentation=task_agnostic"]),
     "split_replay": ("bench/split_mnist_replay", ["stream.n_tasks=5", "stream.train_per_task=1000"]),
     "split_ewc": ("bench/split_mnist_ewc", ["stream.n_tasks=5", "stream.train_per_task=1000"]),
+    # TAME at the boundary study's small scale (docs/results/tame.md): detection, spawning, pruning, scoring
+    "tame_split": ("tame/split_mnist", ["stream.n_tasks=2", "stream.train_per_task=2012", "trainer.epochs_per_task=6",
+                                        "learner.window=30", "learner.selector_capacity=1000",
+                                        "learner.prune_capacity=1000", "learner.selector_epochs=3",
+                                        "learner.eval_selector_epochs=1", "learner.expert_prune_epochs=3"]),
 }
 TIMING = {"wall_time_s", "phase_wall_time_s", "detection_plot"}
 

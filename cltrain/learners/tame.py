@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, stack_module_state, vmap
+from torch.func import functional_call, vmap
 
 from cltrain.config import bounded, choice, count, fraction, positive
 from cltrain.distributed import (all_sum, average_gradients, broadcast_module, from_rank0, gather_rows,
@@ -41,6 +41,7 @@ from cltrain.distributed import (all_sum, average_gradients, broadcast_module, f
 from cltrain.learners import tame_report
 from cltrain.learners.base import LEARNERS, Learner
 from cltrain.nn.modes import in_mode
+from cltrain.nn.stacked import StackedModules
 from cltrain.plugins.detection import DetectorConfig, build_detector, check_can_fire
 from cltrain.plugins.pruning import Masks, apply_masks, finetune, prune_and_finetune, weight_sparsity
 from cltrain.priority_buffer import PriorityBuffer
@@ -150,6 +151,7 @@ class TAME(Learner):
         self._pending_opt_states: Optional[list] = None
         self._eval_selector: tuple[Any, Optional[nn.Module]] = (None, None)
         self._template: Optional[tuple[nn.Module]] = None
+        self._stacked = StackedModules()  # the experts' weights for the vmapped scoring, refreshed per change
         self._trained_digest: Optional[float] = None
 
     @staticmethod
@@ -204,7 +206,7 @@ class TAME(Learner):
     def score_experts(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mean loss of every expert on (x, y), eval mode, one vmapped forward over the stacked experts: [E]."""
         experts = list(self.experts)
-        params, buffers = stack_module_state(experts)
+        params, buffers = self._stacked(experts)  # re-copies only the experts that changed (the active one)
         if self._template is None:  # structure only (on the meta device, in eval mode); weights come from `params`
             self._template = (copy.deepcopy(experts[0]).to("meta").eval(),)  # a tuple: not a registered submodule
         template = self._template[0]
@@ -320,6 +322,7 @@ class TAME(Learner):
                                            c.expert_prune_lr, c.batch_size, seed, loss_fn=self.train_loss,
                                            rounds=c.expert_prune_rounds)
         broadcast_module(self.experts[j])
+        self._stacked.invalidate()  # the broadcast writes through .data, which no version counter sees
         self.prune_snapshots.append({"dense": dense, "pruned": snapshot(self.experts[j])})
         after = self._buffer_loss(j, x, y)
         # The frozen threshold was measured on the dense expert; a returning task is judged on the pruned one.
