@@ -129,13 +129,15 @@ def _reference(main: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _split(split: dict) -> str:
-    lines = ["| environment | paper v3 (5 seeds) | ours |", "|---|---|---|"]
-    for name in ("none", "powerlaw", "uniform", "exponential", "joint"):
+def _split(split: dict, order: list[str]) -> str:
+    lines = ["| environment | matching | paper v3 (5 seeds) | ours |", "|---|---|---|---|"]
+    matching = {"powerlaw": "(reference)", "none": "—", "joint": "—", **{name: m for name, m in MATCHED}}
+    for name in [n for n in order if n in split]:
         paper = PAPER_V3.get(name)
-        lines.append(f"| {name} | {paper if paper is not None else '—'} | "
-                     f"{_cell([r['acc'] for r in split.get(name, [])])} |")
-    return "\n".join(lines) + "\n"
+        lines.append(f"| {name} | {matching.get(name, '—')} | {paper if paper is not None else '—'} | "
+                     f"{_cell([r['acc'] for r in split[name]])} |")
+    return ("\n".join(lines) + "\n\nPaired by seed, as above (no probe here: ACC and forgetting only):\n\n"
+            + _comparison_table(split) + "\n" + _table(split, order))
 
 
 def _sweeps(root: Path) -> str:
@@ -374,7 +376,7 @@ measured inside the mixed batches, so rehearsal dilutes them; the probe above do
         text += f"### The paper's claims, checked\n\n{_claims(main)}\n\"Comparable\" means within 0.5 points of ACC.\n\n"
         text += f"### Reference points\n\n{_reference(main)}\n"
     text += "## Split MNIST, class-incremental, 5 phases (the paper's v3 table)\n\n"
-    text += _split(split) if split else "Not run in this regeneration (`--all` adds it).\n"
+    text += _split(split, order) if split else "Not run in this regeneration (`--all` adds it).\n"
     text += "\n## Robustness (CPU scale, one factor at a time)\n\n"
     text += _sweeps(root / "sweeps") if (root / "sweeps").exists() else "Not run in this regeneration (`--all` adds it).\n"
     notes = path.parent / "powerlaw_notes.md"

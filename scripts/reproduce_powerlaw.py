@@ -51,7 +51,7 @@ PROBE = ["plugins.probe.steps=50", "plugins.probe.eval_every=5", "plugins.probe.
 TIGHT = ["stream.rehearsal.p_min=0.01"]
 # exposure matching only: the clean comparison, and what fitted the deadline on the loaded machine
 TIGHT_CONDITIONS = ("powerlaw", "uniform_exposure", "exponential_exposure")
-SPLIT_CONDITIONS = {k: CONDITIONS[k] for k in ("none", "powerlaw", "uniform", "exponential", "joint")}
+SPLIT_CONDITIONS = {k: CONDITIONS[k] for k in (*MATCHING, "joint")}  # both matchings, as on permuted MNIST
 SWEEPS = {  # robustness: one factor at a time around the CPU default, power law vs its budget-matched rivals
     "tasks": [[f"stream.n_tasks={n}"] for n in (5, 20)],
     "width": [[f"model.hidden=[{w},{w}]"] for w in (100, 1000)],
