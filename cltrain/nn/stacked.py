@@ -8,63 +8,70 @@ call. It reads two things torch keeps on every tensor:
 
 - the version counter, which every in-place write moves (optimizer steps, masks, `load_state_dict`): that
   module's slice is copied again;
-- the storage pointer, which `.to()` and re-created tensors move: everything is stacked again.
+- the storage pointer, which `.to()` moves: everything is stacked again.
 
-Writes through `.data` move neither (that is what `.data` is for), so code that writes that way, such as the
-DDP broadcasts in cltrain.distributed, must call `invalidate()` afterwards. The stacked values are the
-modules' own values, so a forward on them gives the same numbers as one on a fresh stack.
+Everything else stacks again too: another list of modules, or `invalidate()`. Writes through `.data` move no
+version counter (that is what `.data` is for), and a module given a new Parameter object is not seen either,
+so code that does either (the DDP broadcasts in cltrain.distributed write through `.data`) must call
+`invalidate()` afterwards. The stacked values are the modules' own values, so a forward on them gives the
+same numbers as one on a fresh stack.
 """
 from __future__ import annotations
 
 from itertools import chain
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 from torch.func import stack_module_state
 
-Stamp = tuple[tuple[int, int], ...]  # (storage pointer, version) of every parameter and buffer, in order
+Stacked = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]
 
 
-def _tensors(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
-    return list(chain(module.named_parameters(), module.named_buffers()))
-
-
-def stamp(module: nn.Module) -> Stamp:
-    return tuple((t.data_ptr(), t._version) for _, t in _tensors(module))
+def _stamp(tensors: list[torch.Tensor]) -> list[tuple[int, int]]:
+    return [(t.data_ptr(), t._version) for t in tensors]
 
 
 class StackedModules:
-    """`stacked(modules)` -> (params, buffers) as `torch.func.stack_module_state` returns them, refreshed lazily."""
+    """`stacked(modules)` -> (params, buffers) as `torch.func.stack_module_state` returns them, refreshed lazily.
+
+    The tensors of each module are listed once per stacking (walking `named_parameters()` on every call
+    cost as much as the copy it saves); each call then only reads their pointers and version counters.
+    """
 
     def __init__(self) -> None:
-        self._stacked: Optional[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = None
-        self._stamps: list[Stamp] = []
+        self._stacked: Stacked | None = None
+        self._modules: list[nn.Module] = []
+        self._tensors: list[list[torch.Tensor]] = []  # per module: its parameters, then its buffers
+        self._slices: list[list[torch.Tensor]] = []  # per module: its views into the stacked tensors, same order
+        self._stamps: list[list[tuple[int, int]]] = []
 
     def invalidate(self) -> None:
         """Stack everything again on the next call (after writes the stamps cannot see)."""
         self._stacked = None
 
     @torch.no_grad()
-    def __call__(self, modules: Sequence[nn.Module]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        stamps = [stamp(m) for m in modules]
-        if self._stacked is None or not self._same_storage(stamps):
-            self._stacked = stack_module_state(list(modules))
-        else:
-            for j, (new, old) in enumerate(zip(stamps, self._stamps)):
-                if new != old:
-                    self._copy_in(j, modules[j])
-        self._stamps = stamps
+    def __call__(self, modules: Sequence[nn.Module]) -> Stacked:
+        if self._stacked is None or len(modules) != len(self._modules) \
+                or any(a is not b for a, b in zip(modules, self._modules)):
+            return self._stack(list(modules))
+        for j, tensors in enumerate(self._tensors):
+            stamp = _stamp(tensors)
+            if stamp == self._stamps[j]:
+                continue
+            if any(new[0] != old[0] for new, old in zip(stamp, self._stamps[j])):
+                return self._stack(list(modules))  # new storage (moved device or dtype): stack afresh
+            for target, tensor in zip(self._slices[j], tensors):
+                target.copy_(tensor)
+            self._stamps[j] = stamp
         return self._stacked
 
-    def _same_storage(self, stamps: list[Stamp]) -> bool:
-        """Same modules, same tensors (only their values may have moved)."""
-        if len(stamps) != len(self._stamps):
-            return False
-        return all(len(new) == len(old) and all(a[0] == b[0] for a, b in zip(new, old))
-                   for new, old in zip(stamps, self._stamps))
-
-    def _copy_in(self, j: int, module: nn.Module) -> None:
-        params, buffers = self._stacked
-        for name, tensor in _tensors(module):
-            (params if name in params else buffers)[name][j].copy_(tensor)
+    def _stack(self, modules: list[nn.Module]) -> Stacked:
+        self._stacked = params, buffers = stack_module_state(modules)
+        named = [list(chain(m.named_parameters(), m.named_buffers())) for m in modules]
+        self._modules = modules
+        self._tensors = [[t for _, t in pairs] for pairs in named]
+        self._slices = [[(params if name in params else buffers)[name][j] for name, _ in pairs]
+                        for j, pairs in enumerate(named)]
+        self._stamps = [_stamp(tensors) for tensors in self._tensors]
+        return self._stacked
