@@ -160,6 +160,34 @@ def picked(runs: Path, bench: str, scenario: str, steps: int, method: str, tune_
                        for o in points if o.split("=", 1)[0] in TUNED))
 
 
+def check_point(spec: str) -> tuple[str, list[str]]:
+    """'EWC=500.0' -> ("EWC", that grid point's overrides); a plain method takes no value ('joint')."""
+    method, _, value = spec.partition("=")
+    points = BENCHMARKS["pmnist"].methods.get(method)
+    if points is None:
+        raise ValueError(f"--check {spec!r}: unknown method {method!r}; valid: {', '.join(BENCHMARKS['pmnist'].methods)}")
+    chosen = [p for p in points if not value or any(o == f"{k}={value}" for o in p for k in TUNED)]
+    if len(chosen) != 1:
+        values = [o.split("=", 1)[1] for p in points for o in p if o.split("=", 1)[0] in TUNED]
+        raise ValueError(f"--check {spec!r}: give one grid point of {method}: "
+                         + (", ".join(f"{method}={v}" for v in values) if values else method))
+    return method, chosen[0]
+
+
+def check_jobs(args, runs: Path) -> list[tuple]:
+    """--check: seed 0 of chosen permuted-MNIST grid points at --check-steps iterations (the protocol's 5000)."""
+    jobs = []
+    for spec in args.check:
+        method, overrides = check_point(spec)
+        run_dir = check_folder(runs, args.check_steps) / point_name(method, overrides, 0)
+        jobs.append(("pmnist", "domain_incremental", args.check_steps, overrides, 0, run_dir, extra(args, "pmnist")))
+    return jobs
+
+
+def check_folder(runs: Path, steps: int) -> Path:
+    return runs / f"pmnist_{steps}_check"
+
+
 def picks(base: Path, tune_seeds: list[int]) -> list:
     """cltrain.selection's picks for the runs under `base`: grid points compared on the tune seeds."""
     from cltrain.report import find_runs, group_runs
@@ -255,6 +283,38 @@ def divergence_line(base: Path) -> str:
             f"(every grid point, every seed) is {worst:.1f} % (`{name}`).")
 
 
+def check_section(args, runs: Path) -> str:
+    """Seed-0 runs at --check-steps beside the same grid point at the table's iterations (and the paper)."""
+    base = check_folder(runs, args.check_steps)
+    rows = []
+    for method, points in BENCHMARKS["pmnist"].methods.items():
+        for overrides in points:
+            name = point_name(method, overrides, 0)
+            long = base / name / "metrics.json"
+            if not long.exists():
+                continue
+            short = folder(runs, "pmnist", "domain_incremental", args.pmnist_steps) / name / "metrics.json"
+            cells = []
+            for path in (short, long):
+                m = json.loads(path.read_text()) if path.exists() else None
+                cells.append("—" if m is None else f"{m['acc'] * 100:.1f} (last task {m['acc_matrix'][-1][-1] * 100:.1f})")
+            setting = ", ".join(o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] in TUNED) or "—"
+            ref = PAPER[("pmnist", "domain_incremental")].get(method)
+            rows.append(f"| {method} | {setting} | {cells[0]} | {cells[1]} | {f'{ref[0]:.2f}' if ref else '—'} |")
+    if not rows:
+        return ""
+    specs = " ".join(f"--check {s}" for s in args.check) if args.check else "--check METHOD=VALUE"
+    return (f"\n### Permuted MNIST at the protocol's {args.check_steps:,} iterations (seed 0 checks)\n\n"
+            f"Single runs (seed 0, validation split held out, same test subset) of grid points at {args.check_steps:,} "
+            f"iterations per task, beside the same point at {args.pmnist_steps:,} (the table above): whether the gap "
+            f"to the paper is the cut in iterations. Test ACC % after the last task (the just-trained last task's "
+            f"own accuracy in brackets). Command: `python scripts/reproduce_baselines.py --pmnist-steps "
+            f"{args.pmnist_steps}{f' --pmnist-test {args.pmnist_test}' if args.pmnist_test else ''} "
+            f"--check-steps {args.check_steps} {specs}`.\n\n"
+            f"| method | setting | {args.pmnist_steps:,} iterations | {args.check_steps:,} iterations | paper |\n"
+            f"|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+
+
 def wall_line(base: Path) -> str:
     times = [json.loads(p.read_text())["wall_time_s"] for p in base.glob("*/metrics.json")]
     return f"Wall time per run: median {sorted(times)[len(times) // 2]:.0f} s ({len(times)} runs, 1 thread each)."
@@ -278,6 +338,7 @@ def write_doc(args, runs: Path, out: Path) -> None:
                            test_cut=(f" Permuted MNIST is tested on {args.pmnist_test:,} of the 10,000 test images per "
                                      "task (a seeded subset, the same for every method at a given seed).") if args.pmnist_test else "",
                            runs=runs.relative_to(REPO) if runs.is_relative_to(REPO) else runs)
+    sections.append(check_section(args, runs))
     differ = "\n".join(f"- {d}" for d in all_differ) or "- none"
     out.write_text(head + "".join(sections) + DOC_DIFFER.format(differ=differ) + notes_section() + DOC_TAIL)
     print(f"wrote {out}")
@@ -376,15 +437,24 @@ def main() -> int:
     parser.add_argument("--benchmarks", nargs="+", default=list(BENCHMARKS), choices=list(BENCHMARKS))
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--doc-only", action="store_true", help="only rewrite the doc from finished runs")
+    parser.add_argument("--check", nargs="+", default=[], metavar="METHOD[=VALUE]",
+                        help="also run these permuted-MNIST grid points on seed 0 at --check-steps (e.g. EWC=500.0)")
+    parser.add_argument("--check-steps", type=int, default=5000, help="iterations per task of the --check runs")
     parser.add_argument("--out", default=str(REPO / "docs" / "results" / "baselines.md"))
     args = parser.parse_args()
     if not set(args.tune_seeds) <= set(args.seeds):
         parser.error(f"--tune-seeds {args.tune_seeds} must be among --seeds {args.seeds}")
+    try:
+        checks = [check_point(spec) for spec in args.check]  # bad names fail here, before any run
+    except ValueError as exc:
+        parser.error(str(exc))
     runs = Path(args.runs).resolve()
     if not args.doc_only:
         for target in targets(args):  # scenario by scenario: a stopped reproduction leaves whole tables
             run_all(first_round(args, runs, target), args.jobs)
             run_all(second_round(args, runs, target), args.jobs)
+        if checks:
+            run_all(check_jobs(args, runs), args.jobs)
     write_doc(args, runs, Path(args.out))
     return 0
 
