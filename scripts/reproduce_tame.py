@@ -9,6 +9,7 @@ run is measured around the subprocess and stored next to its metrics (wall_clock
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import re
@@ -104,20 +105,27 @@ def load(root: Path, name: str) -> dict | None:
     metrics = json.loads(path.read_text())
     clock = root / name / "wall_clock.json"
     metrics["_wall"] = json.loads(clock.read_text())["seconds"] if clock.exists() else None
-    metrics["_chance"] = chance(root / name)
+    metrics["_config"] = yaml.safe_load((root / name / "config.yaml").read_text())
+    metrics["_chance"] = chance_of(metrics["_config"])
     return metrics
 
 
 def diverged(m: dict) -> bool:
-    """The training blew up: every task at chance after the last phase, or a task at chance right after its own
-    phase (the network no longer learns). Within 1.2x chance: a collapsed network scores its test set's class
-    shares. Chance is 1/2 for a task-incremental split run (the task id leaves two classes), 1/10 otherwise."""
-    acc, order = m["acc_matrix"], m.get("order") or range(len(m["acc_matrix"]))  # phase k trains task order[k]
-    return max(acc[-1]) <= 1.2 * m["_chance"] or any(row[t] <= 1.2 * m["_chance"] for row, t in zip(acc, order))
+    """The training blew up (see `collapse_phase`), read from a run loaded by `load`."""
+    return collapse_phase(m["acc_matrix"], m.get("order"), m["_chance"]) is not None
 
 
-def chance(run_dir: Path) -> float:
-    stream = yaml.safe_load((run_dir / "config.yaml").read_text())["stream"]
+def collapse_phase(acc: list[list[float]], order: list[int] | None, chance: float) -> int | None:
+    """The first phase whose own task is at chance right after it (the network no longer learns), None for a run
+    that did not blow up; a run ending at chance on every task has its last phase there too. Within 1.2x
+    chance: a collapsed network scores its test set's class shares. `order[k]`: the task phase k trains."""
+    rows = zip(acc, order or range(len(acc)))
+    return next((k for k, (row, t) in enumerate(rows) if row[t] <= 1.2 * chance), None)
+
+
+def chance_of(config: dict) -> float:
+    """1/2 for a task-incremental split run (the task id leaves two classes), 1/10 otherwise."""
+    stream = config["stream"]
     return 0.5 if stream["name"] == "split" and stream["scenario"] == "task_incremental" else 0.1
 
 
@@ -255,10 +263,11 @@ def stability_lines(root: Path) -> list[str]:
            "(`scripts/ewc_stiffness.py`, read from the run's stored Fishers; no test data), separates the two:", "",
            "| run | λ | lr·λ·ΣF_max after each task | ACC % | diverged |", "|---|---|---|---|---|"]
     for name, m in runs:
-        lam = float(yaml.safe_load((root / name / "config.yaml").read_text())["learner"]["lam"])
+        lam = float(m["_config"]["learner"]["lam"])
         values = ", ".join(f"{v:.2f}" for v, _ in stiffness(root / name, 0.02, lam))
         out.append(f"| {name} | {lam:g} | {values} | {pct(m['acc'])} | {'yes' if diverged(m) else 'no'} |")
-    out += ["", "`tame/split_mnist_ewc` therefore ships λ = 100, the best grid point whose run stays below the bound."]
+    shipped = float(runs[-1][1]["_config"]["learner"]["lam"])
+    out += ["", f"`tame/split_mnist_ewc` therefore ships λ = {shipped:g}, the best grid point whose run stays below the bound."]
     return out
 
 
@@ -284,19 +293,16 @@ def si_ci_lines(root: Path) -> list[str]:
 
 def collapse_lines(root: Path) -> list[str]:
     """The comparison's diverged baselines: where each fell to chance, and its logged training loss."""
-    import csv
-
     out = []
     for name in [n for n in RUNS if not n.startswith("tame_") and "_val_" not in n and not n.endswith("_lam1000")]:
         m = load(root, name)
         if m is None or not diverged(m):
             continue
-        acc, order = m["acc_matrix"], m.get("order") or range(len(m["acc_matrix"]))
-        phase = next((k for k, (row, t) in enumerate(zip(acc, order)) if row[t] <= 1.2 * m["_chance"]), None)
+        phase = collapse_phase(m["acc_matrix"], m.get("order"), m["_chance"])
         logs = sorted((root / name / "logs").glob("*/metrics.csv"))
         rows = [r for r in csv.DictReader(logs[0].open()) if r.get("train/loss")] if logs else []
         loss = [(int(r["step"]), float(r["train/loss"])) for r in rows]
-        where = f"the task of phase {phase + 1} ends its own phase at chance" if phase is not None else "every task at chance"
+        where = f"the task of phase {phase + 1} ends its own phase at chance"
         if loss:
             peak = max(loss, key=lambda sl: sl[1])
             where += (f"; its logged training loss peaks at {peak[1]:.2f} (step {peak[0]}) and ends at {loss[-1][1]:.3f}"
@@ -371,6 +377,7 @@ def gap_bullet(root: Path, name: str, paper_key: str, label: str) -> list[str]:
         f"The largest part is {largest}" + REASONS.get(largest, "."),
     ]
 
+
 def prune_budget_line(root: Path) -> list[str]:
     """The pruning loss with 5x the fine-tuning epochs after pruning (5 permuted tasks, seed 0), if run."""
     ref, more = load(root, "tame_pmnist"), load(root, "tame_pmnist_prune50")
@@ -380,6 +387,7 @@ def prune_budget_line(root: Path) -> list[str]:
             f"instead of 10, seed 0): pruning loss {pct(more['pruning_loss'])} vs {pct(ref['pruning_loss'])} points, "
             f"ACC {pct(more['acc'])} vs {pct(ref['acc'])} %, wall time {more['_wall'] or 0:.0f} vs "
             f"{ref['_wall'] or 0:.0f} s."]
+
 
 def write_doc(root: Path, path: Path) -> None:
     text = "\n".join([
