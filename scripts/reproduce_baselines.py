@@ -174,11 +174,10 @@ def check_point(spec: str) -> tuple[str, list[str]]:
     return method, chosen[0]
 
 
-def check_jobs(args, runs: Path) -> list[tuple]:
+def check_jobs(args, runs: Path, checks: list[tuple[str, list[str]]]) -> list[tuple]:
     """--check: seed 0 of chosen permuted-MNIST grid points at --check-steps iterations (the protocol's 5000)."""
     jobs = []
-    for spec in args.check:
-        method, overrides = check_point(spec)
+    for method, overrides in checks:
         run_dir = check_folder(runs, args.check_steps) / point_name(method, overrides, 0)
         jobs.append(("pmnist", "domain_incremental", args.check_steps, overrides, 0, run_dir, extra(args, "pmnist")))
     return jobs
@@ -454,7 +453,7 @@ def main() -> int:
             run_all(first_round(args, runs, target), args.jobs)
             run_all(second_round(args, runs, target), args.jobs)
         if checks:
-            run_all(check_jobs(args, runs), args.jobs)
+            run_all(check_jobs(args, runs, checks), args.jobs)
     write_doc(args, runs, Path(args.out))
     return 0
 
