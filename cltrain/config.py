@@ -213,6 +213,19 @@ class OptimConfig:
     momentum: float = fraction(0.9, high_open=True)
     weight_decay: float = fraction(0.0)
     reset_per_task: bool = False  # a fresh optimizer state at each phase (False: one optimizer for the run)
+    # rescale each step's gradients to at most this global L2 norm (None: no clipping); it caps the size of one
+    # step, which is what keeps a long SGD-momentum stream from a step that kills the network (TAME's baselines)
+    grad_clip_norm: Optional[float] = positive(None, high=1e6)
+
+    def validate(self, where: str, exp: "ExperimentConfig") -> None:
+        if self.grad_clip_norm is None:
+            return
+        from cltrain.catalog import lookup
+
+        name = exp.learner["name"]
+        if lookup("LEARNERS", name).optimizes_itself:
+            raise bad(f"{where}grad_clip_norm", self.grad_clip_norm,
+                      f"null: learner.name={name!r} steps its own optimizers, which the trainer's clipping does not reach")
 
 
 # Lightning's names that cltrain's trainer supports; tests/test_bad_inputs.py checks them against Lightning's

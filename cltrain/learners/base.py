@@ -51,6 +51,8 @@ class Learner(pl.LightningModule):
     # True: `self.model` holds everything it predicts with (trainer.keep_phase_weights saves its weights after each
     # phase); False: part of it lives elsewhere (TAME's expert pool, L2M's / L2P's pools and prompts)
     single_network: ClassVar[bool] = True
+    # True: it steps its own optimizers (manual optimization), so the trainer's gradient clipping never reaches them
+    optimizes_itself: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module, optim: OptimConfig, method: Any = None,
                  class_mask: Optional[torch.Tensor] = None, model_factory: Optional[Callable[[], nn.Module]] = None,
@@ -115,6 +117,18 @@ class Learner(pl.LightningModule):
             self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(batch))
         # The logits go to the callbacks' on_train_batch_end (e.g. training accuracy for facilitation).
         return {"loss": loss, "logits": logits.detach()}
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: Any = None,
+                                    gradient_clip_algorithm: Optional[str] = None) -> None:
+        """optim.grad_clip_norm (Lightning hands it here after unscaling mixed-precision gradients): clip by the
+        global L2 norm as Lightning would, and log the norm before clipping on the log steps (`train/grad_norm`
+        in logs/), so a run shows how often the cap acted rather than only that it was set."""
+        if gradient_clip_val is None:
+            return
+        params = list(self.trainer.precision_plugin.main_params(optimizer))
+        norm = torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+        if self.trainer.global_step % self.trainer.log_every_n_steps == 0:
+            self.log("train/grad_norm", norm, on_step=True, on_epoch=False, batch_size=1)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         # One optimizer object for the whole run (or per task, if configured), not one per Lightning fit:
