@@ -11,7 +11,8 @@ import csv
 import io
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -66,10 +67,21 @@ def _config_key(flat: dict[str, Any]) -> tuple:
     return tuple(sorted((k, str(v)) for k, v in flat.items() if not k.startswith(IGNORED)))
 
 
+@lru_cache(maxsize=1)
+def _defaults() -> dict[str, Any]:
+    """Every global key at its default (flattened like a run's config.yaml)."""
+    from cltrain.config import ExperimentConfig  # no torch behind it
+
+    return flatten(asdict(ExperimentConfig()))
+
+
 def group_runs(runs: list[Path]) -> list[Group]:
     groups: dict[tuple, Group] = {}
     for run in runs:
-        flat = flatten(yaml.safe_load((run / "config.yaml").read_text()))
+        # A key added to cltrain after a run was made is missing from its config.yaml. New keys default to the
+        # behaviour from before they existed, so the run had the default: fill it in, or a sweep extended after
+        # an upgrade would split one method's grid into two groups.
+        flat = {**_defaults(), **flatten(yaml.safe_load((run / "config.yaml").read_text()))}
         key = _config_key(flat)
         group = groups.setdefault(key, Group(key))
         group.runs.append(run)

@@ -114,3 +114,20 @@ def test_tune_seeds_compares_grid_points_on_those_seeds_only(tmp_path, capsys):
     assert main([*base, "--tune-seeds", "x"]) == 2
     assert main(["report", str(tmp_path), "--tune-seeds", "0"]) == 2  # only with --select val
     assert "only with --select val" in capsys.readouterr().err
+
+
+def test_a_run_made_before_a_key_existed_groups_with_runs_that_have_it_at_its_default(tmp_path, capsys):
+    # A grid extended after an upgrade: the old points' config.yaml lacks optim.grad_clip_norm (added later,
+    # default null), the new point's has it. They are one method's grid, not two methods.
+    _tuned_run(tmp_path / "old", {"name": "ewc", "lam": 10.0}, 0, 0.80, 0.60)
+    _tuned_run(tmp_path / "new", {"name": "ewc", "lam": 100.0}, 0, 0.90, 0.70)
+    cfg = yaml.safe_load((tmp_path / "new" / "config.yaml").read_text())
+    (tmp_path / "new" / "config.yaml").write_text(yaml.safe_dump({**cfg, "optim": {"grad_clip_norm": None}}))
+    out = tmp_path / "sel" / "table"
+    assert main(["report", str(tmp_path), "--select", "val", "--tune", "learner.lam", "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.with_suffix(".csv").open()))
+    assert len(rows) == 1 and rows[0]["picked (by val ACC)"] == "learner.lam=100.0"
+    # a value other than the default still tells the runs apart
+    (tmp_path / "new" / "config.yaml").write_text(yaml.safe_dump({**cfg, "optim": {"grad_clip_norm": 2.0}}))
+    assert main(["report", str(tmp_path), "--select", "val", "--tune", "learner.lam", "--out", str(out)]) == 0
+    assert len(list(csv.DictReader(out.with_suffix(".csv").open()))) == 2
