@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import yaml
@@ -262,24 +263,39 @@ def pruning_rows(root: Path) -> list[str]:
     return out
 
 
+def pick_check(root: Path, names: tuple[str, ...], key: str, column: str,
+               figures: Callable[[str, dict], list[float]]) -> tuple[list[str], float] | None:
+    """A validation pick beside the grid points run after it on the comparison's stream: one row per run with a
+    training-time figure per task, and the value the last (shipped) run uses; None until every run finished."""
+    runs = [(name, load(root, name)) for name in names]
+    if any(m is None for _, m in runs):
+        return None
+    symbol = {"lam": "λ", "c": "c"}[key]
+    rows = [f"| run | {symbol} | {column} | ACC % | diverged |", "|---|---|---|---|---|"]
+    for name, m in runs:
+        values = ", ".join(f"{v:.2f}".replace("nan", "NaN") for v in figures(name, m))
+        rows.append(f"| {name} | {float(m['_config']['learner'][key]):g} | {values} | {pct(m['acc'])} "
+                    f"| {'yes' if diverged(m) else 'no'} |")
+    return rows, float(runs[-1][1]["_config"]["learner"][key])
+
+
 def stability_lines(root: Path) -> list[str]:
     """Split MNIST EWC: validation's best λ against the shipped one, with lr·λ·ΣF_max after each task."""
     from ewc_stiffness import stiffness  # scripts/ is on sys.path when run as a script
 
-    runs = [(name, load(root, name)) for name in ("split_mnist_ewc_lam1000", "split_mnist_ewc")]
-    if any(m is None for _, m in runs):
+    def product(name: str, m: dict) -> list[float]:
+        return [v for v, _ in stiffness(root / name, 0.02, float(m["_config"]["learner"]["lam"]))]
+
+    checked = pick_check(root, ("split_mnist_ewc_lam1000", "split_mnist_ewc"), "lam", "lr·λ·ΣF_max after each task",
+                         product)
+    if checked is None:
         return []
-    out = ["", "Split MNIST's EWC: validation's best point (λ = 1000) was run on the full stream as well. A training-time",
-           "check, lr·λ·ΣF_max after each task against SGD-momentum's stability bound 2(1 + 0.9) = 3.8",
-           "(`scripts/ewc_stiffness.py`, read from the run's stored Fishers; no test data), separates the two:", "",
-           "| run | λ | lr·λ·ΣF_max after each task | ACC % | diverged |", "|---|---|---|---|---|"]
-    for name, m in runs:
-        lam = float(m["_config"]["learner"]["lam"])
-        values = ", ".join(f"{v:.2f}" for v, _ in stiffness(root / name, 0.02, lam))
-        out.append(f"| {name} | {lam:g} | {values} | {pct(m['acc'])} | {'yes' if diverged(m) else 'no'} |")
-    shipped = float(runs[-1][1]["_config"]["learner"]["lam"])
-    out += ["", f"`tame/split_mnist_ewc` therefore ships λ = {shipped:g}, the best grid point whose run stays below the bound."]
-    return out
+    rows, shipped = checked
+    return ["", "Split MNIST's EWC: validation's best point (λ = 1000) was run on the full stream as well. A training-time",
+            "check, lr·λ·ΣF_max after each task against SGD-momentum's stability bound 2(1 + 0.9) = 3.8",
+            "(`scripts/ewc_stiffness.py`, read from the run's stored Fishers; no test data), separates the two:", "",
+            *rows, "",
+            f"`tame/split_mnist_ewc` therefore ships λ = {shipped:g}, the best grid point whose run stays below the bound."]
 
 
 def si_ci_lines(root: Path) -> list[str]:
@@ -342,22 +358,18 @@ def phase_end_losses(root: Path, name: str, m: dict) -> list[float]:
 
 def si_pick_lines(root: Path) -> list[str]:
     """Permuted MNIST's SI: validation's best c against the shipped one on the 20-task stream."""
-    runs = [(name, load(root, name)) for name in ("pmnist20_si_c10", "pmnist20_si_c3", "pmnist20_si")]
-    if any(m is None for _, m in runs):
+    checked = pick_check(root, ("pmnist20_si_c10", "pmnist20_si_c3", "pmnist20_si"), "c", "final training loss per phase",
+                         lambda name, m: phase_end_losses(root, name, m))
+    if checked is None:
         return []
-    out = ["", "Permuted MNIST's SI: validation's best point (c = 10, picked at 20,000 images per task on 5 tasks) and",
-           "the grid points below it were run on the shipped 20-task stream. The training-time check is each",
-           "phase's final training loss (the mean of its last 4 logged values; NaN: the loss overflowed):", "",
-           "| run | c | final training loss per phase | ACC % | diverged |", "|---|---|---|---|---|"]
-    for name, m in runs:
-        ends = ", ".join(f"{v:.2f}".replace("nan", "NaN") for v in phase_end_losses(root, name, m))
-        out.append(f"| {name} | {float(m['_config']['learner']['c']):g} | {ends} | {pct(m['acc'])} "
-                   f"| {'yes' if diverged(m) else 'no'} |")
-    shipped = float(runs[-1][1]["_config"]["learner"]["c"])
-    out += ["", f"`tame/pmnist_si` therefore ships c = {shipped:g}, the best grid point whose 20-task run keeps",
+    rows, shipped = checked
+    return ["", "Permuted MNIST's SI: validation's best point (c = 10, picked at 20,000 images per task on 5 tasks) and",
+            "the grid points below it were run on the shipped 20-task stream. The training-time check is each",
+            "phase's final training loss (the mean of its last 4 logged values; NaN: the loss overflowed):", "",
+            *rows, "",
+            f"`tame/pmnist_si` therefore ships c = {shipped:g}, the best grid point whose 20-task run keeps",
             "learning in every phase. SI's importance sums grow with every task, so a c the 5-task grid finds stable",
             "can still overflow later in a longer stream."]
-    return out
 
 
 def finetune_cap(root: Path) -> str:
