@@ -4,6 +4,11 @@ A sweep's runs are grouped by config minus seed (cltrain.report.group_runs). Gro
 tuned keys (`--tune learner.lam,learner.c`) are one method's grid; the grid point with the best mean
 validation ACC over its seeds is picked, and its *test* metrics are what the table shows. The test set never
 takes part in the choice.
+
+A grid point that stopped learning is not picked: in one of its runs (any seed) some task's validation accuracy
+right after its own phase is no higher than the untrained network's (`val_acc_init`). A penalty strong enough to freeze the
+network can still score a high average by keeping old tasks while failing every new one; that is a diverged
+baseline, not a tuned one. Only if every point stopped learning is the best of them picked (and said so).
 """
 from __future__ import annotations
 
@@ -26,19 +31,24 @@ class Pick:
     method: Group  # key: the config minus seed and tuned keys; label: what tells methods apart
     grid: dict[str, list[str]] = field(default_factory=dict)  # tuned key -> the values searched
     candidates: list[tuple[Group, float]] = field(default_factory=list)  # (grid point, mean val ACC)
+    stalled: set[tuple] = field(default_factory=set)  # keys of the grid points that stopped learning a task
 
     @property
     def chosen(self) -> Group:
+        learning = [c for c in self.candidates if c[0].key not in self.stalled] or self.candidates
         # max() keeps the first of equal scores: candidates are in sorted config order, so ties break the same way
-        return max(self.candidates, key=lambda c: c[1])[0]
+        return max(learning, key=lambda c: c[1])[0]
 
     def chosen_setting(self) -> str:
         key = dict(self.chosen.key)
-        return ", ".join(f"{k}={key[k]}" for k in self.grid) or "(no tuned key)"
+        setting = ", ".join(f"{k}={key[k]}" for k in self.grid) or "(no tuned key)"
+        return setting + (" (every point stopped learning)" if self.chosen.key in self.stalled else "")
 
     def grid_text(self) -> str:
         values = {k: ", ".join(sorted(v, key=_numeric_first)) for k, v in self.grid.items()}
-        return "; ".join(f"{k} ∈ {{{v}}}" for k, v in values.items()) or "—"
+        text = "; ".join(f"{k} ∈ {{{v}}}" for k, v in values.items()) or "—"
+        stalled = [", ".join(f"{k}={dict(key)[k]}" for k in self.grid) for key in sorted(self.stalled)]
+        return text + (f"; stopped learning: {'; '.join(stalled)}" if stalled else "")
 
 
 def _numeric_first(value: str) -> tuple:
@@ -70,6 +80,16 @@ def _val_score(group: Group, seeds: Optional[Collection[int]] = None) -> float:
     return mean_sd([m[CRITERION] for m in scored])[0]
 
 
+def learns_every_task(metrics: dict) -> bool:
+    """Each phase's task scores above the untrained network on validation right after that phase (True when the
+    run has no validation matrices to judge by)."""
+    after, before = metrics.get("val_acc_matrix"), metrics.get("val_acc_init")
+    if not after or not before:
+        return True
+    order = metrics.get("order") or list(range(len(after)))
+    return all(after[k][task] > before[task] for k, task in enumerate(order))
+
+
 def run_seed(run: Path) -> int:
     return int(yaml.safe_load((run / "config.yaml").read_text())["seed"])
 
@@ -84,6 +104,10 @@ def select(groups: list[Group], tune: list[str], seeds: Optional[Collection[int]
         method_key = tuple((k, v) for k, v in group.key if k not in tune)
         pick = picks.setdefault(method_key, Pick(Group(method_key)))
         pick.candidates.append((group, _val_score(group, seeds)))
+        # every run counts here, not only the tune seeds': a configuration that froze on any seed is not a
+        # baseline to report (the pick's extra seeds can show it after it was first chosen)
+        if not all(learns_every_task(m) for m in group.metrics):
+            pick.stalled.add(group.key)
         for k, v in group.key:
             if k in tune and v not in pick.grid.setdefault(k, []):
                 pick.grid[k].append(v)

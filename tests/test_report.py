@@ -131,3 +131,32 @@ def test_a_run_made_before_a_key_existed_groups_with_runs_that_have_it_at_its_de
     (tmp_path / "new" / "config.yaml").write_text(yaml.safe_dump({**cfg, "optim": {"grad_clip_norm": 2.0}}))
     assert main(["report", str(tmp_path), "--select", "val", "--tune", "learner.lam", "--out", str(out)]) == 0
     assert len(list(csv.DictReader(out.with_suffix(".csv").open()))) == 2
+
+
+def _stalling_run(path, lam, seed, val_acc, just_trained):
+    """A 2-task run whose second task scores `just_trained` on validation right after its own phase (0.10 before
+    any training)."""
+    _tuned_run(path, {"name": "ewc", "lam": lam}, seed, val_acc, val_acc)
+    metrics = json.loads((path / "metrics.json").read_text())
+    metrics.update(val_acc_matrix=[[0.95, 0.10], [0.90, just_trained]], val_acc_init=[0.10, 0.10], order=[0, 1])
+    (path / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_select_val_never_picks_a_point_that_stopped_learning(tmp_path, capsys):
+    # lam=100 has the better validation ACC (old task kept) but its second task stayed at the untrained
+    # network's accuracy on seed 1: it froze, so lam=10 is picked and the table says why
+    _stalling_run(tmp_path / "a" / "0", 10.0, 0, 0.70, 0.90)
+    _stalling_run(tmp_path / "b" / "0", 100.0, 0, 0.80, 0.60)
+    _stalling_run(tmp_path / "b" / "1", 100.0, 1, 0.50, 0.10)
+    out = tmp_path / "sel" / "table"
+    base = ["report", str(tmp_path), "--select", "val", "--tune", "learner.lam", "--out", str(out)]
+    assert main([*base, "--tune-seeds", "0"]) == 0
+    row = next(csv.DictReader(out.with_suffix(".csv").open()))
+    assert row["picked (by val ACC)"] == "learner.lam=10.0"
+    assert "stopped learning: learner.lam=100.0" in row["grid searched"]
+    # every point frozen: the best is still reported, and flagged
+    _stalling_run(tmp_path / "a" / "1", 10.0, 1, 0.60, 0.05)
+    assert main([*base, "--tune-seeds", "0"]) == 0
+    row = next(csv.DictReader(out.with_suffix(".csv").open()))
+    assert row["picked (by val ACC)"] == "learner.lam=100.0 (every point stopped learning)"
+    capsys.readouterr()
