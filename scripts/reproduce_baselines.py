@@ -17,6 +17,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -305,7 +306,7 @@ def check_section(args, runs: Path) -> str:
             rows.append(f"| {method} | {setting} | {cells[0]} | {cells[1]} | {f'{ref[0]:.2f}' if ref else '—'} |")
     if not rows:
         return ""
-    specs = " ".join(f"--check {s}" for s in args.check) if args.check else "--check METHOD=VALUE"
+    specs = ("--check " + " ".join(shlex.quote(s) for s in args.check)) if args.check else "--check METHOD=VALUE"
     return (f"\n### Permuted MNIST at the protocol's {args.check_steps:,} iterations (seed 0 checks)\n\n"
             f"Single runs (seed 0, validation split held out, same test subset) of grid points at {args.check_steps:,} "
             f"iterations per task, beside the same point at {args.pmnist_steps:,} (the table above): whether the gap "
