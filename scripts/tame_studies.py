@@ -308,8 +308,8 @@ def gap_split(root: Path, seeds: list[int]) -> list[str]:
     """The reference's gap to the paper's split-MNIST ACC, split exactly: routed ACC = dense expert − pruning loss
     − drift after pruning − routing loss (all means over the same tasks, expert alone except the last term)."""
     # a missed shift merges two tasks into one expert: the split below is over the reference runs that missed none
-    clean = [s for s in seeds if (m := load(root, f"abl_reference_s{s}")) and found_all(m)]
-    ms_ = [load(root, f"abl_reference_s{s}") for s in clean]
+    refs = {s: m for s in seeds if (m := load(root, f"abl_reference_s{s}")) and found_all(m)}
+    clean, ms_ = list(refs), list(refs.values())
     if not ms_:
         return []
     mean = lambda key: float(np.mean([m[key] for m in ms_]))  # noqa: E731
