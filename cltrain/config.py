@@ -225,7 +225,8 @@ class OptimConfig:
         name = exp.learner["name"]
         if lookup("LEARNERS", name).optimizes_itself:
             raise bad(f"{where}grad_clip_norm", self.grad_clip_norm,
-                      f"null: learner.name={name!r} steps its own optimizers, which the trainer's clipping does not reach")
+                      f"null: learner.name={name!r} steps its own optimizers, which the trainer's clipping "
+                      "does not reach")
 
 
 # Lightning's names that cltrain's trainer supports; tests/test_bad_inputs.py checks them against Lightning's

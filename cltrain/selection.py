@@ -6,9 +6,9 @@ validation ACC over its seeds is picked, and its *test* metrics are what the tab
 takes part in the choice.
 
 A grid point that stopped learning is not picked: in one of its runs (any seed) some task's validation accuracy
-right after its own phase is no higher than the untrained network's (`val_acc_init`). A penalty strong enough to freeze the
-network can still score a high average by keeping old tasks while failing every new one; that is a diverged
-baseline, not a tuned one. Only if every point stopped learning is the best of them picked (and said so).
+right after its own phase is no higher than the untrained network's (`val_acc_init`). A penalty strong enough to
+freeze the network can still score a high average by keeping old tasks while failing every new one; that is a
+diverged baseline, not a tuned one. Only if every point stopped learning is the best of them picked (and said so).
 """
 from __future__ import annotations
 

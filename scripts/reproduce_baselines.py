@@ -63,7 +63,8 @@ BENCHMARKS = {
     "split_mnist": Benchmark("baselines/split_mnist", SPLIT_SCENARIOS, {
         **PLAIN,
         "EWC": grid(["learner.name=ewc", "learner.mode=offline"], "learner.lam", ("1e5", "1e7", "1e9", "1e11")),
-        "online EWC": grid(["learner.name=ewc", "learner.mode=online"], "learner.lam", ("1e2", "1e4", "1e6", "1e8", "1e10", "1e12")),
+        "online EWC": grid(["learner.name=ewc", "learner.mode=online"], "learner.lam",
+                           ("1e2", "1e4", "1e6", "1e8", "1e10", "1e12")),
         "SI": grid(["learner.name=si"], "learner.c", ("0.005", "0.5", "50.0", "5000.0", "500000.0", "5e7")),
     }),
     "pmnist": Benchmark("baselines/pmnist", ("domain_incremental",), {

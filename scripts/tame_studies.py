@@ -343,7 +343,10 @@ def best_factor(root: Path, seeds: list[int]) -> list[str]:
     if not gains:
         return []
     label = max(gains, key=lambda k: np.mean(gains[k]))
-    text = lambda k: f"{100 * np.mean(gains[k]):+.2f} ({k}, {len(gains[k])} seed{'s' * (len(gains[k]) > 1)})"  # noqa: E731
+
+    def text(k: str) -> str:
+        return f"{100 * np.mean(gains[k]):+.2f} ({k}, {len(gains[k])} seed{'s' * (len(gains[k]) > 1)})"
+
     return ["", "Paired with the reference seed by seed, on the seeds where both runs found every shift (a missed "
             "shift merges two tasks into one expert, which costs more than any factor here): largest gain "
             + text(label) + "; the others " + ", ".join(text(k) for k in gains if k != label) + "."]
