@@ -168,7 +168,7 @@ class RehearsalConfig:
 
 
 # StreamConfig keys that only some stream families read (each declares them: STREAMS.register(name, reads=...))
-STREAM_FAMILY_KEYS = ("scenario", "first_identity", "max_angle")
+STREAM_FAMILY_KEYS = ("scenario", "first_identity", "max_angle", "pixels")
 
 
 @dataclass
@@ -183,6 +183,10 @@ class StreamConfig:
     rehearsal: RehearsalConfig = field(default_factory=RehearsalConfig)
     first_identity: bool = True  # permuted: task 0 keeps the original pixel order
     max_angle: float = bounded(180.0, -360, 360)  # rotated: task t is rotated by t * max_angle / n_tasks degrees
+    # image streams' input scale: (x/255 - dataset mean) / dataset sd, or x/255 in [0, 1]. It is not cosmetic for
+    # regularisers: with unit pixels a blank pixel is 0, so its first-layer weights get no gradient, no Fisher and
+    # no SI importance on that task (van de Ven & Tolias's protocol feeds unit pixels)
+    pixels: str = choice("standardised", "standardised", "unit")
     train_per_task: Optional[int] = count(None)  # subsample each task's training set (CPU-scale runs)
     test_per_task: Optional[int] = count(None)
     # held out of each task's training data (seeded per task) and scored after every phase: val_acc_matrix

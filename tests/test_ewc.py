@@ -1,4 +1,5 @@
-"""EWC's Fisher: the Linear-layer shortcut equals per-sample gradients computed one by one."""
+"""EWC's Fisher: the Linear-layer shortcut equals per-sample gradients computed one by one; what the input scale
+does to it on real MNIST."""
 import torch
 import torch.nn.functional as F
 
@@ -45,3 +46,26 @@ def test_conv_models_take_the_generic_path_and_agree():
     fisher, ref = diagonal_fisher(learner, _samples(x, y), 12, 4), _reference(learner.model, x, y)
     for k in ref:
         assert torch.allclose(fisher[k], ref[k], atol=1e-6, rtol=1e-4), k
+
+
+def test_blank_pixels_carry_no_fisher_only_with_unit_pixels():
+    """Why stream.pixels matters for regularisers (docs/results/baselines.md): with unit pixels a pixel that is blank
+    in every image of a task is 0, so its first-layer weights get no gradient and no Fisher, and stay free for the
+    next permutation; standardised, the same pixel is -0.42 and its weights are protected like any other."""
+    from conftest import quick_config
+    from cltrain.streams.base import STREAMS
+
+    fishers = {}
+    for pixels in ("unit", "standardised"):
+        stream = STREAMS.get("permuted")(quick_config("bench/pmnist_naive", f"stream.pixels={pixels}", "seed=0"))
+        idx = stream.tasks[0].train_idx[:256]
+        x, y = stream.transform.for_task(stream.train.images[idx], 0), stream.train.labels[idx]
+        blank = (stream.train.images[idx].view(256, -1) == 0).all(0)
+        torch.manual_seed(0)
+        learner = EWC(MLP(784, [32], 10), OptimConfig(), EWCConfig())
+        fisher = linear_fisher(learner, _samples(x, y), 256, 64)
+        first = next(k for k in fisher if k.endswith("weight"))  # the input layer's [32, 784] weight
+        fishers[pixels] = fisher[first][:, blank]
+    assert blank.sum() > 50  # MNIST's border
+    assert torch.count_nonzero(fishers["unit"]) == 0
+    assert (fishers["standardised"] > 0).float().mean() > 0.9

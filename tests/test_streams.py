@@ -42,6 +42,24 @@ def stream_root():
     return os.environ["CLTRAIN_DATA"]
 
 
+@pytest.mark.parametrize("family, extra", [("permuted", ()), ("rotated", ()), ("split", ("stream.n_tasks=5",))])
+def test_unit_pixels_are_the_raw_intensities_over_255(family, extra):
+    """stream.pixels=unit: every image family feeds x/255; the default standardises by the dataset's mean and sd."""
+    unit, standard = (build(f"stream.name={family}", f"stream.pixels={p}", "seed=0", *extra)
+                      for p in ("unit", "standardised"))
+    ref = torchvision.datasets.MNIST(str(stream_root()), train=True, download=False)
+    idx = unit.tasks[0].train_idx[:64]  # task 0: the identity permutation, the unrotated images
+    tids = torch.zeros(64, dtype=torch.long)
+    raw = ref.data[idx].view(64, -1).float() / 255
+    for x in (unit.transform(unit.train.images[idx], tids), unit.transform.for_task(unit.train.images[idx], 0)):
+        if family == "rotated":  # grid_sample at 0 degrees rounds in the last bits
+            assert torch.allclose(x.view(64, -1), raw, atol=1e-5)
+        else:  # the same floats: blank pixels exactly 0
+            assert torch.equal(x.view(64, -1), raw)
+    assert torch.allclose(standard.transform(standard.train.images[idx], tids).view(64, -1), (raw - 0.1307) / 0.3081,
+                          atol=1e-5)
+
+
 def test_mixed_task_batch_is_transformed_per_row():
     """One call transforms a batch mixing tasks exactly as row-by-row calls would."""
     stream = build("stream.name=rotated", "stream.n_tasks=4")

@@ -1,6 +1,8 @@
 """Shared plumbing for the image stream families: load both splits, seed, subsample per task."""
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from cltrain.config import ExperimentConfig, data_root
@@ -10,7 +12,10 @@ from cltrain.streams.transforms import BatchTransform
 
 
 def load_dataset(cfg: ExperimentConfig) -> tuple[VisionSpec, ImageArrays, ImageArrays]:
+    """The dataset's spec (its mean and sd set to 0 and 1 under stream.pixels=unit) and its two splits."""
     spec = DATASETS.get(cfg.stream.dataset)
+    if cfg.stream.pixels == "unit":  # (x/255 - 0) / 1: the same floats as x/255
+        spec = dataclasses.replace(spec, mean=(0.0,) * len(spec.mean), std=(1.0,) * len(spec.std))
     root = data_root(cfg.data)
     return spec, load_split(cfg.stream.dataset, root, True, cfg.data.download), load_split(
         cfg.stream.dataset, root, False, cfg.data.download
