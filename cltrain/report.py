@@ -68,7 +68,7 @@ def _config_key(flat: dict[str, Any]) -> tuple:
 
 
 @lru_cache(maxsize=1)
-def _defaults() -> dict[str, Any]:
+def global_defaults() -> dict[str, Any]:
     """Every global key at its default (flattened like a run's config.yaml)."""
     from cltrain.config import ExperimentConfig  # no torch behind it
 
@@ -81,7 +81,7 @@ def group_runs(runs: list[Path]) -> list[Group]:
         # A key added to cltrain after a run was made is missing from its config.yaml. New keys default to the
         # behaviour from before they existed, so the run had the default: fill it in, or a sweep extended after
         # an upgrade would split one method's grid into two groups.
-        flat = {**_defaults(), **flatten(yaml.safe_load((run / "config.yaml").read_text()))}
+        flat = {**global_defaults(), **flatten(yaml.safe_load((run / "config.yaml").read_text()))}
         key = _config_key(flat)
         group = groups.setdefault(key, Group(key))
         group.runs.append(run)

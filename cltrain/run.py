@@ -57,9 +57,11 @@ class RunFolder:
         """A resumed run must continue the same experiment, or its metrics would mean nothing."""
         from omegaconf import OmegaConf
 
-        from cltrain.report import flatten
+        from cltrain.report import flatten, global_defaults
 
-        saved = flatten(OmegaConf.to_container(OmegaConf.load(self.path / "config.yaml")))
+        # A key added to cltrain after the run was made is missing from its config.yaml; the run had its default
+        # (new keys default to the behaviour from before them), so a run made by an older version still resumes.
+        saved = {**global_defaults(), **flatten(OmegaConf.to_container(OmegaConf.load(self.path / "config.yaml")))}
         now = flatten(OmegaConf.to_container(OmegaConf.create(to_yaml(cfg))))
         changed = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now))
                    if not k.startswith(self.RESUME_MAY_CHANGE) and saved.get(k) != now.get(k)]

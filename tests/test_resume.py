@@ -1,6 +1,7 @@
 """Reproducibility: same seed -> same metrics; a SIGKILLed run resumed from its checkpoint ends identically."""
 import signal
 
+import yaml
 from conftest import QUICK, kill_after, results, run_cli
 
 # SI (learner state), replay (plugin state, its own RNG), SGD momentum (optimizer state) and the validation
@@ -27,6 +28,12 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     assert (killed / "checkpoints" / "last.pt").exists()
     assert not (killed / "metrics.json").exists(), "the run finished before the kill; the test proves nothing"
 
+    changed = run_cli(*JOB, f"run_dir={killed}", "resume=true", "stream.pixels=unit")
+    assert changed.returncode == 2 and "stream.pixels: 'standardised' -> 'unit'" in changed.stderr, changed.stderr
+    # As if the run had been made before stream.pixels existed: its config.yaml lacks the key, and it resumes.
+    saved = yaml.safe_load((killed / "config.yaml").read_text())
+    del saved["stream"]["pixels"]
+    (killed / "config.yaml").write_text(yaml.safe_dump(saved))
     resumed = run_cli(*JOB, f"run_dir={killed}", "resume=true")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "phase 1/4" not in resumed.stdout  # finished phases are not trained again
