@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; runs on headless cluster nodes
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
+from matplotlib.ticker import LogFormatter, MaxNLocator  # noqa: E402
 
 
 def _margins(fig, left: float = 0.75, bottom: float = 0.55, top: float = 0.35, right: float = 0.15) -> None:
@@ -48,6 +48,7 @@ def retention_png(R: np.ndarray, path: Path, order: Sequence[int] | None = None,
         ax.plot(phases[start:], R[start:, j], marker="o", markersize=3, label=f"task {j}")
     seen = [R[i, sorted(set(order[: i + 1]))].mean() for i in phases]
     ax.plot(phases, seen, color="black", linewidth=2.5, label="mean over seen")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("after phase")
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0, 1.02)
@@ -59,11 +60,16 @@ def retention_png(R: np.ndarray, path: Path, order: Sequence[int] | None = None,
     plt.close(fig)
 
 
-def _count_label(value: float, _position=None) -> str:
-    for size, unit in ((1e6, "M"), (1e3, "k")):
-        if value >= size:
-            return f"{value / size:g}{unit}"
-    return f"{value:g}"
+class _CountFormatter(LogFormatter):
+    """Log-axis labels as 20k or 1M: LogFormatter picks which ticks get a label, the text needs no mathtext."""
+
+    def __call__(self, value: float, pos=None) -> str:
+        if not super().__call__(value, pos):
+            return ""
+        for size, unit in ((1e6, "M"), (1e3, "k")):
+            if value >= size:
+                return f"{value / size:g}{unit}"
+        return f"{value:g}"
 
 
 def schedule_png(counts: np.ndarray, path: Path) -> None:
@@ -76,8 +82,9 @@ def schedule_png(counts: np.ndarray, path: Path) -> None:
             ax.plot(phases[seen], counts[seen, j], marker="o", markersize=3, label=f"task {j}")
     ax.set_yscale("log")
     # plain labels ("10k"): the default 10^4 labels go through mathtext, whose parser costs ~0.5 s to build
-    ax.yaxis.set_major_formatter(FuncFormatter(_count_label))
-    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_major_formatter(_CountFormatter())
+    ax.yaxis.set_minor_formatter(_CountFormatter(labelOnlyBase=False))  # labels minor ticks on a short axis
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # phases are whole numbers
     ax.set_xlabel("phase")
     ax.set_ylabel("training samples")
     ax.set_title("samples of each task per phase")
