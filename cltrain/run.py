@@ -18,6 +18,26 @@ def default_run_dir(cfg: ExperimentConfig) -> Path:
     return Path("runs") / cfg.name / time.strftime("%Y%m%d-%H%M%S")
 
 
+# May differ between a run's config.yaml and a config that continues or reuses it: where and how the run
+# executes, not what it computes.
+WHERE_IT_RUNS = ("resume", "run_dir", "trainer.progress_bar", "trainer.accelerator", "trainer.devices",
+                 "trainer.strategy", "trainer.num_nodes", "trainer.materialise_mb", "logger.", "slurm.", "data.")
+
+
+def config_changes(saved_yaml: Path, cfg: ExperimentConfig) -> list[str]:
+    """'key: saved -> now' for every key whose value in a run's config.yaml differs from `cfg`'s, apart from
+    WHERE_IT_RUNS. A key added to cltrain after the run was made is missing from its config.yaml; the run had its
+    default (new keys default to the behaviour from before them), so a run made by an older version compares equal."""
+    from omegaconf import OmegaConf
+
+    from cltrain.report import flatten, global_defaults
+
+    saved = {**global_defaults(), **flatten(OmegaConf.to_container(OmegaConf.load(saved_yaml)))}
+    now = flatten(OmegaConf.to_container(OmegaConf.create(to_yaml(cfg))))
+    return [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now))
+            if not k.startswith(WHERE_IT_RUNS) and saved.get(k) != now.get(k)]
+
+
 class RunFolder:
     def __init__(self, path: Path | str):
         self.path = Path(path)
@@ -48,23 +68,9 @@ class RunFolder:
                               "valid: a writable folder") from None
         (self.path / "config.yaml").write_text(to_yaml(cfg))
 
-    # May differ on resume: where and how the run executes, not what it computes.
-    RESUME_MAY_CHANGE = ("resume", "run_dir", "trainer.progress_bar", "trainer.accelerator", "trainer.devices",
-                         "trainer.strategy", "trainer.num_nodes", "trainer.materialise_mb", "logger.", "slurm.",
-                         "data.")
-
     def _check_same_experiment(self, cfg: ExperimentConfig) -> None:
         """A resumed run must continue the same experiment, or its metrics would mean nothing."""
-        from omegaconf import OmegaConf
-
-        from cltrain.report import flatten, global_defaults
-
-        # A key added to cltrain after the run was made is missing from its config.yaml; the run had its default
-        # (new keys default to the behaviour from before them), so a run made by an older version still resumes.
-        saved = {**global_defaults(), **flatten(OmegaConf.to_container(OmegaConf.load(self.path / "config.yaml")))}
-        now = flatten(OmegaConf.to_container(OmegaConf.create(to_yaml(cfg))))
-        changed = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now))
-                   if not k.startswith(self.RESUME_MAY_CHANGE) and saved.get(k) != now.get(k)]
+        changed = config_changes(self.path / "config.yaml", cfg)
         if changed:
             raise ConfigError(f"resume=true with a config that differs from the run's ({'; '.join(changed[:3])}); "
                               f"valid: the run's own config.yaml, changing only where it runs")
