@@ -104,15 +104,21 @@ def point_name(method: str, overrides: list[str], seed: int) -> str:
 
 def fit(bench: str, scenario: str, steps: int, overrides: list[str], seed: int, run_dir: Path,
         extra: tuple[str, ...] = ()) -> str:
-    """One `cltrain fit` in a subprocess (one thread: 2 cores, runs side by side); skipped when finished."""
+    """One `cltrain fit` in a subprocess (one thread: 2 cores, runs side by side); skipped when finished with the
+    same config (a finished run of another config, e.g. made before experiments/baselines/*.yaml changed, stops
+    the reproduction instead of filling its table)."""
+    scenario_key = [f"stream.scenario={scenario}"] if BENCHMARKS[bench].sets_scenario else []
+    keys = [*scenario_key, f"trainer.steps_per_task={steps}", f"seed={seed}", *extra, *overrides]
     if (run_dir / "metrics.json").exists():
+        changed = finished_elsewise(BENCHMARKS[bench].experiment, keys, run_dir)
+        if changed:
+            raise SystemExit(f"{run_dir} finished with another config ({'; '.join(changed[:3])}); move it away or "
+                             "pass another --runs")
         return f"{run_dir.name}: done before"
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     resume = (run_dir / "checkpoints" / "last.pt").exists()  # a killed run continues where it stopped
-    scenario_key = [f"stream.scenario={scenario}"] if BENCHMARKS[bench].sets_scenario else []
-    cmd = [sys.executable, "-m", "cltrain.cli", "fit", BENCHMARKS[bench].experiment, *scenario_key,
-           f"trainer.steps_per_task={steps}", f"seed={seed}", f"run_dir={run_dir}", f"resume={str(resume).lower()}",
-           *extra, *overrides]
+    cmd = [sys.executable, "-m", "cltrain.cli", "fit", BENCHMARKS[bench].experiment, *keys, f"run_dir={run_dir}",
+           f"resume={str(resume).lower()}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_SILENT": "true"}
     start = time.perf_counter()
     with open(run_dir.parent / f"{run_dir.name}.log", "a") as log:
@@ -120,6 +126,17 @@ def fit(bench: str, scenario: str, steps: int, overrides: list[str], seed: int, 
     if code != 0:
         raise SystemExit(f"run {run_dir} failed (exit {code}; log {run_dir.parent / (run_dir.name + '.log')})")
     return f"{bench} {scenario} {run_dir.name}: {time.perf_counter() - start:.0f} s"
+
+
+def finished_elsewise(experiment: str, keys: list[str], run_dir: Path) -> list[str]:
+    """How the finished run's config.yaml differs from what `cltrain fit experiment *keys` would run now."""
+    from cltrain.config import load_config
+    from cltrain.experiment import resolved_config  # Lightning: seconds, once per reproduction
+    from cltrain.resolve import check_config
+    from cltrain.run import config_changes
+
+    cfg = load_config(experiment, keys)
+    return config_changes(run_dir / "config.yaml", resolved_config(cfg, check_config(cfg), str(run_dir)))
 
 
 def first_round(args, runs: Path, target: tuple[str, str, int]) -> list[tuple]:
@@ -298,10 +315,7 @@ def check_section(args, runs: Path) -> str:
             if not long.exists():
                 continue
             short = folder(runs, "pmnist", "domain_incremental", args.pmnist_steps) / name / "metrics.json"
-            cells = []
-            for path in (short, long):
-                m = json.loads(path.read_text()) if path.exists() else None
-                cells.append("—" if m is None else f"{m['acc'] * 100:.1f} (last task {m['acc_matrix'][-1][-1] * 100:.1f})")
+            cells = [check_cell(path) for path in (short, long)]
             setting = ", ".join(o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] in TUNED) or "—"
             ref = PAPER[("pmnist", "domain_incremental")].get(method)
             rows.append(f"| {method} | {setting} | {cells[0]} | {cells[1]} | {f'{ref[0]:.2f}' if ref else '—'} |")
@@ -317,6 +331,64 @@ def check_section(args, runs: Path) -> str:
             f"--check-steps {args.check_steps} {specs}`.\n\n"
             f"| method | setting | {args.pmnist_steps:,} iterations | {args.check_steps:,} iterations | paper |\n"
             f"|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+
+
+def pixels_section(args, runs: Path, other: Path) -> str:
+    """Permuted MNIST under the other input scale (runs of the same grids made with stream.pixels=standardised):
+    each method's pick, its test ACC and the last task's accuracy right after its own phase, side by side."""
+    from cltrain.report import mean_sd
+
+    scales = {"standardised": other, "unit": runs}
+
+    def cell(metrics: list[dict], setting: str) -> str:
+        acc = mean_sd([m["acc"] * 100 for m in metrics])
+        last = mean_sd([m["acc_matrix"][-1][-1] * 100 for m in metrics])
+        return f"{setting} | {acc[0]:.1f} ± {acc[1]:.1f} | {last[0]:.1f}"
+
+    table_rows = {}
+    for scale, root in scales.items():
+        base = folder(root, "pmnist", "domain_incremental", args.pmnist_steps)
+        for pick in picks(base, args.tune_seeds) if base.is_dir() else []:
+            name = method_of(dict(pick.method.key))
+            setting = pick.chosen_setting() if pick.grid else "—"
+            table_rows.setdefault(name, {})[scale] = cell(pick.chosen.metrics, setting)
+    paper = {name: f"{ref[0]:.2f}" for name, ref in PAPER[("pmnist", "domain_incremental")].items()}
+    rows = [f"| {name} | {cells.get('standardised', '— | — | —')} | {cells.get('unit', '— | — | —')} | "
+            f"{paper.get(name, '—')} |" for name, cells in sorted(table_rows.items(), key=lambda kv: order(kv[0]))]
+    checks = []
+    for method, points in BENCHMARKS["pmnist"].methods.items():
+        for overrides in points:
+            name = point_name(method, overrides, 0)
+            found = {scale: check_folder(root, args.check_steps) / name / "metrics.json"
+                     for scale, root in scales.items()}
+            if not any(path.exists() for path in found.values()):
+                continue
+            setting = ", ".join(o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] in TUNED) or "—"
+            cells = [check_cell(path) for path in found.values()]
+            checks.append(f"| {method} | {setting} | {cells[0]} | {cells[1]} | {paper.get(method, '—')} |")
+    if not table_rows and not checks:
+        return ""
+    where = other.relative_to(REPO) if other.is_relative_to(REPO) else other
+    text = (f"\n### Permuted MNIST: standardised against unit pixels\n\n"
+            f"The same grids, seeds and selection with the inputs standardised ((x/255 − 0.1307) / 0.3081, cltrain's "
+            f"default; runs under `{where}/`) and in [0, 1] (`stream.pixels=unit`, the authors' code and this page's "
+            f"table). *last task*: its test accuracy right after its own phase (mean over the seeds), which shows "
+            f"whether the penalty still lets a new task be learned.\n\n"
+            f"| method | standardised: pick | test ACC (%) | last task (%) | unit: pick | test ACC (%) | last task (%) "
+            f"| paper |\n|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+    if checks:
+        text += (f"\nSeed-0 runs at {args.check_steps:,} iterations (the protocol's length), test ACC % (the last "
+                 f"task right after its phase):\n\n| method | setting | standardised | unit | paper |\n"
+                 f"|---|---|---|---|---|\n" + "\n".join(checks) + "\n")
+    return text
+
+
+def check_cell(path: Path) -> str:
+    """A check run's test ACC and its last task's accuracy right after that task's phase; "—" when not run."""
+    if not path.exists():
+        return "—"
+    m = json.loads(path.read_text())
+    return f"{m['acc'] * 100:.1f} (last task {m['acc_matrix'][-1][-1] * 100:.1f})"
 
 
 def wall_line(base: Path) -> str:
@@ -343,6 +415,9 @@ def write_doc(args, runs: Path, out: Path) -> None:
                                      "task (a seeded subset, the same for every method at a given seed).") if args.pmnist_test else "",
                            runs=runs.relative_to(REPO) if runs.is_relative_to(REPO) else runs)
     sections.append(check_section(args, runs))
+    other = Path(args.standardised_runs).resolve() if args.standardised_runs else runs / "standardised"
+    if "pmnist" in args.benchmarks and other.is_dir():
+        sections.append(pixels_section(args, runs, other))
     differ = "\n".join(f"- {d}" for d in all_differ) or "- none"
     out.write_text(head + "".join(sections) + DOC_DIFFER.format(differ=differ) + notes_section() + DOC_TAIL)
     print(f"wrote {out}")
@@ -367,7 +442,8 @@ MLP 784-400-400, Adam lr 1e-3 (β 0.9, 0.999), batch 128, 2000 iterations per ta
 (the task id restricts the prediction to the task's two classes), domain-incremental (one 2-way head) and
 class-incremental (one 10-way head, no task id) scenarios. Permuted MNIST — 10 tasks (the first the identity),
 MLP 784-1000-1000, Adam lr 1e-4, batch 128, 5000 iterations
-per task, domain-incremental (one 10-way head, no task id).
+per task, domain-incremental (one 10-way head, no task id). The authors' code feeds pixels in [0, 1], not
+standardised; so do the permuted-MNIST runs here (`stream.pixels=unit`, experiments/baselines/pmnist.yaml).
 
 **Where this run departs from the protocol** (each changes the numbers):
 - Iterations per task here: split MNIST {split}, permuted MNIST {pmnist} (protocol: 2000 and 5000).{test_cut}
@@ -386,6 +462,12 @@ per task, domain-incremental (one 10-way head, no task id).
   noise. Online EWC keeps γ = 1 (not searched). EWC's Fisher is estimated from 500 training samples of each
   finished task.
 - Permuted MNIST: domain-incremental only (the paper also reports task- and class-incremental).
+- Permuted MNIST's inputs are the 28×28 = 784 pixels; the authors pad the images to 32×32 (1,024 inputs, the
+  240 added ones always 0). At pixels in [0, 1] an input that is always 0 takes no part in training, so what
+  differs is the first layer's initial weight scale (U(±1/√fan-in)): ours is √(1024/784) = 1.14 times theirs.
+- Split MNIST's inputs are standardised ((x/255 − 0.1307) / 0.3081, cltrain's default) where the authors feed
+  pixels in [0, 1]: its grids ran before the input scale was found to matter on permuted MNIST (section
+  "Permuted MNIST: standardised against unit pixels") and were not run again.
 - Experience replay: cltrain's reservoir buffer of 2000 samples, replayed alongside each batch; the paper's
   table has no exact-replay row.
 
@@ -452,6 +534,9 @@ def main() -> int:
                         help="also run these permuted-MNIST grid points on seed 0 at --check-steps (e.g. EWC=500.0)")
     parser.add_argument("--check-steps", type=int, default=5000, help="iterations per task of the --check runs")
     parser.add_argument("--out", default=str(REPO / "docs" / "results" / "baselines.md"))
+    parser.add_argument("--standardised-runs", default=None,
+                        help="permuted-MNIST runs made with stream.pixels=standardised, compared in their own section "
+                             "(default: <runs>/standardised when it exists)")
     args = parser.parse_args()
     if not set(args.tune_seeds) <= set(args.seeds):
         parser.error(f"--tune-seeds {args.tune_seeds} must be among --seeds {args.seeds}")
@@ -459,6 +544,9 @@ def main() -> int:
         checks = [check_point(spec) for spec in args.check]  # bad names fail here, before any run
     except ValueError as exc:
         parser.error(str(exc))
+    if args.standardised_runs and not Path(args.standardised_runs).is_dir():
+        parser.error(f"--standardised-runs {args.standardised_runs}: not a folder; valid: a --runs folder of "
+                     "permuted-MNIST runs made with stream.pixels=standardised")
     runs = Path(args.runs).resolve()
     if not args.doc_only:
         for target in targets(args):  # scenario by scenario: a stopped reproduction leaves whole tables
