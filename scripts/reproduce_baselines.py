@@ -58,7 +58,8 @@ PLAIN = {  # methods without a tuned key: every seed, no grid
 # param_values.py: split MNIST EWC 1e6-1e8, online EWC 1e8-1e9, SI c 0.5-500; permuted MNIST EWC 500, online
 # EWC 1000, SI c 5), so a pick at an edge shows; then widened twice, one point beyond each edge a scenario
 # picked (split EWC 1e11, online EWC 1e4 and 1e12, SI 0.005 and 5e5; permuted EWC 0.05, SI 5e4; then split
-# online EWC 1e2, SI 5e7; 1e12 is the top of learner.lam's range). Online EWC keeps gamma = 1 (not tuned here).
+# online EWC 1e2, SI 5e7; 1e12 is the top of learner.lam's range; with unit pixels permuted online EWC 0.1).
+# Online EWC keeps gamma = 1 (not tuned here).
 BENCHMARKS = {
     "split_mnist": Benchmark("baselines/split_mnist", SPLIT_SCENARIOS, {
         **PLAIN,
@@ -70,7 +71,8 @@ BENCHMARKS = {
     "pmnist": Benchmark("baselines/pmnist", ("domain_incremental",), {
         **PLAIN,
         "EWC": grid(["learner.name=ewc", "learner.mode=offline"], "learner.lam", ("0.05", "5.0", "500.0", "50000.0")),
-        "online EWC": grid(["learner.name=ewc", "learner.mode=online"], "learner.lam", ("10.0", "1000.0", "100000.0")),
+        "online EWC": grid(["learner.name=ewc", "learner.mode=online"], "learner.lam",
+                           ("0.1", "10.0", "1000.0", "100000.0")),
         "SI": grid(["learner.name=si"], "learner.c", ("0.05", "5.0", "500.0", "50000.0")),
     }, sets_scenario=False),
 }
@@ -153,8 +155,12 @@ def first_round(args, runs: Path, target: tuple[str, str, int]) -> list[tuple]:
 
 
 def extra(args, bench: str) -> tuple[str, ...]:
-    """Overrides every run of a benchmark gets (a smaller test set: evaluation is most of a short run's time)."""
-    return (f"stream.test_per_task={args.pmnist_test}",) if bench == "pmnist" and args.pmnist_test else ()
+    """Overrides every run of a benchmark gets: a smaller test set (evaluation is most of a short run's time);
+    --pixels, the input scale of the comparison runs."""
+    if bench != "pmnist":
+        return ()
+    return ((f"stream.test_per_task={args.pmnist_test}",) if args.pmnist_test else ()) + (
+        (f"stream.pixels={args.pixels}",) if args.pixels else ())
 
 
 def second_round(args, runs: Path, target: tuple[str, str, int]) -> list[tuple]:
@@ -371,8 +377,10 @@ def pixels_section(args, runs: Path, other: Path) -> str:
     where = other.relative_to(REPO) if other.is_relative_to(REPO) else other
     text = (f"\n### Permuted MNIST: standardised against unit pixels\n\n"
             f"The same grids, seeds and selection with the inputs standardised ((x/255 − 0.1307) / 0.3081, cltrain's "
-            f"default; runs under `{where}/`) and in [0, 1] (`stream.pixels=unit`, the authors' code and this page's "
-            f"table). *last task*: its test accuracy right after its own phase (mean over the seeds), which shows "
+            f"default; runs under `{where}/`, made by `python scripts/reproduce_baselines.py --benchmarks pmnist "
+            f"--pmnist-steps {args.pmnist_steps}{f' --pmnist-test {args.pmnist_test}' if args.pmnist_test else ''} "
+            f"--pixels standardised --runs {where} --check EWC=500.0 'online EWC=1000.0' SI=500.0`) and in [0, 1] "
+            f"(`stream.pixels=unit`, the authors' code and this page's table). *last task*: its test accuracy right after its own phase (mean over the seeds), which shows "
             f"whether the penalty still lets a new task be learned.\n\n"
             f"| method | standardised: pick | test ACC (%) | last task (%) | unit: pick | test ACC (%) | last task (%) "
             f"| paper |\n|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
@@ -534,6 +542,9 @@ def main() -> int:
                         help="also run these permuted-MNIST grid points on seed 0 at --check-steps (e.g. EWC=500.0)")
     parser.add_argument("--check-steps", type=int, default=5000, help="iterations per task of the --check runs")
     parser.add_argument("--out", default=str(REPO / "docs" / "results" / "baselines.md"))
+    parser.add_argument("--pixels", choices=["standardised", "unit"], default=None,
+                        help="permuted MNIST's input scale (default: experiments/baselines/pmnist.yaml's, unit); the "
+                             "comparison runs: --pixels standardised --runs runs/baselines/standardised")
     parser.add_argument("--standardised-runs", default=None,
                         help="permuted-MNIST runs made with stream.pixels=standardised, compared in their own section "
                              "(default: <runs>/standardised when it exists)")
