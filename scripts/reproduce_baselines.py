@@ -314,17 +314,14 @@ def check_section(args, runs: Path) -> str:
     """Seed-0 runs at --check-steps beside the same grid point at the table's iterations (and the paper)."""
     base = check_folder(runs, args.check_steps)
     rows = []
-    for method, points in BENCHMARKS["pmnist"].methods.items():
-        for overrides in points:
-            name = point_name(method, overrides, 0)
-            long = base / name / "metrics.json"
-            if not long.exists():
-                continue
-            short = folder(runs, "pmnist", "domain_incremental", args.pmnist_steps) / name / "metrics.json"
-            cells = [check_cell(path) for path in (short, long)]
-            setting = ", ".join(o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] in TUNED) or "—"
-            ref = PAPER[("pmnist", "domain_incremental")].get(method)
-            rows.append(f"| {method} | {setting} | {cells[0]} | {cells[1]} | {f'{ref[0]:.2f}' if ref else '—'} |")
+    for method, name, setting in check_points():
+        long = base / name / "metrics.json"
+        if not long.exists():
+            continue
+        short = folder(runs, "pmnist", "domain_incremental", args.pmnist_steps) / name / "metrics.json"
+        cells = [check_cell(path) for path in (short, long)]
+        ref = PAPER[("pmnist", "domain_incremental")].get(method)
+        rows.append(f"| {method} | {setting} | {cells[0]} | {cells[1]} | {f'{ref[0]:.2f}' if ref else '—'} |")
     if not rows:
         return ""
     specs = ("--check " + " ".join(shlex.quote(s) for s in args.check)) if args.check else "--check METHOD=VALUE"
@@ -363,15 +360,10 @@ def pixels_section(args, runs: Path, other: Path) -> str:
     rows = [f"| {name} | {cells.get('standardised', '— | — | —')} | {cells.get('unit', '— | — | —')} | "
             f"{paper.get(name, '—')} |" for name, cells in sorted(table_rows.items(), key=lambda kv: order(kv[0]))]
     checks = []
-    for method, points in BENCHMARKS["pmnist"].methods.items():
-        for overrides in points:
-            name = point_name(method, overrides, 0)
-            found = {scale: check_folder(root, args.check_steps) / name / "metrics.json"
-                     for scale, root in scales.items()}
-            if not any(path.exists() for path in found.values()):
-                continue
-            setting = ", ".join(o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] in TUNED) or "—"
-            cells = [check_cell(path) for path in found.values()]
+    for method, name, setting in check_points():
+        found = [check_folder(root, args.check_steps) / name / "metrics.json" for root in scales.values()]
+        if any(path.exists() for path in found):
+            cells = [check_cell(path) for path in found]
             checks.append(f"| {method} | {setting} | {cells[0]} | {cells[1]} | {paper.get(method, '—')} |")
     if not table_rows and not checks:
         return ""
@@ -381,8 +373,9 @@ def pixels_section(args, runs: Path, other: Path) -> str:
             f"default; runs under `{where}/`, made by `python scripts/reproduce_baselines.py --benchmarks pmnist "
             f"--pmnist-steps {args.pmnist_steps}{f' --pmnist-test {args.pmnist_test}' if args.pmnist_test else ''} "
             f"--pixels standardised --runs {where} --check EWC=500.0 'online EWC=1000.0' SI=500.0`) and in [0, 1] "
-            f"(`stream.pixels=unit`, the authors' code and this page's table). *last task*: its test accuracy right after its own phase (mean over the seeds), which shows "
-            f"whether the penalty still lets a new task be learned.\n\n"
+            f"(`stream.pixels=unit`, the authors' code and this page's table). *last task*: its test accuracy right "
+            f"after its own phase (mean over the seeds), which shows whether the penalty still lets a new task be "
+            f"learned.\n\n"
             f"| method | standardised: pick | test ACC (%) | last task (%) | unit: pick | test ACC (%) | last task (%) "
             f"| paper |\n|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
     if checks:
@@ -390,6 +383,14 @@ def pixels_section(args, runs: Path, other: Path) -> str:
                  f"task right after its phase):\n\n| method | setting | standardised | unit | paper |\n"
                  f"|---|---|---|---|---|\n" + "\n".join(checks) + "\n")
     return text
+
+
+def check_points():
+    """(method, run-folder name at seed 0, tuned setting) of every permuted-MNIST grid point a --check can run."""
+    for method, points in BENCHMARKS["pmnist"].methods.items():
+        for overrides in points:
+            setting = ", ".join(o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] in TUNED) or "—"
+            yield method, point_name(method, overrides, 0), setting
 
 
 def check_cell(path: Path) -> str:
@@ -542,7 +543,9 @@ def main() -> int:
     parser.add_argument("--check", nargs="+", default=[], metavar="METHOD[=VALUE]",
                         help="also run these permuted-MNIST grid points on seed 0 at --check-steps (e.g. EWC=500.0)")
     parser.add_argument("--check-steps", type=int, default=5000, help="iterations per task of the --check runs")
-    parser.add_argument("--out", default=str(REPO / "docs" / "results" / "baselines.md"))
+    parser.add_argument("--out", default=None,
+                        help="the page to write (default: docs/results/baselines.md; none with --pixels, whose runs "
+                             "are the comparison section's, not the page's tables)")
     parser.add_argument("--pixels", choices=["standardised", "unit"], default=None,
                         help="permuted MNIST's input scale (default: experiments/baselines/pmnist.yaml's, unit); the "
                              "comparison runs: --pixels standardised --runs runs/baselines/standardised")
@@ -566,7 +569,10 @@ def main() -> int:
             run_all(second_round(args, runs, target), args.jobs)
         if checks:
             run_all(check_jobs(args, runs, checks), args.jobs)
-    write_doc(args, runs, Path(args.out))
+    if args.out is None and args.pixels:
+        print("--pixels: runs made for the comparison section; no page written (pass --out to write one)")
+        return 0
+    write_doc(args, runs, Path(args.out or REPO / "docs" / "results" / "baselines.md"))
     return 0
 
 
