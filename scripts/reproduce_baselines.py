@@ -202,11 +202,16 @@ def check_point(spec: str) -> tuple[str, list[str]]:
 
 
 def check_jobs(args, runs: Path, checks: list[tuple[str, list[str]]]) -> list[tuple]:
-    """--check: seed 0 of chosen permuted-MNIST grid points at --check-steps iterations (the protocol's 5000)."""
+    """--check: chosen permuted-MNIST grid points on --check-seeds at --check-steps iterations (the protocol's
+    5000), and at the table's --pmnist-steps on the same seeds (into the table's folder; most exist), seed by
+    seed, so a stopped reproduction leaves every point with the same seeds."""
     jobs = []
-    for method, overrides in checks:
-        run_dir = check_folder(runs, args.check_steps) / point_name(method, overrides, 0)
-        jobs.append(("pmnist", "domain_incremental", args.check_steps, overrides, 0, run_dir, extra(args, "pmnist")))
+    for seed in args.check_seeds:
+        for steps, base in ((args.pmnist_steps, folder(runs, "pmnist", "domain_incremental", args.pmnist_steps)),
+                            (args.check_steps, check_folder(runs, args.check_steps))):
+            for method, overrides in checks:
+                run_dir = base / point_name(method, overrides, seed)
+                jobs.append(("pmnist", "domain_incremental", steps, overrides, seed, run_dir, extra(args, "pmnist")))
     return jobs
 
 
@@ -311,30 +316,34 @@ def divergence_line(base: Path) -> str:
 
 
 def check_section(args, runs: Path) -> str:
-    """Seed-0 runs at --check-steps beside the same grid point at the table's iterations (and the paper)."""
+    """Runs at --check-steps (every seed found) beside the same grid point and seeds at the table's iterations."""
     base = check_folder(runs, args.check_steps)
+    short_base = folder(runs, "pmnist", "domain_incremental", args.pmnist_steps)
     rows = []
-    for method, name, setting in check_points():
-        long = base / name / "metrics.json"
-        if not long.exists():
+    for method, overrides, setting in check_points():
+        long = seed_runs(base, method, overrides)
+        if not long:
             continue
-        short = folder(runs, "pmnist", "domain_incremental", args.pmnist_steps) / name / "metrics.json"
-        cells = [check_cell(path) for path in (short, long)]
+        seeds = [path.parent.name.rsplit("_s", 1)[1] for path in long]
+        short = [short_base / path.parent.name / "metrics.json" for path in long]
         ref = PAPER[("pmnist", "domain_incremental")].get(method)
-        rows.append(f"| {method} | {setting} | {cells[0]} | {cells[1]} | {f'{ref[0]:.2f}' if ref else '—'} |")
+        rows.append(f"| {method} | {setting} | {', '.join(seeds)} | {check_cell(short)} | {check_cell(long)} | "
+                    f"{f'{ref[0]:.2f} ± {ref[1] * math.sqrt(PAPER_SEEDS):.2f}' if ref else '—'} |")
     if not rows:
         return ""
     specs = ("--check " + " ".join(shlex.quote(s) for s in args.check)) if args.check else "--check METHOD=VALUE"
-    return (f"\n### Permuted MNIST at the protocol's {args.check_steps:,} iterations (seed 0 checks)\n\n"
-            f"Single runs (seed 0, validation split held out, same test subset, the table's input scale) of grid "
-            f"points at {args.check_steps:,} "
-            f"iterations per task, beside the same point at {args.pmnist_steps:,} (the table above): whether the gap "
-            f"to the paper is the cut in iterations. Test ACC % after the last task (the just-trained last task's "
-            f"own accuracy in brackets). Command: `python scripts/reproduce_baselines.py --pmnist-steps "
+    seeds = " ".join(map(str, args.check_seeds))
+    return (f"\n### Permuted MNIST at the protocol's {args.check_steps:,} iterations (checks)\n\n"
+            f"Grid points run at {args.check_steps:,} iterations per task (validation split held out, same test "
+            f"subset, the table's input scale), beside the same point and seeds at {args.pmnist_steps:,} (the table "
+            f"above): whether the gap to the paper is the cut in iterations. The settings are the authors' values, "
+            f"not picked on validation data at this length. Test ACC % after the last task, mean ± sd over the "
+            f"seeds (the just-trained last task's own accuracy in brackets); the paper's column is its mean ± sd "
+            f"(SEM × √{PAPER_SEEDS}). Command: `python scripts/reproduce_baselines.py --pmnist-steps "
             f"{args.pmnist_steps}{f' --pmnist-test {args.pmnist_test}' if args.pmnist_test else ''} "
-            f"--check-steps {args.check_steps} {specs}`.\n\n"
-            f"| method | setting | {args.pmnist_steps:,} iterations | {args.check_steps:,} iterations | paper |\n"
-            f"|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+            f"--check-steps {args.check_steps} --check-seeds {seeds} {specs}`.\n\n"
+            f"| method | setting | seeds | {args.pmnist_steps:,} iterations | {args.check_steps:,} iterations "
+            f"| paper (± sd) |\n|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
 
 
 def pixels_section(args, runs: Path, other: Path) -> str:
@@ -360,10 +369,11 @@ def pixels_section(args, runs: Path, other: Path) -> str:
     rows = [f"| {name} | {cells.get('standardised', '— | — | —')} | {cells.get('unit', '— | — | —')} | "
             f"{paper.get(name, '—')} |" for name, cells in sorted(table_rows.items(), key=lambda kv: order(kv[0]))]
     checks = []
-    for method, name, setting in check_points():
+    for method, overrides, setting in check_points():
+        name = point_name(method, overrides, 0)
         found = [check_folder(root, args.check_steps) / name / "metrics.json" for root in scales.values()]
         if any(path.exists() for path in found):
-            cells = [check_cell(path) for path in found]
+            cells = [check_cell([path]) for path in found]
             checks.append(f"| {method} | {setting} | {cells[0]} | {cells[1]} | {paper.get(method, '—')} |")
     if not table_rows and not checks:
         return ""
@@ -386,19 +396,32 @@ def pixels_section(args, runs: Path, other: Path) -> str:
 
 
 def check_points():
-    """(method, run-folder name at seed 0, tuned setting) of every permuted-MNIST grid point a --check can run."""
+    """(method, overrides, tuned setting) of every permuted-MNIST grid point a --check can run."""
     for method, points in BENCHMARKS["pmnist"].methods.items():
         for overrides in points:
             setting = ", ".join(o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] in TUNED) or "—"
-            yield method, point_name(method, overrides, 0), setting
+            yield method, overrides, setting
 
 
-def check_cell(path: Path) -> str:
-    """A check run's test ACC and its last task's accuracy right after that task's phase; "—" when not run."""
-    if not path.exists():
+def seed_runs(base: Path, method: str, overrides: list[str]) -> list[Path]:
+    """The finished runs (metrics.json) of one grid point under `base`, every seed, in seed order."""
+    prefix = point_name(method, overrides, 0)[:-1]  # "si_5.0_s"
+    found = [p for p in base.glob(f"{prefix}*/metrics.json") if p.parent.name[len(prefix):].isdigit()]
+    return sorted(found, key=lambda p: int(p.parent.name[len(prefix):]))
+
+
+def check_cell(paths: list[Path]) -> str:
+    """Test ACC over the runs (mean ± sd from two on) and the last task's accuracy right after its phase (mean);
+    "—" when one of them has not finished."""
+    from cltrain.report import mean_sd
+
+    if not paths or not all(path.exists() for path in paths):
         return "—"
-    m = json.loads(path.read_text())
-    return f"{m['acc'] * 100:.1f} (last task {m['acc_matrix'][-1][-1] * 100:.1f})"
+    metrics = [json.loads(path.read_text()) for path in paths]
+    acc = mean_sd([m["acc"] * 100 for m in metrics])
+    last = mean_sd([m["acc_matrix"][-1][-1] * 100 for m in metrics])
+    spread = f" ± {acc[1]:.1f}" if len(metrics) > 1 else ""
+    return f"{acc[0]:.1f}{spread} (last task {last[0]:.1f})"
 
 
 def wall_line(base: Path) -> str:
@@ -541,8 +564,9 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--doc-only", action="store_true", help="only rewrite the doc from finished runs")
     parser.add_argument("--check", nargs="+", default=[], metavar="METHOD[=VALUE]",
-                        help="also run these permuted-MNIST grid points on seed 0 at --check-steps (e.g. EWC=500.0)")
+                        help="also run these permuted-MNIST grid points on --check-seeds at --check-steps (e.g. EWC=500.0)")
     parser.add_argument("--check-steps", type=int, default=5000, help="iterations per task of the --check runs")
+    parser.add_argument("--check-seeds", type=int, nargs="+", default=[0], help="seeds of the --check runs")
     parser.add_argument("--out", default=None,
                         help="the page to write (default: docs/results/baselines.md; none with --pixels, whose runs "
                              "are the comparison section's, not the page's tables)")
