@@ -168,7 +168,7 @@ class RehearsalConfig:
 
 
 # StreamConfig keys that only some stream families read (each declares them: STREAMS.register(name, reads=...))
-STREAM_FAMILY_KEYS = ("scenario", "first_identity", "max_angle", "pixels")
+STREAM_FAMILY_KEYS = ("scenario", "first_identity", "max_angle", "pixels", "pad")
 
 
 @dataclass
@@ -187,6 +187,10 @@ class StreamConfig:
     # regularisers: with unit pixels a blank pixel is 0, so its first-layer weights get no gradient, no Fisher and
     # no SI importance on that task (van de Ven & Tolias's protocol feeds unit pixels)
     pixels: str = choice("standardised", "standardised", "unit")
+    # image streams: a border of this many blank pixels around every image, before any task transform. Not
+    # cosmetic either: van de Ven & Tolias pad MNIST to 32x32 and permute all 1,024 positions, so each task's
+    # digit pixels land on a different part of a wider input layer (2 reproduces that; 0 keeps 28x28)
+    pad: int = count(0, high=64, low=0)
     train_per_task: Optional[int] = count(None)  # subsample each task's training set (CPU-scale runs)
     test_per_task: Optional[int] = count(None)
     # held out of each task's training data (seeded per task) and scored after every phase: val_acc_matrix

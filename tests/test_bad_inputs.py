@@ -158,6 +158,9 @@ COMBINATIONS = [
     (["plugins.detection.source=learner"], "source"),
     (["stream.scenario=task_incremental"], "scenario"),  # permuted tasks share one label space: ignored
     (["stream.name=binary_pairs", "stream.pixels=unit"], "pixels"),  # frozen features: no pixels to rescale
+    (["stream.name=binary_pairs", "stream.pad=2"], "pad"),  # nor images to pad
+    (["stream.pad=-1"], "pad"),
+    (["stream.pad=1.5"], "pad"),
     (["stream.name=split", "stream.max_angle=90"], "max_angle"),  # finetune reports no shifts: no events, silently
     (["trainer.accelerator=gpu"], "accelerator"),  # no GPU on this machine
     (["trainer.precision=16-bit"], "precision"),

@@ -60,6 +60,26 @@ def test_unit_pixels_are_the_raw_intensities_over_255(family, extra):
                           atol=1e-5)
 
 
+def test_pad_permutes_the_padded_image_over_all_its_positions():
+    """stream.pad=2 (van de Ven & Tolias's 32x32 MNIST): the model sees 1,024 inputs; task 0 is the digit inside a
+    blank border, and a permuted task scatters the digit's pixels over all 1,024 positions, border included."""
+    stream = build("stream.pad=2", "stream.pixels=unit", "seed=0")
+    assert stream.input_shape == (1, 32, 32) and stream.transform.perms.shape[1] == 1024
+    ref = torchvision.datasets.MNIST(str(stream_root()), train=True, download=False)
+    idx = stream.tasks[0].train_idx[:64]
+    first = stream.transform(stream.train.images[idx], torch.zeros(64, dtype=torch.long))
+    assert torch.equal(first[:, 0, 2:30, 2:30], ref.data[idx].float() / 255)  # the digit, unmoved
+    border = torch.ones(32, 32, dtype=torch.bool)
+    border[2:30, 2:30] = False
+    assert first[:, 0][:, border].abs().sum() == 0  # blank
+    later = stream.transform.for_task(stream.train.images[idx], 2)
+    # the same values, moved: and some of the digit's pixels now sit where the border was
+    assert torch.equal(later.view(64, -1).sort(1).values, first.view(64, -1).sort(1).values)
+    assert later[:, 0][:, border].abs().sum() > 0
+    split = build("stream.name=split", "stream.n_tasks=5", "stream.pad=3")
+    assert split.input_shape == (1, 34, 34) and split.train.images.shape[-2:] == (34, 34)
+
+
 def test_mixed_task_batch_is_transformed_per_row():
     """One call transforms a batch mixing tasks exactly as row-by-row calls would."""
     stream = build("stream.name=rotated", "stream.n_tasks=4")

@@ -16,7 +16,7 @@ def permutations(n_tasks: int, n_pixels: int, first_identity: bool, generator: t
     return perms
 
 
-@STREAMS.register("permuted", reads=("first_identity", "pixels"))
+@STREAMS.register("permuted", reads=("first_identity", "pixels", "pad"))
 def permuted_stream(cfg: ExperimentConfig) -> Stream:
     spec, train, test = load_dataset(cfg)
     h, w = train.images.shape[-2:]

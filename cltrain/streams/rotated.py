@@ -9,7 +9,7 @@ from cltrain.streams.transforms import RotateTransform
 from cltrain.streams.vision import load_dataset, make_stream, same_data_tasks
 
 
-@STREAMS.register("rotated", reads=("max_angle", "pixels"))
+@STREAMS.register("rotated", reads=("max_angle", "pixels", "pad"))
 def rotated_stream(cfg: ExperimentConfig) -> Stream:
     spec, train, test = load_dataset(cfg)
     n = cfg.stream.n_tasks

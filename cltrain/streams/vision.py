@@ -12,14 +12,23 @@ from cltrain.streams.transforms import BatchTransform
 
 
 def load_dataset(cfg: ExperimentConfig) -> tuple[VisionSpec, ImageArrays, ImageArrays]:
-    """The dataset's spec (its mean and sd set to 0 and 1 under stream.pixels=unit) and its two splits."""
+    """The dataset's spec (its mean and sd set to 0 and 1 under stream.pixels=unit) and its two splits, each
+    image inside a blank border of stream.pad pixels."""
     spec = DATASETS.get(cfg.stream.dataset)
     if cfg.stream.pixels == "unit":  # (x/255 - 0) / 1: the same floats as x/255
         spec = dataclasses.replace(spec, mean=(0.0,) * len(spec.mean), std=(1.0,) * len(spec.std))
     root = data_root(cfg.data)
-    return spec, load_split(cfg.stream.dataset, root, True, cfg.data.download), load_split(
-        cfg.stream.dataset, root, False, cfg.data.download
-    )
+    splits = [load_split(cfg.stream.dataset, root, train, cfg.data.download) for train in (True, False)]
+    train, test = (padded(split, cfg.stream.pad) for split in splits)
+    return spec, train, test
+
+
+def padded(split: ImageArrays, pad: int) -> ImageArrays:
+    """Images with a border of `pad` zero (black) pixels on every side, stored once: the task transforms (a
+    permutation of all H*W positions, a rotation) then act on the padded image, as torchvision's Pad would."""
+    if pad == 0:
+        return split
+    return ImageArrays(torch.nn.functional.pad(split.images, (pad, pad, pad, pad)).contiguous(), split.labels)
 
 
 def stream_generator(cfg: ExperimentConfig, salt: int) -> torch.Generator:
