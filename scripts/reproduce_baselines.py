@@ -156,11 +156,12 @@ def first_round(args, runs: Path, target: tuple[str, str, int]) -> list[tuple]:
 
 def extra(args, bench: str) -> tuple[str, ...]:
     """Overrides every run of a benchmark gets: a smaller test set (evaluation is most of a short run's time);
-    --pixels, the input scale of the comparison runs."""
+    --pixels and --pad, the inputs of the comparison runs."""
     if bench != "pmnist":
         return ()
     return ((f"stream.test_per_task={args.pmnist_test}",) if args.pmnist_test else ()) + (
-        (f"stream.pixels={args.pixels}",) if args.pixels else ())
+        (f"stream.pixels={args.pixels}",) if args.pixels else ()) + (
+        (f"stream.pad={args.pad}",) if args.pad is not None else ())
 
 
 def second_round(args, runs: Path, target: tuple[str, str, int]) -> list[tuple]:
@@ -203,12 +204,14 @@ def check_point(spec: str) -> tuple[str, list[str]]:
 
 def check_jobs(args, runs: Path, checks: list[tuple[str, list[str]]]) -> list[tuple]:
     """--check: chosen permuted-MNIST grid points on --check-seeds at --check-steps iterations (the protocol's
-    5000), and at the table's --pmnist-steps on the same seeds (into the table's folder; most exist), seed by
-    seed, so a stopped reproduction leaves every point with the same seeds."""
+    5000), and, unless --only-checks, at the table's --pmnist-steps on the same seeds (into the table's folder;
+    most exist), seed by seed, so a stopped reproduction leaves every point with the same seeds."""
+    lengths = [(args.check_steps, check_folder(runs, args.check_steps))]
+    if not args.only_checks:
+        lengths.insert(0, (args.pmnist_steps, folder(runs, "pmnist", "domain_incremental", args.pmnist_steps)))
     jobs = []
     for seed in args.check_seeds:
-        for steps, base in ((args.pmnist_steps, folder(runs, "pmnist", "domain_incremental", args.pmnist_steps)),
-                            (args.check_steps, check_folder(runs, args.check_steps))):
+        for steps, base in lengths:
             for method, overrides in checks:
                 run_dir = base / point_name(method, overrides, seed)
                 jobs.append(("pmnist", "domain_incremental", steps, overrides, seed, run_dir, extra(args, "pmnist")))
@@ -395,6 +398,38 @@ def pixels_section(args, runs: Path, other: Path) -> str:
     return text
 
 
+def pad_section(args, runs: Path, other: Path) -> str:
+    """The --check grid points at --check-steps on 28x28 inputs (this page's runs) and on the authors' 32x32
+    (runs made with --pad 2 under `other`), seed by seed where both have it."""
+    paper = PAPER[("pmnist", "domain_incremental")]
+    rows = []
+    for method, overrides, setting in check_points():
+        here = {p.parent.name: p for p in seed_runs(check_folder(runs, args.check_steps), method, overrides)}
+        padded = {p.parent.name: p for p in seed_runs(check_folder(other, args.check_steps), method, overrides)}
+        both = [name for name in padded if name in here]
+        if not both:
+            continue
+        seeds = ", ".join(name.rsplit("_s", 1)[1] for name in both)
+        ref = paper.get(method)
+        rows.append(f"| {method} | {setting} | {seeds} | {check_cell([here[n] for n in both])} | "
+                    f"{check_cell([padded[n] for n in both])} | "
+                    f"{f'{ref[0]:.2f} ± {ref[1] * math.sqrt(PAPER_SEEDS):.2f}' if ref else '—'} |")
+    if not rows:
+        return ""
+    where = other.relative_to(REPO) if other.is_relative_to(REPO) else other
+    return (f"\n### Permuted MNIST: 28×28 against the authors' 32×32 inputs\n\n"
+            f"The authors pad MNIST to 32×32 (torchvision's `Pad(2)`) and then permute all 1,024 positions, so a "
+            f"permuted task scatters the digit's pixels over the whole wider input layer, border included; with "
+            f"28×28 inputs every task puts its pixels on the same 784 inputs. The same grid points at "
+            f"{args.check_steps:,} iterations, the same seeds, with `stream.pad=2` (runs under `{where}/`, made by "
+            f"`python scripts/reproduce_baselines.py --only-checks --pad 2 --runs {where} --pmnist-steps "
+            f"{args.pmnist_steps}{f' --pmnist-test {args.pmnist_test}' if args.pmnist_test else ''} --check-steps "
+            f"{args.check_steps} --check-seeds SEEDS --check METHOD[=VALUE] ...`). Test ACC % after the last task, "
+            f"mean ± sd over the seeds (the just-trained last task's own accuracy in brackets).\n\n"
+            f"| method | setting | seeds | 28×28 (784 inputs) | 32×32 (1,024 inputs) | paper (± sd) |\n"
+            f"|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+
+
 def check_points():
     """(method, overrides, tuned setting) of every permuted-MNIST grid point a --check can run."""
     for method, points in BENCHMARKS["pmnist"].methods.items():
@@ -451,6 +486,9 @@ def write_doc(args, runs: Path, out: Path) -> None:
     other = Path(args.standardised_runs).resolve() if args.standardised_runs else runs / "standardised"
     if "pmnist" in args.benchmarks and other.is_dir():
         sections.append(pixels_section(args, runs, other))
+    padded = Path(args.padded_runs).resolve() if args.padded_runs else runs / "padded"
+    if "pmnist" in args.benchmarks and padded.is_dir():
+        sections.append(pad_section(args, runs, padded))
     differ = "\n".join(f"- {d}" for d in all_differ) or "- none"
     out.write_text(head + "".join(sections) + DOC_DIFFER.format(differ=differ) + notes_section() + DOC_TAIL)
     print(f"wrote {out}")
@@ -576,6 +614,15 @@ def main() -> int:
     parser.add_argument("--standardised-runs", default=None,
                         help="permuted-MNIST runs made with stream.pixels=standardised, compared in their own section "
                              "(default: <runs>/standardised when it exists)")
+    parser.add_argument("--pad", type=int, default=None,
+                        help="permuted MNIST's blank border (stream.pad; default: the experiment's, 0); the "
+                             "comparison runs: --pad 2 --runs runs/baselines/padded")
+    parser.add_argument("--padded-runs", default=None,
+                        help="permuted-MNIST check runs made with --pad 2, compared in their own section (default: "
+                             "<runs>/padded when it exists)")
+    parser.add_argument("--only-checks", action="store_true",
+                        help="run only the --check points at --check-steps: not the tables' grids, nor the points at "
+                             "--pmnist-steps")
     args = parser.parse_args()
     if not set(args.tune_seeds) <= set(args.seeds):
         parser.error(f"--tune-seeds {args.tune_seeds} must be among --seeds {args.seeds}")
@@ -587,14 +634,20 @@ def main() -> int:
         parser.error(f"--standardised-runs {args.standardised_runs}: not a folder; valid: a --runs folder of "
                      "permuted-MNIST runs made with stream.pixels=standardised")
     runs = Path(args.runs).resolve()
+    if args.only_checks and not checks:
+        parser.error("--only-checks needs --check METHOD[=VALUE] ...")
+    if args.padded_runs and not Path(args.padded_runs).is_dir():
+        parser.error(f"--padded-runs {args.padded_runs}: not a folder; valid: a --runs folder of permuted-MNIST "
+                     "check runs made with --pad 2")
     if not args.doc_only:
-        for target in targets(args):  # scenario by scenario: a stopped reproduction leaves whole tables
+        # scenario by scenario: a stopped reproduction leaves whole tables
+        for target in targets(args) if not args.only_checks else []:
             run_all(first_round(args, runs, target), args.jobs)
             run_all(second_round(args, runs, target), args.jobs)
         if checks:
             run_all(check_jobs(args, runs, checks), args.jobs)
-    if args.out is None and args.pixels:
-        print("--pixels: runs made for the comparison section; no page written (pass --out to write one)")
+    if args.out is None and (args.pixels or args.pad is not None):
+        print("--pixels/--pad: runs made for a comparison section; no page written (pass --out to write one)")
         return 0
     write_doc(args, runs, Path(args.out or REPO / "docs" / "results" / "baselines.md"))
     return 0
