@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from cltrain.config import OptimConfig
-from cltrain.learners.ewc import EWC, EWCConfig, diagonal_fisher, linear_fisher
+from cltrain.learners.ewc import EWC, EWCConfig, diagonal_fisher, linear_fisher, merge_pairs
 from cltrain.nn.lenet import LeNet5
 from cltrain.nn.mlp import MLP
 from cltrain.streams.loader import Batch
@@ -69,3 +69,27 @@ def test_blank_pixels_carry_no_fisher_only_with_unit_pixels():
     assert blank.sum() > 50  # MNIST's border
     assert torch.count_nonzero(fishers["unit"]) == 0
     assert (fishers["standardised"] > 0).float().mean() > 0.9
+
+
+def test_merged_penalty_is_the_sum_over_tasks():
+    """Offline EWC's penalty, merged into one quadratic, has the value and gradient of the per-task sum
+    (a Fisher that is zero in places, as blank pixels' are, included); one pair is used as it is."""
+    torch.manual_seed(0)
+    learner = EWC(MLP(12, [9], 4), OptimConfig(), EWCConfig(lam=3.0))
+    shapes = {k: p.shape for k, p in learner.model.named_parameters()}
+    fishers = [{k: torch.rand(s) * (torch.rand(s) > 0.3) for k, s in shapes.items()} for _ in range(4)]
+    anchors = [{k: torch.randn(s) for k, s in shapes.items()} for _ in range(4)]
+    learner.set_extra_state({"fishers": fishers, "anchors": anchors})
+    merged = learner.penalty()
+    merged.backward()
+    params = dict(learner.model.named_parameters())
+    by_task = 1.5 * sum((f[k] * (params[k] - a[k]).pow(2)).sum() for f, a in zip(fishers, anchors) for k in f)
+    grads = torch.autograd.grad(by_task, list(params.values()))
+    assert torch.allclose(merged, by_task, rtol=1e-5)
+    for g, p in zip(grads, params.values()):
+        assert torch.allclose(p.grad, g, rtol=1e-5, atol=1e-6)
+    one = merge_pairs(fishers[:1], anchors[:1])
+    assert one[0] is fishers[0] and one[1] is anchors[0] and one[2] == 0.0
+    learner.set_extra_state({"fishers": fishers[:2], "anchors": anchors[:2]})  # a new state: merged again
+    assert torch.allclose(learner.penalty(), 1.5 * sum((f[k] * (params[k] - a[k]).pow(2)).sum()
+                                                       for f, a in zip(fishers[:2], anchors[:2]) for k in f))

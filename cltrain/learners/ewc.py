@@ -1,7 +1,7 @@
 """Elastic Weight Consolidation (Kirkpatrick et al. 2017), offline and online (Schwarz et al. 2018).
 
-Offline keeps one (Fisher, anchor) pair per task; online keeps a single running Fisher, decayed by gamma,
-anchored at the latest parameters. The diagonal Fisher is the mean of squared per-sample gradients of the
+Offline keeps one (Fisher, anchor) pair per task (its penalty is their sum, merged into one quadratic); online
+keeps a single running Fisher, decayed by gamma, anchored at the latest parameters. The diagonal Fisher is the mean of squared per-sample gradients of the
 log-likelihood of the true label, computed with torch.func (vmap over samples, no Python loop).
 """
 from __future__ import annotations
@@ -104,17 +104,20 @@ class EWC(Learner):
         super().__init__(*args, **kwargs)
         self.fishers: list[dict[str, torch.Tensor]] = []
         self.anchors: list[dict[str, torch.Tensor]] = []
+        self._merged: Merged | None = None  # the pairs as one quadratic; rebuilt when they change
 
     def penalty(self):
         if not self.fishers:
             return 0.0
+        if self._merged is None:
+            self._merged = merge_pairs(self.fishers, self.anchors)
         params = param_dict(self.model)
-        total = sum(
-            (f[k] * (params[k] - a[k]).pow(2)).sum() for f, a in zip(self.fishers, self.anchors) for k in f
-        )
-        return 0.5 * self.method.lam * total
+        weight, centre, const = self._merged
+        total = sum((weight[k] * (params[k] - centre[k]).pow(2)).sum() for k in weight)
+        return 0.5 * self.method.lam * (total + const)
 
     def on_task_end(self, task_id: int, samples: TaskSamples) -> None:
+        self._merged = None
         fisher = diagonal_fisher(self, samples, self.method.fisher_samples, self.method.fisher_chunk)
         anchor = {k: v.detach().clone() for k, v in param_dict(self.model).items()}
         if self.method.mode == "online" and self.fishers:
@@ -128,8 +131,28 @@ class EWC(Learner):
         return {"fishers": self.fishers, "anchors": self.anchors}
 
     def set_extra_state(self, state: Any) -> None:
-        self.fishers, self.anchors = state["fishers"], state["anchors"]
+        self.fishers, self.anchors, self._merged = state["fishers"], state["anchors"], None
 
     def on_train_start(self) -> None:
         # a checkpoint restores them on the CPU: to the training device once per fit, not mixed in every step
         self.fishers, self.anchors = to_device(self.fishers, self.device), to_device(self.anchors, self.device)
+        self._merged = None
+
+
+Merged = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], float]
+
+
+def merge_pairs(fishers: list[dict[str, torch.Tensor]], anchors: list[dict[str, torch.Tensor]]) -> Merged:
+    """sum_k F_k (p - a_k)^2 as one quadratic W (p - c)^2 + const, so a step costs one term, not one per task
+    (offline EWC on 10 tasks spent half its time in the penalty): W = sum_k F_k, c = sum_k F_k a_k / W (0 where
+    W = 0), const = sum_k F_k (a_k - c)^2. The gradient, 2 W (p - c), is the sum's. A single pair (online EWC,
+    offline after one task) is returned as it is, so its steps are the unmerged ones bit for bit."""
+    if len(fishers) == 1:
+        return fishers[0], anchors[0], 0.0
+    weight, centre, const = {}, {}, 0.0
+    for k in fishers[0]:
+        w = sum(f[k] for f in fishers)
+        c = torch.where(w > 0, sum(f[k] * a[k] for f, a in zip(fishers, anchors)) / w, torch.zeros_like(w))
+        weight[k], centre[k] = w, c
+        const += sum((f[k] * (a[k] - c).pow(2)).sum() for f, a in zip(fishers, anchors)).item()
+    return weight, centre, const
