@@ -533,9 +533,14 @@ standardised; so do the permuted-MNIST runs here (`stream.pixels=unit`, experime
   noise. Online EWC keeps γ = 1 (not searched). EWC's Fisher is estimated from 500 training samples of each
   finished task.
 - Permuted MNIST: domain-incremental only (the paper also reports task- and class-incremental).
-- Permuted MNIST's inputs are the 28×28 = 784 pixels; the authors pad the images to 32×32 (1,024 inputs, the
-  240 added ones always 0). At pixels in [0, 1] an input that is always 0 takes no part in training, so what
-  differs is the first layer's initial weight scale (U(±1/√fan-in)): ours is √(1024/784) = 1.14 times theirs.
+- Permuted MNIST's inputs are the 28×28 = 784 pixels. The authors pad the images to 32×32 and then permute all
+  1,024 positions, border included, so each task scatters the digit's pixels over a different part of a wider
+  input layer (and the first layer's initial weights are U(±1/√1024), not U(±1/√784)). Section "Permuted MNIST:
+  28×28 against the authors' 32×32 inputs" measures what that does (`stream.pad=2`).
+- Seeds: the authors' code keeps task 0 unpermuted and split MNIST's digits in order ({{0,1}}, {{2,3}}, …) on
+  seed 0 only; every other seed permutes task 0 too and deals the digits to the tasks in a random order. Here
+  every seed keeps the identity first task (to an MLP, which sees no pixel order, one fixed permutation is like
+  another) and the digits in order (which pairs form the tasks changes how hard they are: not measured).
 - Split MNIST's inputs are standardised ((x/255 − 0.1307) / 0.3081, cltrain's default) where the authors feed
   pixels in [0, 1]: its grids ran before the input scale was found to matter on permuted MNIST (section
   "Permuted MNIST: standardised against unit pixels") and were not run again.
