@@ -16,6 +16,9 @@ seconds, ratios per round against that round's reference loop, per-step overhead
                    experts (E forwards, one read-back) and a vmapped forward on weights stacked once
   --path ddp       `cltrain fit bench/pmnist_naive trainer.devices=2 trainer.strategy=ddp` on CPU (gloo) vs a
                    torch.distributed DistributedDataParallel loop over 2 processes (always on the CPU)
+  --path ewc       offline EWC's penalty and its backward with 1, 2, 5, 10, 20 finished tasks (`EWC.penalty`: the
+                   per-task (Fisher, anchor) pairs merged into one quadratic), µs per step in one process, vs the
+                   per-task sum it replaces (one term per finished task), on an MLP 784-hidden-10
 
 Rows of the process paths: `fast` normalises the data once and transforms each task's rows once per phase
 (the reference), `batch` transforms every batch (on this 2-core CPU the faster of the two), `cltrain`, and
@@ -44,6 +47,7 @@ from bench_pmnist import BATCH, EVAL_BATCH, MEAN, STD, mlp, mnist, spread, timed
 REPO = Path(__file__).resolve().parents[1]
 CAPACITY = 2000  # the replay reservoir
 EXPERTS = (1, 5, 10, 20)
+EWC_TASKS = (1, 2, 5, 10, 20)
 ROWS = {"fast": "loop (fastest)", "batch": "loop (per batch)", "cltrain": "cltrain", "base": "cltrain (base)"}
 # path -> (experiment, overrides) of the cltrain rows
 CLTRAIN = {
@@ -345,12 +349,72 @@ def tame_worker(args: argparse.Namespace) -> dict:
     return out
 
 
+def ewc_rows(learner) -> dict:
+    """name -> one penalty + backward on the learner's model (its gradients zeroed first), returning the value."""
+    from cltrain.learners.base import param_dict
+
+    def per_task():
+        params = param_dict(learner.model)
+        total = sum((f[k] * (params[k] - a[k]).pow(2)).sum()
+                    for f, a in zip(learner.fishers, learner.anchors) for k in f)
+        return 0.5 * learner.method.lam * total
+
+    def step(penalty):
+        learner.model.zero_grad(set_to_none=False)
+        value = penalty()
+        value.backward()
+        return value.item()
+
+    return {"per_task": lambda: step(per_task), "cltrain": lambda: step(learner.penalty)}
+
+
+EWC_ROWS = {"per_task": "sum over tasks", "cltrain": "cltrain (merged)"}
+
+
+def ewc_worker(args: argparse.Namespace) -> dict:
+    """µs per penalty step for every number of finished tasks and row, rounds alternating the rows."""
+    import torch
+
+    from cltrain.config import OptimConfig
+    from cltrain.learners.ewc import EWC, EWCConfig
+    from cltrain.nn.mlp import MLP
+
+    torch.manual_seed(args.seed)
+    learner = EWC(MLP(784, list(args.hidden), 10), OptimConfig(), EWCConfig(lam=1.0)).to(args.device)
+    shapes = {k: p.shape for k, p in learner.model.named_parameters()}
+    out: dict = {}
+    for n_tasks in EWC_TASKS:
+        pairs = [({k: torch.rand(s, device=args.device) for k, s in shapes.items()},
+                  {k: torch.randn(s, device=args.device) for k, s in shapes.items()}) for _ in range(n_tasks)]
+        learner.set_extra_state({"fishers": [f for f, _ in pairs], "anchors": [a for _, a in pairs]})
+        rows = ewc_rows(learner)
+        values = [rows[r]() for r in rows]  # the merged penalty must be the sum's
+        if not math.isclose(values[0], values[1], rel_tol=1e-4):
+            raise SystemExit(f"{n_tasks} tasks: the penalties disagree: {values}")
+        names = list(rows)
+        out[n_tasks] = {name: [] for name in names}
+        for rnd in range(args.rounds):
+            for name in names[rnd % len(names):] + names[:rnd % len(names)]:
+                for _ in range(5):  # warm-up: the allocator's first blocks of this size, the caches
+                    rows[name]()
+                start = time.perf_counter()
+                for _ in range(args.tame_steps):
+                    rows[name]()
+                if args.device == "cuda":
+                    torch.cuda.synchronize()
+                out[n_tasks][name].append(1e6 * (time.perf_counter() - start) / args.tame_steps)
+        print(f"{n_tasks} tasks: " + ", ".join(f"{n} {statistics.median(v):.0f} us" for n, v in out[n_tasks].items())
+              + f" (load {os.getloadavg()[0]:.2f})", flush=True)
+    return out
+
+
 # ---- the orchestrator ---------------------------------------------------------------------------------
 def worker(args: argparse.Namespace) -> None:
     import torch
 
-    if args.path == "tame":
-        print("RESULT " + json.dumps({"tame": tame_worker(args)}), flush=True)
+    if args.path in ("tame", "ewc"):
+        print("RESULT " + json.dumps({args.path: (tame_worker if args.path == "tame" else ewc_worker)(args)}),
+              flush=True)
         return
     if args.worker_row == "cltrain":
         import cltrain.experiment  # noqa: F401  (start-up, as `cltrain fit` imports it)
@@ -415,6 +479,22 @@ def report(path: str, rows: list[str], runs: dict[str, list[dict]], args: argpar
     print(flush=True)
 
 
+def run_ewc(args: argparse.Namespace, tmp: Path) -> None:
+    r = child(args, "ewc", "ewc", tmp / "ewc")
+    out = {int(k): v for k, v in r["ewc"].items()}
+    print(f"\newc: offline EWC's penalty + backward, MLP 784-{'-'.join(map(str, args.hidden))}-10, {args.device}, "
+          f"{args.rounds} round(s) of {args.tame_steps} steps; us per step, median [min-max]; ratio per round "
+          f"against the sum over tasks")
+    print(f"{'tasks':>7s} {'row':20s} {'us/step':>22s} {'/sum':>20s} {'/(its 1 task)':>14s}")
+    for n_tasks, rows in out.items():
+        for name, values in rows.items():
+            ratio = [a / b for a, b in zip(values, rows["per_task"])]
+            scale = statistics.median(values) / statistics.median(out[EWC_TASKS[0]][name])
+            print(f"{n_tasks:7d} {EWC_ROWS[name]:20s} {spread(values, '7.0f'):>22s} {spread(ratio, '.3f'):>20s} "
+                  f"{scale:14.2f}", flush=True)
+    print(f"whole process {r['whole']:.1f} s, peak RSS {r['rss_gib']:.2f} GiB\n", flush=True)
+
+
 def run_tame(args: argparse.Namespace, tmp: Path) -> None:
     r = child(args, "tame", "tame", tmp / "tame")
     out = {int(k): v for k, v in r["tame"].items()}
@@ -432,14 +512,15 @@ def run_tame(args: argparse.Namespace, tmp: Path) -> None:
 
 def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--path", choices=["replay", "powerlaw", "tame", "ddp"], action="append")
+    parser.add_argument("--path", choices=["replay", "powerlaw", "tame", "ddp", "ewc"], action="append")
     parser.add_argument("--all", action="store_true", help="every hot path, one after another")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of alternating runs")
     parser.add_argument("--tasks", type=int, default=3)
     parser.add_argument("--train-per-task", type=int, default=None, help="rows per task (default all 60,000)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--hidden", type=int, nargs="+", default=[512, 512])
-    parser.add_argument("--tame-steps", type=int, default=200, help="scoring steps per TAME measurement")
+    parser.add_argument("--tame-steps", type=int, default=200,
+                        help="steps per in-process measurement (TAME's scoring, EWC's penalty)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--base", type=Path, default=None, help="another checkout for the 'cltrain (base)' row")
     parser.add_argument("--rows", default=None, help="comma-separated subset of fast,batch,cltrain,base")
@@ -459,11 +540,11 @@ def main() -> int:
         args.path = args.path[0]
         worker(args)
         return 0
-    paths = ["replay", "powerlaw", "tame", "ddp"] if args.all else (args.path or [])
+    paths = ["replay", "powerlaw", "tame", "ddp", "ewc"] if args.all else (args.path or [])
     default = "fast,batch,cltrain" if args.device == "cpu" else "fast,cltrain"
     rows = (args.rows or default).split(",") + (["base"] if args.base and not args.rows else [])
     if not paths or "fast" not in rows or any(r not in ROWS for r in rows) or ("base" in rows and not args.base):
-        print("--path replay|powerlaw|tame|ddp (or --all); --rows: a comma-separated subset of "
+        print("--path replay|powerlaw|tame|ddp|ewc (or --all); --rows: a comma-separated subset of "
               f"{','.join(ROWS)} with fast (the reference); base needs --base", file=sys.stderr)
         return 2
     if args.quick:
@@ -474,8 +555,8 @@ def main() -> int:
           flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for path in paths:
-            if path == "tame":
-                run_tame(args, Path(tmp))
+            if path in ("tame", "ewc"):
+                (run_tame if path == "tame" else run_ewc)(args, Path(tmp))
             else:
                 run_process_path(args, path, rows, Path(tmp))
     return 0
