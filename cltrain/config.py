@@ -189,7 +189,8 @@ class StreamConfig:
     pixels: str = choice("standardised", "standardised", "unit")
     # image streams: a border of this many blank pixels around every image, before any task transform. Not
     # cosmetic either: van de Ven & Tolias pad MNIST to 32x32 and permute all 1,024 positions, so each task's
-    # digit pixels land on a different part of a wider input layer (2 reproduces that; 0 keeps 28x28)
+    # digit pixels land on a different part of a wider input layer (2 reproduces that; 0 keeps 28x28). A rotated
+    # digit's corners then stay inside the image; standardised pixels keep the dataset's (unpadded) mean and sd
     pad: int = count(0, high=64, low=0)
     train_per_task: Optional[int] = count(None)  # subsample each task's training set (CPU-scale runs)
     test_per_task: Optional[int] = count(None)

@@ -322,12 +322,13 @@ def check_section(args, runs: Path) -> str:
     """Runs at --check-steps (every seed found) beside the same grid point and seeds at the table's iterations."""
     base = check_folder(runs, args.check_steps)
     short_base = folder(runs, "pmnist", "domain_incremental", args.pmnist_steps)
-    rows = []
+    rows, found = [], set()
     for method, overrides, setting in check_points():
         long = seed_runs(base, method, overrides)
         if not long:
             continue
         seeds = [path.parent.name.rsplit("_s", 1)[1] for path in long]
+        found.update(seeds)
         short = [short_base / path.parent.name / "metrics.json" for path in long]
         ref = PAPER[("pmnist", "domain_incremental")].get(method)
         rows.append(f"| {method} | {setting} | {', '.join(seeds)} | {check_cell(short)} | {check_cell(long)} | "
@@ -335,7 +336,7 @@ def check_section(args, runs: Path) -> str:
     if not rows:
         return ""
     specs = ("--check " + " ".join(shlex.quote(s) for s in args.check)) if args.check else "--check METHOD=VALUE"
-    seeds = " ".join(map(str, args.check_seeds))
+    seeds = " ".join(sorted(found, key=int))  # the seeds on the page, whatever this invocation ran
     return (f"\n### Permuted MNIST at the protocol's {args.check_steps:,} iterations (checks)\n\n"
             f"Grid points run at {args.check_steps:,} iterations per task (validation split held out, same test "
             f"subset, the table's input scale), beside the same point and seeds at {args.pmnist_steps:,} (the table "
@@ -404,7 +405,8 @@ def pad_section(args, runs: Path, other: Path) -> str:
     paper = PAPER[("pmnist", "domain_incremental")]
     rows = []
     for method, overrides, setting in check_points():
-        sides = [seed_runs(check_folder(root, args.check_steps), method, overrides) for root in (runs, other)]
+        sides = [[path for path in seed_runs(check_folder(root, args.check_steps), method, overrides)
+                  if run_pad(path.parent) == pad] for root, pad in ((runs, 0), (other, 2))]
         if not sides[1]:
             continue
         cells = [f"{', '.join(p.parent.name.rsplit('_s', 1)[1] for p in side) or '—'} | {check_cell(side)}"
@@ -426,6 +428,13 @@ def pad_section(args, runs: Path, other: Path) -> str:
             f"task, mean ± sd over the seeds (the just-trained last task's own accuracy in brackets).\n\n"
             f"| method | setting | 28×28: seeds | test ACC (%) | 32×32: seeds | test ACC (%) | paper (± sd) |\n"
             f"|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+
+
+def run_pad(run_dir: Path) -> int:
+    """stream.pad a finished run was made with (its config.yaml; 0 for runs made before the key existed)."""
+    import yaml
+
+    return int((yaml.safe_load((run_dir / "config.yaml").read_text()).get("stream") or {}).get("pad", 0))
 
 
 def check_points():
@@ -641,6 +650,10 @@ def main() -> int:
     runs = Path(args.runs).resolve()
     if args.only_checks and not checks:
         parser.error("--only-checks needs --check METHOD[=VALUE] ...")
+    if (args.pixels or args.pad is not None) and not args.doc_only and (
+            args.benchmarks != ["pmnist"] or runs == Path(parser.get_default("runs")).resolve()):
+        parser.error("--pixels/--pad make permuted-MNIST comparison runs: give --benchmarks pmnist and a --runs "
+                     "folder of their own (e.g. --pad 2 --runs runs/baselines/padded), not the tables' folder")
     if args.padded_runs and not Path(args.padded_runs).is_dir():
         parser.error(f"--padded-runs {args.padded_runs}: not a folder; valid: a --runs folder of permuted-MNIST "
                      "check runs made with --pad 2")

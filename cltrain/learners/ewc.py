@@ -146,7 +146,9 @@ def merge_pairs(fishers: list[dict[str, torch.Tensor]], anchors: list[dict[str, 
     """sum_k F_k (p - a_k)^2 as one quadratic W (p - c)^2 + const, so a step costs one term, not one per task
     (offline EWC on 10 tasks spent half its time in the penalty): W = sum_k F_k, c = sum_k F_k a_k / W (0 where
     W = 0), const = sum_k F_k (a_k - c)^2. The gradient, 2 W (p - c), is the sum's. A single pair (online EWC,
-    offline after one task) is returned as it is, so its steps are the unmerged ones bit for bit."""
+    offline after one task) is returned as it is, so its steps are the unmerged ones bit for bit. EWC keeps the
+    result until its pairs change through its own hooks; code that edits `fishers` or `anchors` in place must
+    set `_merged = None`. Costs two parameter-sized tensors (W, c) besides the pairs."""
     if len(fishers) == 1:
         return fishers[0], anchors[0], 0.0
     weight, centre, const = {}, {}, 0.0
