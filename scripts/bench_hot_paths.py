@@ -479,35 +479,33 @@ def report(path: str, rows: list[str], runs: dict[str, list[dict]], args: argpar
     print(flush=True)
 
 
-def run_ewc(args: argparse.Namespace, tmp: Path) -> None:
-    r = child(args, "ewc", "ewc", tmp / "ewc")
-    out = {int(k): v for k, v in r["ewc"].items()}
-    print(f"\newc: offline EWC's penalty + backward, MLP 784-{'-'.join(map(str, args.hidden))}-10, {args.device}, "
-          f"{args.rounds} round(s) of {args.tame_steps} steps; us per step, median [min-max]; ratio per round "
-          f"against the sum over tasks")
-    print(f"{'tasks':>7s} {'row':20s} {'us/step':>22s} {'/sum':>20s} {'/(its 1 task)':>14s}")
-    for n_tasks, rows in out.items():
+def run_in_process(args: argparse.Namespace, tmp: Path, path: str, title: str, count: str, names: dict[str, str],
+                   reference: str) -> None:
+    """Run an in-process path (TAME, EWC) in a fresh process and print µs per step for every count and row, with
+    each row's ratio per round against the reference row and against its own time at the smallest count."""
+    r = child(args, path, path, tmp / path)
+    out = {int(k): v for k, v in r[path].items()}
+    smallest = min(out)
+    print(f"\n{path}: {title}, {args.device}, {args.rounds} round(s) of {args.tame_steps} steps; us per step, "
+          f"median [min-max]; ratio per round against the {names[reference]}")
+    print(f"{count:>7s} {'row':20s} {'us/step':>22s} {'/' + reference:>20s} {f'/(its {count} {smallest})':>16s}")
+    for n, rows in out.items():
         for name, values in rows.items():
-            ratio = [a / b for a, b in zip(values, rows["per_task"])]
-            scale = statistics.median(values) / statistics.median(out[EWC_TASKS[0]][name])
-            print(f"{n_tasks:7d} {EWC_ROWS[name]:20s} {spread(values, '7.0f'):>22s} {spread(ratio, '.3f'):>20s} "
-                  f"{scale:14.2f}", flush=True)
+            ratio = [a / b for a, b in zip(values, rows[reference])]
+            scale = statistics.median(values) / statistics.median(out[smallest][name])
+            print(f"{n:7d} {names[name]:20s} {spread(values, '7.0f'):>22s} {spread(ratio, '.3f'):>20s} "
+                  f"{scale:16.2f}", flush=True)
     print(f"whole process {r['whole']:.1f} s, peak RSS {r['rss_gib']:.2f} GiB\n", flush=True)
+
+
+def run_ewc(args: argparse.Namespace, tmp: Path) -> None:
+    run_in_process(args, tmp, "ewc", f"offline EWC's penalty + backward, MLP 784-{'-'.join(map(str, args.hidden))}"
+                   f"-10", "tasks", EWC_ROWS, "per_task")
 
 
 def run_tame(args: argparse.Namespace, tmp: Path) -> None:
-    r = child(args, "tame", "tame", tmp / "tame")
-    out = {int(k): v for k, v in r["tame"].items()}
-    print(f"\ntame: expert scoring of a {BATCH}-row batch, LeNet-5 experts, {args.device}, {args.rounds} round(s) "
-          f"of {args.tame_steps} steps; us per step, median [min-max]; ratio per round against the loop")
-    print(f"{'experts':>7s} {'row':20s} {'us/step':>22s} {'/loop':>20s} {'/(its E=1)':>12s}")
-    for n_experts, rows in out.items():
-        for name, values in rows.items():
-            ratio = [a / b for a, b in zip(values, rows["loop"])]
-            scale = statistics.median(values) / statistics.median(out[EXPERTS[0]][name])
-            print(f"{n_experts:7d} {TAME_ROWS[name]:20s} {spread(values, '7.0f'):>22s} {spread(ratio, '.3f'):>20s} "
-                  f"{scale:12.2f}", flush=True)
-    print(f"whole process {r['whole']:.1f} s, peak RSS {r['rss_gib']:.2f} GiB\n", flush=True)
+    run_in_process(args, tmp, "tame", f"expert scoring of a {BATCH}-row batch, LeNet-5 experts", "experts",
+                   TAME_ROWS, "loop")
 
 
 def parse() -> argparse.Namespace:
