@@ -320,10 +320,28 @@ def tame_rows(learner):
 TAME_ROWS = {"loop": "loop over experts", "cltrain": "cltrain (vmapped)", "prestacked": "vmap, pre-stacked"}
 
 
-def tame_worker(args: argparse.Namespace) -> dict:
-    """µs per scoring step for every E and row, each round alternating the rows (the order rotating)."""
+def time_rows(args: argparse.Namespace, steps: dict, warmup: int) -> dict[str, list[float]]:
+    """µs per step of each row (a callable of the step index), --rounds rounds alternating the rows (the order
+    rotating), each after `warmup` steps of its own."""
     import torch
 
+    names = list(steps)
+    out: dict[str, list[float]] = {name: [] for name in names}
+    for rnd in range(args.rounds):
+        for name in names[rnd % len(names):] + names[:rnd % len(names)]:
+            for i in range(warmup):
+                steps[name](i)
+            start = time.perf_counter()
+            for i in range(args.tame_steps):
+                steps[name](i)
+            if args.device == "cuda":
+                torch.cuda.synchronize()
+            out[name].append(1e6 * (time.perf_counter() - start) / args.tame_steps)
+    return out
+
+
+def tame_worker(args: argparse.Namespace) -> dict:
+    """µs per scoring step for every E and row, each round alternating the rows (the order rotating)."""
     out: dict = {}
     for n_experts in EXPERTS:
         learner, batches = tame_setup(args, n_experts)
@@ -332,18 +350,8 @@ def tame_worker(args: argparse.Namespace) -> dict:
         tol = 1e-4 if args.device == "cpu" else 2e-3  # CUDA convolutions may run in TF32, grouped or not
         if max(abs(a - b) for other in check[1:] for a, b in zip(check[0], other)) > tol:
             raise SystemExit(f"E={n_experts}: the scoring rows disagree: {check}")
-        names = list(rows)
-        out[n_experts] = {name: [] for name in names}
-        for rnd in range(args.rounds):
-            for name in names[rnd % len(names):] + names[:rnd % len(names)]:
-                for x, y in batches[:2]:  # warm-up
-                    rows[name](x, y)
-                start = time.perf_counter()
-                for i in range(args.tame_steps):
-                    rows[name](*batches[i % len(batches)])
-                if args.device == "cuda":
-                    torch.cuda.synchronize()
-                out[n_experts][name].append(1e6 * (time.perf_counter() - start) / args.tame_steps)
+        steps = {name: (lambda i, row=row: row(*batches[i % len(batches)])) for name, row in rows.items()}
+        out[n_experts] = time_rows(args, steps, warmup=2)
         print(f"E={n_experts}: " + ", ".join(f"{n} {statistics.median(v):.0f} us" for n, v in out[n_experts].items())
               + f" (load {os.getloadavg()[0]:.2f})", flush=True)
     return out
@@ -391,18 +399,8 @@ def ewc_worker(args: argparse.Namespace) -> dict:
         values = [rows[r]() for r in rows]  # the merged penalty must be the sum's
         if not math.isclose(values[0], values[1], rel_tol=1e-4):
             raise SystemExit(f"{n_tasks} tasks: the penalties disagree: {values}")
-        names = list(rows)
-        out[n_tasks] = {name: [] for name in names}
-        for rnd in range(args.rounds):
-            for name in names[rnd % len(names):] + names[:rnd % len(names)]:
-                for _ in range(5):  # warm-up: the allocator's first blocks of this size, the caches
-                    rows[name]()
-                start = time.perf_counter()
-                for _ in range(args.tame_steps):
-                    rows[name]()
-                if args.device == "cuda":
-                    torch.cuda.synchronize()
-                out[n_tasks][name].append(1e6 * (time.perf_counter() - start) / args.tame_steps)
+        # 5 warm-up steps: the allocator's first blocks of the new sizes, the caches
+        out[n_tasks] = time_rows(args, {name: (lambda i, row=row: row()) for name, row in rows.items()}, warmup=5)
         print(f"{n_tasks} tasks: " + ", ".join(f"{n} {statistics.median(v):.0f} us" for n, v in out[n_tasks].items())
               + f" (load {os.getloadavg()[0]:.2f})", flush=True)
     return out
