@@ -1,8 +1,9 @@
 """Elastic Weight Consolidation (Kirkpatrick et al. 2017), offline and online (Schwarz et al. 2018).
 
 Offline keeps one (Fisher, anchor) pair per task (its penalty is their sum, merged into one quadratic); online
-keeps a single running Fisher, decayed by gamma, anchored at the latest parameters. The diagonal Fisher is the mean of squared per-sample gradients of the
-log-likelihood of the true label, computed with torch.func (vmap over samples, no Python loop).
+keeps a single running Fisher, decayed by gamma, anchored at the latest parameters. The diagonal Fisher is the
+mean of squared per-sample gradients of the log-likelihood of the true label, computed with torch.func (vmap
+over samples, no Python loop).
 """
 from __future__ import annotations
 
