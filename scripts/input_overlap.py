@@ -41,7 +41,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=20000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    print(f"{'pad':>4s} {'inputs':>7s} {'used by task 0':>15s} {'shared with another task':>25s} {'cosine of mean maps':>20s}")
+    print(f"{'pad':>4s} {'inputs':>7s} {'used by task 0':>15s} {'shared with another task':>25s} "
+          f"{'cosine of mean maps':>20s}")
     for pad in args.pads:
         inputs, used, shared, cosine = overlap(args.experiment, pad, args.images, args.seed)
         print(f"{pad:4d} {inputs:7d} {used:15d} {shared:25.3f} {cosine:20.3f}")
