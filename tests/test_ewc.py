@@ -1,5 +1,6 @@
 """EWC's Fisher: the Linear-layer shortcut equals per-sample gradients computed one by one; what the input scale
 does to it on real MNIST."""
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -46,6 +47,24 @@ def test_conv_models_take_the_generic_path_and_agree():
     fisher, ref = diagonal_fisher(learner, _samples(x, y), 12, 4), _reference(learner.model, x, y)
     for k in ref:
         assert torch.allclose(fisher[k], ref[k], atol=1e-6, rtol=1e-4), k
+
+
+@pytest.mark.parametrize("model, shape", [(lambda: MLP(12, [9, 7], 4), (12,)), (lambda: LeNet5(1, 28, 10), (1, 28, 28))],
+                         ids=["linear-shortcut", "generic"])
+def test_predicted_labels_take_the_models_arg_max(model, shape):
+    """fisher_labels=predicted (the authors' code): the stored Fisher is the definition's with the model's own
+    arg-max as the label, which differs from the empirical one wherever the model is wrong."""
+    torch.manual_seed(0)
+    learner = EWC(model(), OptimConfig(), EWCConfig(fisher_labels="predicted", fisher_samples=12, fisher_chunk=4))
+    x = torch.randn(12, *shape)
+    with torch.no_grad():
+        predicted = learner.model(x).argmax(1)
+    y = (predicted + 1) % 4  # every label wrong: the two Fishers must differ
+    learner.on_task_end(0, _samples(x, y))
+    want, empirical = _reference(learner.model, x, predicted), _reference(learner.model, x, y)
+    for k in want:
+        assert torch.allclose(learner.fishers[0][k], want[k], atol=1e-6, rtol=1e-4), k
+    assert any(not torch.allclose(want[k], empirical[k], atol=1e-6, rtol=1e-4) for k in want)
 
 
 def test_blank_pixels_carry_no_fisher_only_with_unit_pixels():

@@ -2,8 +2,9 @@
 
 Offline keeps one (Fisher, anchor) pair per task (its penalty is their sum, merged into one quadratic); online
 keeps a single running Fisher, decayed by gamma, anchored at the latest parameters. The diagonal Fisher is the
-mean of squared per-sample gradients of the log-likelihood of the true label, computed with torch.func (vmap
-over samples, no Python loop).
+mean of squared per-sample gradients of the log-likelihood of the true label (or of the model's own prediction,
+`fisher_labels=predicted`, as van de Ven & Tolias's code does), computed with torch.func (vmap over samples, no
+Python loop).
 """
 from __future__ import annotations
 
@@ -27,10 +28,19 @@ class EWCConfig:
     mode: str = choice("offline", "offline", "online")
     gamma: float = fraction(1.0, low_open=True)  # online mode: decay of the running Fisher
     fisher_samples: int = count(500)  # training samples of the finished task used to estimate its Fisher
+    # the label whose log-likelihood is differentiated: the data's ("empirical Fisher") or the model's arg-max
+    # prediction (van de Ven & Tolias's default); they differ only on the samples the model gets wrong
+    fisher_labels: str = choice("true", "true", "predicted")
     fisher_chunk: int = count(64, high=1 << 16)  # per-sample gradients computed this many at a time (memory bound)
 
 
-def linear_fisher(learner: Learner, samples: TaskSamples, n: int, chunk: int) -> dict[str, torch.Tensor] | None:
+def fisher_targets(logits: torch.Tensor, y: torch.Tensor, labels: str) -> torch.Tensor:
+    """The labels the Fisher differentiates: the data's, or the model's prediction (masked classes never win)."""
+    return y if labels == "true" else logits.detach().argmax(1)
+
+
+def linear_fisher(learner: Learner, samples: TaskSamples, n: int, chunk: int,
+                  labels: str = "true") -> dict[str, torch.Tensor] | None:
     """The same Fisher without materialising per-sample gradients, for models whose weights are all Linear.
 
     Sample i's gradient of a Linear weight is the outer product d_i a_i^T (d_i: gradient at the layer's output,
@@ -56,7 +66,8 @@ def linear_fisher(learner: Learner, samples: TaskSamples, n: int, chunk: int) ->
             for batch in samples(chunk, n):
                 with torch.enable_grad():
                     t = batch.t if learner.class_mask is not None else None
-                    loss = F.cross_entropy(learner.logits(batch.x, t), batch.y, reduction="sum")
+                    logits = learner.logits(batch.x, t)
+                    loss = F.cross_entropy(logits, fisher_targets(logits, batch.y, labels), reduction="sum")
                     names = list(outputs)
                     # summed loss: row i of each output gradient is sample i's own d_i
                     grads = torch.autograd.grad(loss, [outputs[k] for k in names])
@@ -72,9 +83,10 @@ def linear_fisher(learner: Learner, samples: TaskSamples, n: int, chunk: int) ->
     return {k: f / max(seen, 1) for k, f in fisher.items()}
 
 
-def diagonal_fisher(learner: Learner, samples: TaskSamples, n: int, chunk: int) -> dict[str, torch.Tensor]:
-    """Mean squared per-sample gradient of the log-likelihood of the true label (vmap over samples)."""
-    fast = linear_fisher(learner, samples, n, max(chunk, 256))
+def diagonal_fisher(learner: Learner, samples: TaskSamples, n: int, chunk: int,
+                    labels: str = "true") -> dict[str, torch.Tensor]:
+    """Mean squared per-sample gradient of the log-likelihood of the true (or predicted) label, vmap over samples."""
+    fast = linear_fisher(learner, samples, n, max(chunk, 256), labels)
     if fast is not None:
         return fast
     params = {k: v.detach() for k, v in param_dict(learner.model).items()}
@@ -89,7 +101,9 @@ def diagonal_fisher(learner: Learner, samples: TaskSamples, n: int, chunk: int) 
         for batch in samples(chunk, n):
             t = batch.t if learner.class_mask is not None else None
             in_dims = (None, 0, 0, 0 if t is not None else None)
-            grads = vmap(grad(nll), in_dims=in_dims)(params, batch.x, batch.y, t)
+            with torch.no_grad():
+                y = batch.y if labels == "true" else fisher_targets(learner.logits(batch.x, t), batch.y, labels)
+            grads = vmap(grad(nll), in_dims=in_dims)(params, batch.x, y, t)
             for k, g in grads.items():
                 fisher[k] += g.pow(2).sum(0)
             seen += len(batch)
@@ -119,7 +133,8 @@ class EWC(Learner):
 
     def on_task_end(self, task_id: int, samples: TaskSamples) -> None:
         self._merged = None
-        fisher = diagonal_fisher(self, samples, self.method.fisher_samples, self.method.fisher_chunk)
+        m = self.method
+        fisher = diagonal_fisher(self, samples, m.fisher_samples, m.fisher_chunk, m.fisher_labels)
         anchor = {k: v.detach().clone() for k, v in param_dict(self.model).items()}
         if self.method.mode == "online" and self.fishers:
             fisher = {k: self.method.gamma * self.fishers[0][k] + fisher[k] for k in fisher}
