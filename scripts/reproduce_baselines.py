@@ -93,6 +93,11 @@ PAPER = {
 }
 PAPER_SEEDS = 20
 
+# The authors' EWC Fisher (continual_learner.py, estimate_fisher, default options): the log-likelihood of the
+# model's arg-max prediction, over every training image of the task (fisher_n=None), one sample at a time.
+# cltrain's default: the true label, 500 images. --authors-fisher runs EWC's check points with theirs.
+AUTHORS_FISHER = ("learner.fisher_labels=predicted", "learner.fisher_samples=60000")
+
 
 def folder(runs: Path, bench: str, scenario: str, steps: int) -> Path:
     return runs / f"{bench}_{steps}" / scenario
@@ -209,12 +214,14 @@ def check_jobs(args, runs: Path, checks: list[tuple[str, list[str]]]) -> list[tu
     lengths = [(args.check_steps, check_folder(runs, args.check_steps))]
     if not args.only_checks:
         lengths.insert(0, (args.pmnist_steps, folder(runs, "pmnist", "domain_incremental", args.pmnist_steps)))
+    fisher = AUTHORS_FISHER if args.authors_fisher else ()
     jobs = []
     for seed in args.check_seeds:
         for steps, base in lengths:
             for method, overrides in checks:
                 run_dir = base / point_name(method, overrides, seed)
-                jobs.append(("pmnist", "domain_incremental", steps, overrides, seed, run_dir, extra(args, "pmnist")))
+                jobs.append(("pmnist", "domain_incremental", steps, overrides, seed, run_dir,
+                             extra(args, "pmnist") + fisher))
     return jobs
 
 
@@ -430,6 +437,41 @@ def pad_section(args, runs: Path, other: Path) -> str:
             f"|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
 
 
+def fisher_section(args, padded: Path, other: Path) -> str:
+    """EWC's check points on 32x32 inputs with cltrain's Fisher (the padded runs) and the authors' (runs under
+    `other`, --authors-fisher), on the seeds both have: the same runs but for the Fisher's labels and size."""
+    paper = PAPER[("pmnist", "domain_incremental")]
+    rows = []
+    for method, overrides, setting in check_points():
+        theirs = [p for p in seed_runs(check_folder(other, args.check_steps), method, overrides)
+                  if run_pad(p.parent) == 2]
+        ours = {p.parent.name: p for p in seed_runs(check_folder(padded, args.check_steps), method, overrides)}
+        pairs = [(ours[p.parent.name], p) for p in theirs if p.parent.name in ours]
+        if not pairs:
+            continue
+        seeds = ", ".join(p.parent.name.rsplit("_s", 1)[1] for _, p in pairs)
+        shift = [100 * (json.loads(b.read_text())["acc"] - json.loads(a.read_text())["acc"]) for a, b in pairs]
+        ref = paper.get(method)
+        rows.append(f"| {method} | {setting} | {seeds} | {check_cell([a for a, _ in pairs])} | "
+                    f"{check_cell([b for _, b in pairs])} | {sum(shift) / len(shift):+.1f} | "
+                    f"{f'{ref[0]:.2f} ± {ref[1] * math.sqrt(PAPER_SEEDS):.2f}' if ref else '—'} |")
+    if not rows:
+        return ""
+    where = other.relative_to(REPO) if other.is_relative_to(REPO) else other
+    return (f"\n### Permuted MNIST: cltrain's Fisher against the authors'\n\n"
+            f"The authors' code estimates EWC's Fisher from the log-likelihood of the model's own arg-max prediction "
+            f"over every training image of the task; cltrain's default differentiates the true label on 500 images "
+            f"(`learner.fisher_labels`, `learner.fisher_samples`). The same 32×32 runs at {args.check_steps:,} "
+            f"iterations with theirs ({', '.join(f'`{o}`' for o in AUTHORS_FISHER)}; runs under `{where}/`, made "
+            f"by `python scripts/reproduce_baselines.py --only-checks --pad 2 --authors-fisher --runs {where} "
+            f"--check-steps {args.check_steps}{f' --pmnist-test {args.pmnist_test}' if args.pmnist_test else ''} "
+            f"--check-seeds SEEDS --check 'online EWC=1000.0' ...`), on the seeds both have. Test ACC % after the "
+            f"last task (the just-trained last task in brackets); *shift*: the authors' Fisher minus ours, mean of "
+            f"the per-seed differences.\n\n"
+            f"| method | setting | seeds | cltrain's Fisher | the authors' Fisher | shift | paper (± sd) |\n"
+            f"|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+
+
 def run_pad(run_dir: Path) -> int:
     """stream.pad a finished run was made with (its config.yaml; 0 for runs made before the key existed)."""
     import yaml
@@ -496,6 +538,9 @@ def write_doc(args, runs: Path, out: Path) -> None:
     padded = Path(args.padded_runs).resolve() if args.padded_runs else runs / "padded"
     if "pmnist" in args.benchmarks and padded.is_dir():
         sections.append(pad_section(args, runs, padded))
+        fisher = runs / "authors_fisher"
+        if fisher.is_dir():
+            sections.append(fisher_section(args, padded, fisher))
     differ = "\n".join(f"- {d}" for d in all_differ) or "- none"
     out.write_text(head + "".join(sections) + DOC_DIFFER.format(differ=differ) + notes_section() + DOC_TAIL)
     print(f"wrote {out}")
@@ -634,6 +679,9 @@ def main() -> int:
     parser.add_argument("--padded-runs", default=None,
                         help="permuted-MNIST check runs made with --pad 2, compared in their own section (default: "
                              "<runs>/padded when it exists)")
+    parser.add_argument("--authors-fisher", action="store_true",
+                        help="EWC's --check runs estimate the Fisher as the authors' code does (predicted labels, "
+                             "every training image): --only-checks --pad 2 --runs runs/baselines/authors_fisher")
     parser.add_argument("--only-checks", action="store_true",
                         help="run only the --check points at --check-steps: not the tables' grids, nor the points at "
                              "--pmnist-steps")
@@ -650,10 +698,14 @@ def main() -> int:
     runs = Path(args.runs).resolve()
     if args.only_checks and not checks:
         parser.error("--only-checks needs --check METHOD[=VALUE] ...")
-    if (args.pixels or args.pad is not None) and not args.doc_only and (
+    if (args.pixels or args.pad is not None or args.authors_fisher) and not args.doc_only and (
             args.benchmarks != ["pmnist"] or runs == Path(parser.get_default("runs")).resolve()):
         parser.error("--pixels/--pad make permuted-MNIST comparison runs: give --benchmarks pmnist and a --runs "
                      "folder of their own (e.g. --pad 2 --runs runs/baselines/padded), not the tables' folder")
+    if args.authors_fisher and not args.doc_only and (
+            not args.only_checks or any(not o.startswith("learner.name=ewc") for _, p in checks for o in p[:1])):
+        parser.error("--authors-fisher changes only EWC's Fisher: give --only-checks and --check EWC=VALUE and/or "
+                     "'online EWC=VALUE' (fine-tuning, joint and SI have no Fisher)")
     if args.padded_runs and not Path(args.padded_runs).is_dir():
         parser.error(f"--padded-runs {args.padded_runs}: not a folder; valid: a --runs folder of permuted-MNIST "
                      "check runs made with --pad 2")
@@ -664,7 +716,7 @@ def main() -> int:
             run_all(second_round(args, runs, target), args.jobs)
         if checks:
             run_all(check_jobs(args, runs, checks), args.jobs)
-    if args.out is None and (args.pixels or args.pad is not None):
+    if args.out is None and (args.pixels or args.pad is not None or args.authors_fisher):
         print("--pixels/--pad: runs made for a comparison section; no page written (pass --out to write one)")
         return 0
     write_doc(args, runs, Path(args.out or REPO / "docs" / "results" / "baselines.md"))
