@@ -93,10 +93,26 @@ PAPER = {
 }
 PAPER_SEEDS = 20
 
-# The authors' EWC Fisher (continual_learner.py, estimate_fisher, default options): the log-likelihood of the
-# model's arg-max prediction, over every training image of the task (fisher_n=None), one sample at a time.
-# cltrain's default: the true label, 500 images. --authors-fisher runs EWC's check points with theirs.
+
+@dataclass(frozen=True)
+class Variant:
+    """EWC's check points with some of the authors' choices that cltrain's defaults do not make."""
+    overrides: tuple[str, ...]
+    methods: tuple[str, ...]  # the check methods it applies to
+    what: str  # for the page
+
+
+# The authors' Fisher (continual_learner.py, estimate_fisher, default options): the log-likelihood of the model's
+# arg-max prediction over every training image of the task (fisher_n=None), one at a time; cltrain's default:
+# the true label, 500 images. Their online EWC on permuted MNIST, Domain-IL: lambda 1000, gamma 0.9
+# (param_values.py of the "three scenarios" code); the checks ran gamma 1, the default here.
 AUTHORS_FISHER = ("learner.fisher_labels=predicted", "learner.fisher_samples=60000")
+VARIANTS = {
+    "gamma_0.9": Variant(("learner.gamma=0.9",), ("online EWC",), "γ = 0.9 (the authors' value), cltrain's Fisher"),
+    "authors_fisher": Variant(AUTHORS_FISHER, ("EWC", "online EWC"), "the authors' Fisher, γ as in the check"),
+    "authors_online_ewc": Variant(("learner.gamma=0.9", *AUTHORS_FISHER), ("online EWC",),
+                                  "γ = 0.9 and the authors' Fisher: their online EWC"),
+}
 
 
 def folder(runs: Path, bench: str, scenario: str, steps: int) -> Path:
@@ -214,14 +230,14 @@ def check_jobs(args, runs: Path, checks: list[tuple[str, list[str]]]) -> list[tu
     lengths = [(args.check_steps, check_folder(runs, args.check_steps))]
     if not args.only_checks:
         lengths.insert(0, (args.pmnist_steps, folder(runs, "pmnist", "domain_incremental", args.pmnist_steps)))
-    fisher = AUTHORS_FISHER if args.authors_fisher else ()
+    variant = VARIANTS[args.variant].overrides if args.variant else ()
     jobs = []
     for seed in args.check_seeds:
         for steps, base in lengths:
             for method, overrides in checks:
                 run_dir = base / point_name(method, overrides, seed)
                 jobs.append(("pmnist", "domain_incremental", steps, overrides, seed, run_dir,
-                             extra(args, "pmnist") + fisher))
+                             extra(args, "pmnist") + variant))
     return jobs
 
 
@@ -419,7 +435,7 @@ def pad_section(args, runs: Path, other: Path) -> str:
         cells = [f"{', '.join(p.parent.name.rsplit('_s', 1)[1] for p in side) or '—'} | {check_cell(side)}"
                  for side in sides]
         ref = paper.get(method)
-        rows.append(f"| {method} | {setting} | {cells[0]} | {cells[1]} | "
+        rows.append(f"| {method} | {setting} | {cells[0]} | {cells[1]} | {paper_gap(sides[1], ref)} | "
                     f"{f'{ref[0]:.2f} ± {ref[1] * math.sqrt(PAPER_SEEDS):.2f}' if ref else '—'} |")
     if not rows:
         return ""
@@ -432,44 +448,61 @@ def pad_section(args, runs: Path, other: Path) -> str:
             f"scripts/reproduce_baselines.py --only-checks --pad 2 --runs {where} --check-steps {args.check_steps}"
             f"{f' --pmnist-test {args.pmnist_test}' if args.pmnist_test else ''} --check-seeds SEEDS --check "
             f"METHOD[=VALUE] ...`), the authors' settings, not picked on validation data. Test ACC % after the last "
-            f"task, mean ± sd over the seeds (the just-trained last task's own accuracy in brackets).\n\n"
-            f"| method | setting | 28×28: seeds | test ACC (%) | 32×32: seeds | test ACC (%) | paper (± sd) |\n"
-            f"|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+            f"task, mean ± sd over the seeds (the just-trained last task's own accuracy in brackets); *32×32 − "
+            f"paper*: `*` where the gap exceeds both spreads (our sd, the paper's sd).\n\n"
+            f"| method | setting | 28×28: seeds | test ACC (%) | 32×32: seeds | test ACC (%) | 32×32 − paper "
+            f"| paper (± sd) |\n|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
 
 
-def fisher_section(args, padded: Path, other: Path) -> str:
-    """EWC's check points on 32x32 inputs with cltrain's Fisher (the padded runs) and the authors' (runs under
-    `other`, --authors-fisher), on the seeds both have: the same runs but for the Fisher's labels and size."""
+def variants_section(args, padded: Path, root: Path) -> str:
+    """EWC's check points on 32x32 inputs as the page's checks ran them (the padded runs) and with each --variant
+    (runs under root/NAME), on the seeds both have: the same runs but for the variant's keys."""
     paper = PAPER[("pmnist", "domain_incremental")]
     rows = []
-    for method, overrides, setting in check_points():
-        theirs = [p for p in seed_runs(check_folder(other, args.check_steps), method, overrides)
-                  if run_pad(p.parent) == 2]
-        ours = {p.parent.name: p for p in seed_runs(check_folder(padded, args.check_steps), method, overrides)}
-        pairs = [(ours[p.parent.name], p) for p in theirs if p.parent.name in ours]
-        if not pairs:
-            continue
-        seeds = ", ".join(p.parent.name.rsplit("_s", 1)[1] for _, p in pairs)
-        shift = [100 * (json.loads(b.read_text())["acc"] - json.loads(a.read_text())["acc"]) for a, b in pairs]
-        ref = paper.get(method)
-        rows.append(f"| {method} | {setting} | {seeds} | {check_cell([a for a, _ in pairs])} | "
-                    f"{check_cell([b for _, b in pairs])} | {sum(shift) / len(shift):+.1f} | "
-                    f"{f'{ref[0]:.2f} ± {ref[1] * math.sqrt(PAPER_SEEDS):.2f}' if ref else '—'} |")
+    for name, variant in VARIANTS.items():
+        for method, overrides, setting in check_points():
+            theirs = [p for p in seed_runs(check_folder(root / name, args.check_steps), method, overrides)
+                      if run_pad(p.parent) == 2]
+            ours = {p.parent.name: p for p in seed_runs(check_folder(padded, args.check_steps), method, overrides)}
+            pairs = [(ours[p.parent.name], p) for p in theirs if p.parent.name in ours]
+            if not pairs:
+                continue
+            seeds = ", ".join(p.parent.name.rsplit("_s", 1)[1] for _, p in pairs)
+            shift = [100 * (json.loads(b.read_text())["acc"] - json.loads(a.read_text())["acc"]) for a, b in pairs]
+            ref = paper.get(method)
+            keys = " ".join(f"`{o}`" for o in variant.overrides)
+            rows.append(f"| {method} | {setting} | {variant.what}: {keys} | {seeds} | "
+                        f"{check_cell([a for a, _ in pairs])} | {check_cell([b for _, b in pairs])} | "
+                        f"{sum(shift) / len(shift):+.1f} | {paper_gap([b for _, b in pairs], ref)} | "
+                        f"{f'{ref[0]:.2f} ± {ref[1] * math.sqrt(PAPER_SEEDS):.2f}' if ref else '—'} |")
     if not rows:
         return ""
-    where = other.relative_to(REPO) if other.is_relative_to(REPO) else other
-    return (f"\n### Permuted MNIST: cltrain's Fisher against the authors'\n\n"
-            f"The authors' code estimates EWC's Fisher from the log-likelihood of the model's own arg-max prediction "
-            f"over every training image of the task; cltrain's default differentiates the true label on 500 images "
-            f"(`learner.fisher_labels`, `learner.fisher_samples`). The same 32×32 runs at {args.check_steps:,} "
-            f"iterations with theirs ({', '.join(f'`{o}`' for o in AUTHORS_FISHER)}; runs under `{where}/`, made "
-            f"by `python scripts/reproduce_baselines.py --only-checks --pad 2 --authors-fisher --runs {where} "
-            f"--check-steps {args.check_steps}{f' --pmnist-test {args.pmnist_test}' if args.pmnist_test else ''} "
-            f"--check-seeds SEEDS --check 'online EWC=1000.0' ...`), on the seeds both have. Test ACC % after the "
-            f"last task (the just-trained last task in brackets); *shift*: the authors' Fisher minus ours, mean of "
-            f"the per-seed differences.\n\n"
-            f"| method | setting | seeds | cltrain's Fisher | the authors' Fisher | shift | paper (± sd) |\n"
-            f"|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+    where = root.relative_to(REPO) if root.is_relative_to(REPO) else root
+    return (f"\n### Permuted MNIST: EWC with the authors' remaining choices\n\n"
+            f"Two choices of the authors' code that the checks above do not make: EWC's Fisher is the "
+            f"log-likelihood of the model's own arg-max prediction over every training image of the task "
+            f"(cltrain's default: the true label, 500 images; `learner.fisher_labels`, `learner.fisher_samples`), "
+            f"and online EWC on permuted MNIST decays its running Fisher with γ = 0.9 (`param_values.py`; the "
+            f"checks ran γ = 1). The 32×32 check runs again with each (runs under `{where}/NAME/`, made by `python "
+            f"scripts/reproduce_baselines.py --only-checks --pad 2 --variant NAME --runs {where}/NAME --check-steps "
+            f"{args.check_steps}{f' --pmnist-test {args.pmnist_test}' if args.pmnist_test else ''} --check-seeds "
+            f"SEEDS --check 'online EWC=1000.0'`), on the seeds both have. Test ACC % after the last task (the "
+            f"just-trained last task in brackets); *shift*: the variant minus the check, mean of the per-seed "
+            f"differences.\n\n"
+            f"| method | setting | variant | seeds | check (32×32) | variant | shift | variant − paper | paper (± sd) |\n"
+            f"|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+
+
+def paper_gap(paths: list[Path], ref: tuple[float, float] | None) -> str:
+    """Mean test ACC of finished runs minus the paper's, `*` beyond both spreads (ours from two seeds on)."""
+    from cltrain.report import mean_sd
+
+    if ref is None or not paths or not all(path.exists() for path in paths):
+        return "—"
+    acc = mean_sd([json.loads(path.read_text())["acc"] * 100 for path in paths])
+    spread = acc[1] if len(paths) > 1 else 0.0
+    gap = acc[0] - ref[0]
+    return f"{gap:+.1f}" + (" *" if abs(gap) > max(spread, ref[1] * math.sqrt(PAPER_SEEDS)) else "")
 
 
 def run_pad(run_dir: Path) -> int:
@@ -538,9 +571,7 @@ def write_doc(args, runs: Path, out: Path) -> None:
     padded = Path(args.padded_runs).resolve() if args.padded_runs else runs / "padded"
     if "pmnist" in args.benchmarks and padded.is_dir():
         sections.append(pad_section(args, runs, padded))
-        fisher = runs / "authors_fisher"
-        if fisher.is_dir():
-            sections.append(fisher_section(args, padded, fisher))
+        sections.append(variants_section(args, padded, runs / "variants"))
     differ = "\n".join(f"- {d}" for d in all_differ) or "- none"
     out.write_text(head + "".join(sections) + DOC_DIFFER.format(differ=differ) + notes_section() + DOC_TAIL)
     print(f"wrote {out}")
@@ -679,9 +710,9 @@ def main() -> int:
     parser.add_argument("--padded-runs", default=None,
                         help="permuted-MNIST check runs made with --pad 2, compared in their own section (default: "
                              "<runs>/padded when it exists)")
-    parser.add_argument("--authors-fisher", action="store_true",
-                        help="EWC's --check runs estimate the Fisher as the authors' code does (predicted labels, "
-                             "every training image): --only-checks --pad 2 --runs runs/baselines/authors_fisher")
+    parser.add_argument("--variant", choices=list(VARIANTS), default=None,
+                        help="EWC's --check runs with some of the authors' choices (their Fisher, online EWC's "
+                             "gamma 0.9): --only-checks --pad 2 --variant NAME --runs runs/baselines/variants/NAME")
     parser.add_argument("--only-checks", action="store_true",
                         help="run only the --check points at --check-steps: not the tables' grids, nor the points at "
                              "--pmnist-steps")
@@ -698,14 +729,14 @@ def main() -> int:
     runs = Path(args.runs).resolve()
     if args.only_checks and not checks:
         parser.error("--only-checks needs --check METHOD[=VALUE] ...")
-    if (args.pixels or args.pad is not None or args.authors_fisher) and not args.doc_only and (
+    if (args.pixels or args.pad is not None or args.variant) and not args.doc_only and (
             args.benchmarks != ["pmnist"] or runs == Path(parser.get_default("runs")).resolve()):
         parser.error("--pixels/--pad make permuted-MNIST comparison runs: give --benchmarks pmnist and a --runs "
                      "folder of their own (e.g. --pad 2 --runs runs/baselines/padded), not the tables' folder")
-    if args.authors_fisher and not args.doc_only and (
-            not args.only_checks or any(not o.startswith("learner.name=ewc") for _, p in checks for o in p[:1])):
-        parser.error("--authors-fisher changes only EWC's Fisher: give --only-checks and --check EWC=VALUE and/or "
-                     "'online EWC=VALUE' (fine-tuning, joint and SI have no Fisher)")
+    if args.variant and not args.doc_only and (
+            not args.only_checks or any(method not in VARIANTS[args.variant].methods for method, _ in checks)):
+        parser.error(f"--variant {args.variant} applies to {' and '.join(VARIANTS[args.variant].methods)}: give "
+                     "--only-checks and --check with those methods only")
     if args.padded_runs and not Path(args.padded_runs).is_dir():
         parser.error(f"--padded-runs {args.padded_runs}: not a folder; valid: a --runs folder of permuted-MNIST "
                      "check runs made with --pad 2")
@@ -716,7 +747,7 @@ def main() -> int:
             run_all(second_round(args, runs, target), args.jobs)
         if checks:
             run_all(check_jobs(args, runs, checks), args.jobs)
-    if args.out is None and (args.pixels or args.pad is not None or args.authors_fisher):
+    if args.out is None and (args.pixels or args.pad is not None or args.variant):
         print("--pixels/--pad: runs made for a comparison section; no page written (pass --out to write one)")
         return 0
     write_doc(args, runs, Path(args.out or REPO / "docs" / "results" / "baselines.md"))

@@ -57,6 +57,7 @@ def test_bad_values_exit_2_with_the_valid_choices(tmp_path, capsys):
         ("bench/pmnist_ewc", "learner.lambda=3", "valid keys under 'learner': lam, mode"),
         ("bench/pmnist_ewc", "learner.mode=sometimes", "offline, online"),
         ("bench/pmnist_ewc", "learner.fisher_labels=sampled", "true, predicted"),
+        ("bench/pmnist_ewc", "learner.mode=offline learner.gamma=0.9", "1.0 with learner.mode=offline"),
         ("bench/pmnist_naive", "plugins.replay.size=10", "capacity"),
         ("bench/pmnist_naive", "plugins.dropout.p=1", "replay"),
         ("bench/pmnist_naive", "stream.order=[0,0,1]", "covering 0..9"),

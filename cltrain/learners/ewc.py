@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from cltrain.config import bounded, choice, count, fraction
+from cltrain.config import bad, bounded, choice, count, fraction
 from cltrain.distributed import to_device
 from cltrain.learners.base import LEARNERS, Learner, TaskSamples, param_dict
 from cltrain.nn.modes import in_mode
@@ -32,6 +32,11 @@ class EWCConfig:
     # prediction (van de Ven & Tolias's default); they differ only on the samples the model gets wrong
     fisher_labels: str = choice("true", "true", "predicted")
     fisher_chunk: int = count(64, high=1 << 16)  # per-sample gradients computed this many at a time (memory bound)
+
+    def validate(self, where: str, exp: Any) -> None:
+        if self.mode == "offline" and self.gamma != 1.0:  # offline keeps every task's Fisher undecayed
+            raise bad(f"{where}gamma", self.gamma, f"1.0 with {where}mode=offline (gamma decays online EWC's "
+                      "running Fisher; offline EWC has none), or mode=online")
 
 
 def fisher_targets(logits: torch.Tensor, y: torch.Tensor, labels: str) -> torch.Tensor:
