@@ -355,7 +355,7 @@ def check_section(args, runs: Path) -> str:
         short = [short_base / path.parent.name / "metrics.json" for path in long]
         ref = PAPER[("pmnist", "domain_incremental")].get(method)
         rows.append(f"| {method} | {setting} | {', '.join(seeds)} | {check_cell(short)} | {check_cell(long)} | "
-                    f"{f'{ref[0]:.2f} ± {ref[1] * math.sqrt(PAPER_SEEDS):.2f}' if ref else '—'} |")
+                    f"{paper_cell(ref)} |")
     if not rows:
         return ""
     specs = ("--check " + " ".join(shlex.quote(s) for s in args.check)) if args.check else "--check METHOD=VALUE"
@@ -404,7 +404,7 @@ def pixels_section(args, runs: Path, other: Path) -> str:
             checks.append(f"| {method} | {setting} | {cells[0]} | {cells[1]} | {paper.get(method, '—')} |")
     if not table_rows and not checks:
         return ""
-    where = other.relative_to(REPO) if other.is_relative_to(REPO) else other
+    where = shown(other)
     text = (f"\n### Permuted MNIST: standardised against unit pixels\n\n"
             f"The same grids, seeds and selection with the inputs standardised ((x/255 − 0.1307) / 0.3081, cltrain's "
             f"default; runs under `{where}/`, made by `python scripts/reproduce_baselines.py --benchmarks pmnist "
@@ -436,10 +436,10 @@ def pad_section(args, runs: Path, other: Path) -> str:
                  for side in sides]
         ref = paper.get(method)
         rows.append(f"| {method} | {setting} | {cells[0]} | {cells[1]} | {paper_gap(sides[1], ref)} | "
-                    f"{f'{ref[0]:.2f} ± {ref[1] * math.sqrt(PAPER_SEEDS):.2f}' if ref else '—'} |")
+                    f"{paper_cell(ref)} |")
     if not rows:
         return ""
-    where = other.relative_to(REPO) if other.is_relative_to(REPO) else other
+    where = shown(other)
     return (f"\n### Permuted MNIST: 28×28 against the authors' 32×32 inputs\n\n"
             f"The authors pad MNIST to 32×32 (torchvision's `Pad(2)`) and then permute all 1,024 positions, so a "
             f"permuted task scatters the digit's pixels over the whole wider input layer, border included; with "
@@ -474,10 +474,10 @@ def variants_section(args, padded: Path, root: Path) -> str:
             rows.append(f"| {method} | {setting} | {variant.what}: {keys} | {seeds} | "
                         f"{check_cell([a for a, _ in pairs])} | {check_cell([b for _, b in pairs])} | "
                         f"{sum(shift) / len(shift):+.1f} | {paper_gap([b for _, b in pairs], ref)} | "
-                        f"{f'{ref[0]:.2f} ± {ref[1] * math.sqrt(PAPER_SEEDS):.2f}' if ref else '—'} |")
+                        f"{paper_cell(ref)} |")
     if not rows:
         return ""
-    where = root.relative_to(REPO) if root.is_relative_to(REPO) else root
+    where = shown(root)
     return (f"\n### Permuted MNIST: EWC with the authors' remaining choices\n\n"
             f"Two choices of the authors' code that the checks above do not make: EWC's Fisher is the "
             f"log-likelihood of the model's own arg-max prediction over every training image of the task "
@@ -491,6 +491,16 @@ def variants_section(args, padded: Path, root: Path) -> str:
             f"differences.\n\n"
             f"| method | setting | variant | seeds | check (32×32) | variant | shift | variant − paper | paper (± sd) |\n"
             f"|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+
+
+def paper_cell(ref: tuple[float, float] | None) -> str:
+    """The paper's mean ± sd (its SEM × √20), or a dash for a method it does not report."""
+    return f"{ref[0]:.2f} ± {ref[1] * math.sqrt(PAPER_SEEDS):.2f}" if ref else "—"
+
+
+def shown(path: Path) -> Path:
+    """A folder as the page names it: relative to the repository when inside it."""
+    return path.relative_to(REPO) if path.is_relative_to(REPO) else path
 
 
 def paper_gap(paths: list[Path], ref: tuple[float, float] | None) -> str:
@@ -563,7 +573,7 @@ def write_doc(args, runs: Path, out: Path) -> None:
                            test_arg=f" --pmnist-test {args.pmnist_test}" if args.pmnist_test else "",
                            test_cut=(f" Permuted MNIST is tested on {args.pmnist_test:,} of the 10,000 test images per "
                                      "task (a seeded subset, the same for every method at a given seed).") if args.pmnist_test else "",
-                           runs=runs.relative_to(REPO) if runs.is_relative_to(REPO) else runs)
+                           runs=shown(runs))
     sections.append(check_section(args, runs))
     other = Path(args.standardised_runs).resolve() if args.standardised_runs else runs / "standardised"
     if "pmnist" in args.benchmarks and other.is_dir():
