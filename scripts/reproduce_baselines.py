@@ -489,8 +489,8 @@ def variants_section(args, padded: Path, root: Path) -> str:
             f"SEEDS --check 'online EWC=1000.0'`), on the seeds both have. Test ACC % after the last task (the "
             f"just-trained last task in brackets); *shift*: the variant minus the check, mean of the per-seed "
             f"differences.\n\n"
-            f"| method | setting | variant | seeds | check (32×32) | variant | shift | variant − paper | paper (± sd) |\n"
-            f"|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+            f"| method | setting | variant | seeds | check (32×32) | variant | shift | variant − paper "
+            f"| paper (± sd) |\n|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
 
 
 def paper_cell(ref: tuple[float, float] | None) -> str:

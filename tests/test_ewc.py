@@ -49,8 +49,8 @@ def test_conv_models_take_the_generic_path_and_agree():
         assert torch.allclose(fisher[k], ref[k], atol=1e-6, rtol=1e-4), k
 
 
-@pytest.mark.parametrize("model, shape", [(lambda: MLP(12, [9, 7], 4), (12,)), (lambda: LeNet5(1, 28, 10), (1, 28, 28))],
-                         ids=["linear-shortcut", "generic"])
+@pytest.mark.parametrize("model, shape", [(lambda: MLP(12, [9, 7], 4), (12,)),
+                                          (lambda: LeNet5(1, 28, 10), (1, 28, 28))], ids=["linear-shortcut", "generic"])
 def test_predicted_labels_take_the_models_arg_max(model, shape):
     """fisher_labels=predicted (the authors' code): the stored Fisher is the definition's with the model's own
     arg-max as the label, which differs from the empirical one wherever the model is wrong."""
