@@ -1,0 +1,79 @@
+"""EWC's Fisher estimated three ways on a finished offline-EWC run, task by task, on the network as it stood at the
+end of each task (the anchors the run stored): cltrain's default (the true label, `learner.fisher_samples`
+images), the true label on every training image of the task, and the model's arg-max prediction on every image
+(van de Ven & Tolias's code). The first is checked against the Fisher the run stored.
+
+    CLTRAIN_DATA=../shared/data python scripts/fisher_labels.py runs/baselines/padded/pmnist_5000_check/ewc_500.0_s0
+
+Prints, per task: the network's training accuracy on the task (the samples where the two kinds of label agree),
+the total Fisher (sum over all weights) each way, and the ratio predicted / true on every image. A ratio below 1
+means the authors' estimate makes the same lambda a weaker penalty.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cltrain.learners.ewc import diagonal_fisher  # noqa: E402
+from cltrain.merging.offline import evaluator  # noqa: E402
+from cltrain.streams.loader import Batch, task_rows  # noqa: E402
+
+ALL = 1 << 30  # more rows than any task has: task_rows then returns all of them
+
+
+def reader(stream, task: int, seed: int):
+    """The `samples` hook the trainer hands EWC, for one task: the same seeded rows (cltrain.streams.loader)."""
+    def samples(batch_size: int, n: int, split: str = "train"):
+        idx = task_rows(stream.tasks[task], n, seed, split)
+        for start in range(0, idx.numel(), batch_size):
+            rows = idx[start:start + batch_size]
+            t = torch.full_like(rows, task)
+            x, y = stream.train_batch(rows, t)
+            yield Batch(x, y, t, rows.numel())
+    return samples
+
+
+def train_accuracy(learner, samples) -> float:
+    right = total = 0
+    with torch.no_grad():
+        for batch in samples(2048, ALL):
+            right += int((learner.predict(batch.x, batch.t) == batch.y).sum())
+            total += len(batch)
+    return right / total
+
+
+def total(fisher: dict[str, torch.Tensor]) -> float:
+    return sum(float(f.sum()) for f in fisher.values())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path, help="a finished run with learner.name=ewc, learner.mode=offline")
+    parser.add_argument("--tasks", type=int, nargs="+", default=None, help="task ids (default: every task)")
+    args = parser.parse_args()
+    learner, stream, cfg = evaluator(args.run_dir)
+    if cfg.learner.get("name") != "ewc" or cfg.learner.get("mode") != "offline":
+        parser.error(f"{args.run_dir}: not an offline-EWC run (learner {dict(cfg.learner)}); its anchors are needed")
+    state = torch.load(args.run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)["learner"]
+    fishers, anchors = state["_extra_state"]["fishers"], state["_extra_state"]["anchors"]
+    n = int(cfg.learner.get("fisher_samples", 500))
+    print(f"{'task':>4s} {'train acc':>9s} {f'true, {n} (stored)':>20s} {f'true, {n}':>12s} {'true, all':>12s} "
+          f"{'predicted, all':>15s} {'predicted/true':>15s}")
+    for task in args.tasks if args.tasks is not None else range(len(anchors)):
+        learner.model.load_state_dict(anchors[task])
+        samples = reader(stream, task, cfg.seed)
+        ours = diagonal_fisher(learner, samples, n, 64)
+        true_all = diagonal_fisher(learner, samples, ALL, 64)
+        predicted_all = diagonal_fisher(learner, samples, ALL, 64, "predicted")
+        print(f"{task:4d} {train_accuracy(learner, samples):9.4f} {total(fishers[task]):20.5g} {total(ours):12.5g} "
+              f"{total(true_all):12.5g} {total(predicted_all):15.5g} {total(predicted_all) / total(true_all):15.3f}",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""scripts/fisher_labels.py must read the rows a run's EWC read, or its comparison of Fisher estimates means
+nothing: on a real (short) offline-EWC run it recomputes the stored Fisher exactly, and the arg-max labels give
+another one."""
+import importlib.util
+import sys
+
+from conftest import REPO
+
+
+def script():
+    spec = importlib.util.spec_from_file_location("fisher_labels", REPO / "scripts" / "fisher_labels.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_recomputes_the_runs_fisher_and_the_predicted_one_differs(tmp_path, capsys, monkeypatch):
+    from cltrain.cli import main
+
+    run = tmp_path / "ewc"
+    assert main(["fit", "bench/pmnist_ewc", "stream.n_tasks=2", "trainer.steps_per_task=20", "stream.train_per_task=600",
+                 "stream.test_per_task=100", "learner.fisher_samples=200", f"run_dir={run}"]) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "argv", ["fisher_labels.py", str(run)])
+    script().main()
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    assert [r[0] for r in rows] == ["0", "1"]
+    for task, acc, stored, ours, true_all, predicted_all, ratio in rows:
+        assert stored == ours, task  # the same rows, the same network: the same Fisher
+        assert 0 < float(acc) < 1  # some labels disagree with the arg-max ...
+        assert float(predicted_all) != float(true_all)  # ... so the two estimates differ
+        assert abs(float(ratio) - float(predicted_all) / float(true_all)) < 1e-3
