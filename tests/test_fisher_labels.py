@@ -18,8 +18,9 @@ def test_recomputes_the_runs_fisher_and_the_predicted_one_differs(tmp_path, caps
     from cltrain.cli import main
 
     run = tmp_path / "ewc"
-    assert main(["fit", "bench/pmnist_ewc", "stream.n_tasks=2", "trainer.steps_per_task=20", "stream.train_per_task=600",
-                 "stream.test_per_task=100", "learner.fisher_samples=200", f"run_dir={run}"]) == 0
+    assert main(["fit", "bench/pmnist_ewc", "stream.n_tasks=2", "trainer.steps_per_task=20",
+                 "stream.train_per_task=600", "stream.test_per_task=100", "learner.fisher_samples=200",
+                 f"run_dir={run}"]) == 0
     capsys.readouterr()
     monkeypatch.setattr(sys, "argv", ["fisher_labels.py", str(run), "--tail", "1"])
     script().main()
