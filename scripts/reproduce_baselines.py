@@ -109,7 +109,7 @@ class Variant:
 AUTHORS_FISHER = ("learner.fisher_labels=predicted", "learner.fisher_samples=60000")
 VARIANTS = {
     "gamma_0.9": Variant(("learner.gamma=0.9",), ("online EWC",), "γ = 0.9 (the authors' value), cltrain's Fisher"),
-    "authors_fisher": Variant(AUTHORS_FISHER, ("EWC", "online EWC"), "the authors' Fisher, γ as in the check"),
+    "authors_fisher": Variant(AUTHORS_FISHER, ("EWC", "online EWC"), "the authors' Fisher"),
     "authors_online_ewc": Variant(("learner.gamma=0.9", *AUTHORS_FISHER), ("online EWC",),
                                   "γ = 0.9 and the authors' Fisher: their online EWC"),
 }
