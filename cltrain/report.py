@@ -11,7 +11,7 @@ import csv
 import io
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
@@ -75,14 +75,37 @@ def global_defaults() -> dict[str, Any]:
     return flatten(asdict(ExperimentConfig()))
 
 
+def run_defaults(flat: dict[str, Any]) -> dict[str, Any]:
+    """Every key of a run (flattened config.yaml) at its default: the global keys, and those of the run's learner
+    and plugins. A key added to cltrain after a run was made is missing from its config.yaml; new keys default to
+    the behaviour from before they existed, so the run had the default (read from the catalog: no torch)."""
+    from cltrain import catalog
+    from cltrain.errors import ConfigError
+
+    out = dict(global_defaults())
+    plugins = sorted({k.split(".")[1] for k in flat if k.startswith("plugins.") and k.count(".") >= 2})
+    sections = [("learner", "LEARNERS", flat.get("learner.name", "finetune")),
+                *((f"plugins.{p}", "PLUGINS", p) for p in plugins)]
+    for prefix, registry, name in sections:
+        try:
+            config = getattr(catalog.lookup(registry, str(name)), "Config", None)
+        except ConfigError:  # a component renamed or removed since the run: nothing to fill in
+            continue
+        if is_dataclass(config):
+            out.update(flatten(asdict(config()), f"{prefix}."))
+    return out
+
+
 def group_runs(runs: list[Path]) -> list[Group]:
     groups: dict[tuple, Group] = {}
-    for run in runs:
-        # A key added to cltrain after a run was made is missing from its config.yaml. New keys default to the
-        # behaviour from before they existed, so the run had the default: fill it in, or a sweep extended after
-        # an upgrade would split one method's grid into two groups.
-        flat = {**global_defaults(), **flatten(yaml.safe_load((run / "config.yaml").read_text()))}
-        key = _config_key(flat)
+    saved = [flatten(yaml.safe_load((run / "config.yaml").read_text())) for run in runs]
+    written = {k for flat in saved for k in flat}
+    for run, flat in zip(runs, saved):
+        # fill in keys added since the run was made, or a sweep extended after an upgrade would split one
+        # method's grid into two groups; a method's own keys only where some run wrote them (else every label
+        # would list them)
+        defaults = {k: v for k, v in run_defaults(flat).items() if k in written or k in global_defaults()}
+        key = _config_key({**defaults, **flat})
         group = groups.setdefault(key, Group(key))
         group.runs.append(run)
         group.metrics.append(json.loads((run / "metrics.json").read_text()))

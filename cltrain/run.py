@@ -30,9 +30,10 @@ def config_changes(saved_yaml: Path, cfg: ExperimentConfig) -> list[str]:
     default (new keys default to the behaviour from before them), so a run made by an older version compares equal."""
     from omegaconf import OmegaConf
 
-    from cltrain.report import flatten, global_defaults
+    from cltrain.report import flatten, run_defaults
 
-    saved = {**global_defaults(), **flatten(OmegaConf.to_container(OmegaConf.load(saved_yaml)))}
+    saved = flatten(OmegaConf.to_container(OmegaConf.load(saved_yaml)))
+    saved = {**run_defaults(saved), **saved}
     now = flatten(OmegaConf.to_container(OmegaConf.create(to_yaml(cfg))))
     return [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now))
             if not k.startswith(WHERE_IT_RUNS) and saved.get(k) != now.get(k)]

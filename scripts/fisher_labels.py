@@ -98,13 +98,17 @@ def main() -> None:
         parser.error(f"{args.run_dir}: not an offline-EWC run (learner {dict(cfg.learner)}); its anchors are needed")
     state = torch.load(args.run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)["learner"]
     fishers, anchors = state["_extra_state"]["fishers"], state["_extra_state"]["anchors"]
-    n = int(cfg.learner.get("fisher_samples", 500))
-    print(f"{'task':>4s} {'train acc':>9s} {f'true, {n} (stored)':>20s} {f'true, {n}':>12s} {'true, all':>12s} "
+    n, labels = int(cfg.learner["fisher_samples"]), str(cfg.learner.get("fisher_labels", "true"))
+    tasks = args.tasks if args.tasks is not None else list(range(len(anchors)))
+    if any(not 0 <= t < len(anchors) for t in [*tasks, *([args.tail] if args.tail is not None else [])]):
+        parser.error(f"--tasks/--tail: task ids in 0..{len(anchors) - 1} (the run's finished tasks)")
+    print(f"{'task':>4s} {'train acc':>9s} {f'{labels}, {n} (stored)':>20s} {f'{labels}, {n}':>12s} "
+          f"{'true, all':>12s} "
           f"{'predicted, all':>15s} {'predicted/true':>15s}")
-    for task in args.tasks if args.tasks is not None else range(len(anchors)):
+    for task in tasks:
         learner.model.load_state_dict(anchors[task])
         samples = reader(stream, task, cfg.seed)
-        ours = diagonal_fisher(learner, samples, n, 64)
+        ours = diagonal_fisher(learner, samples, n, int(cfg.learner["fisher_chunk"]), labels)
         true_all = diagonal_fisher(learner, samples, ALL, 64)
         predicted_all = diagonal_fisher(learner, samples, ALL, 64, "predicted")
         print(f"{task:4d} {train_accuracy(learner, samples):9.4f} {total(fishers[task]):20.5g} {total(ours):12.5g} "

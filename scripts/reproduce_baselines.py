@@ -462,9 +462,12 @@ def variants_section(args, padded: Path, root: Path) -> str:
     rows = []
     for name, variant in VARIANTS.items():
         for method, overrides, setting in check_points():
+            if method not in variant.methods:
+                continue
             theirs = [p for p in seed_runs(check_folder(root / name, args.check_steps), method, overrides)
                       if run_pad(p.parent) == 2]
-            ours = {p.parent.name: p for p in seed_runs(check_folder(padded, args.check_steps), method, overrides)}
+            ours = {p.parent.name: p for p in seed_runs(check_folder(padded, args.check_steps), method, overrides)
+                    if run_pad(p.parent) == 2}
             pairs = [(ours[p.parent.name], p) for p in theirs if p.parent.name in ours]
             if not pairs:
                 continue
@@ -487,7 +490,8 @@ def variants_section(args, padded: Path, root: Path) -> str:
             f"checks ran γ = 1). The 32×32 check runs again with each (runs under `{where}/NAME/`, made by `python "
             f"scripts/reproduce_baselines.py --only-checks --pad 2 --variant NAME --runs {where}/NAME --check-steps "
             f"{args.check_steps}{f' --pmnist-test {args.pmnist_test}' if args.pmnist_test else ''} --check-seeds "
-            f"SEEDS --check 'online EWC=1000.0'`), on the seeds both have. Test ACC % after the last task (the "
+            f"SEEDS --check 'online EWC=1000.0'`, or `EWC=500.0` for `authors_fisher`), on the seeds both have. "
+            f"Test ACC % after the last task (the "
             f"just-trained last task in brackets); *shift*: the variant minus the check, mean of the per-seed "
             f"differences.\n\n"
             f"| method | setting | variant | seeds | check (32×32) | variant | shift | variant − paper "
@@ -744,12 +748,17 @@ def main() -> int:
         parser.error("--only-checks needs --check METHOD[=VALUE] ...")
     if (args.pixels or args.pad is not None or args.variant) and not args.doc_only and (
             args.benchmarks != ["pmnist"] or runs == Path(parser.get_default("runs")).resolve()):
-        parser.error("--pixels/--pad make permuted-MNIST comparison runs: give --benchmarks pmnist and a --runs "
-                     "folder of their own (e.g. --pad 2 --runs runs/baselines/padded), not the tables' folder")
+        parser.error("--pixels/--pad/--variant make permuted-MNIST comparison runs: give --benchmarks pmnist and "
+                     "a --runs folder of their own (e.g. --pad 2 --runs runs/baselines/padded), not the tables' folder")
     if args.variant and not args.doc_only and (
             not args.only_checks or any(method not in VARIANTS[args.variant].methods for method, _ in checks)):
         parser.error(f"--variant {args.variant} applies to {' and '.join(VARIANTS[args.variant].methods)}: give "
                      "--only-checks and --check with those methods only")
+    if args.variant and not args.doc_only and (args.pad != 2 or runs.name != args.variant):
+        # the page pairs variant runs with the 32x32 checks, found by folder name: elsewhere they would be lost
+        # or taken for checks
+        parser.error(f"--variant {args.variant}: give --pad 2 and --runs .../variants/{args.variant} (the page "
+                     f"reads <runs>/variants/NAME beside <runs>/padded)")
     if args.padded_runs and not Path(args.padded_runs).is_dir():
         parser.error(f"--padded-runs {args.padded_runs}: not a folder; valid: a --runs folder of permuted-MNIST "
                      "check runs made with --pad 2")
@@ -761,7 +770,8 @@ def main() -> int:
         if checks:
             run_all(check_jobs(args, runs, checks), args.jobs)
     if args.out is None and (args.pixels or args.pad is not None or args.variant):
-        print("--pixels/--pad: runs made for a comparison section; no page written (pass --out to write one)")
+        print("--pixels/--pad/--variant: runs made for a comparison section; no page written (pass --out to write "
+              "one)")
         return 0
     write_doc(args, runs, Path(args.out or REPO / "docs" / "results" / "baselines.md"))
     return 0

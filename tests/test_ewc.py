@@ -112,3 +112,40 @@ def test_merged_penalty_is_the_sum_over_tasks():
     learner.set_extra_state({"fishers": fishers[:2], "anchors": anchors[:2]})  # a new state: merged again
     assert torch.allclose(learner.penalty(), 1.5 * sum((f[k] * (params[k] - a[k]).pow(2)).sum()
                                                        for f, a in zip(fishers[:2], anchors[:2]) for k in f))
+
+
+def test_predicted_labels_respect_the_task_incremental_mask():
+    """With a class mask (task-incremental heads) the predicted label is the best class of the sample's own task,
+    never a masked one, and the Fisher differentiates the masked log-likelihood."""
+    torch.manual_seed(0)
+    mask = torch.tensor([[True, True, False, False], [False, False, True, True]])
+    learner = EWC(MLP(12, [9], 4), OptimConfig(), EWCConfig(fisher_labels="predicted"), class_mask=mask)
+    x, t = torch.randn(40, 12), torch.tensor([0, 1] * 20)
+    with torch.no_grad():
+        raw = learner.model(x)
+        predicted = raw.masked_fill(~mask[t], float("-inf")).argmax(1)
+    assert (raw.argmax(1) != predicted).any()  # somewhere the unmasked winner is another task's class
+    y = torch.where(mask[t][torch.arange(40), 0], 1 - predicted, 5 - predicted)  # the other class of the task
+
+    def batches(bs, n):
+        for s in range(0, min(n, 40), bs):
+            yield Batch(x[s:s + bs], y[s:s + bs], t[s:s + bs], len(y[s:s + bs]))
+
+    fisher = diagonal_fisher(learner, batches, 40, 8, "predicted")
+    want = {k: torch.zeros_like(p) for k, p in learner.model.named_parameters()}
+    for i in range(40):
+        learner.model.zero_grad()
+        out = learner.model(x[i:i + 1]).masked_fill(~mask[t[i:i + 1]], float("-inf"))
+        F.cross_entropy(out, predicted[i:i + 1]).backward()
+        for k, p in learner.model.named_parameters():
+            want[k] += p.grad.pow(2) / 40
+    for k in want:
+        assert torch.allclose(fisher[k], want[k], atol=1e-6, rtol=1e-4), k
+
+
+def test_gamma_below_one_is_accepted_with_online_mode():
+    from cltrain.config import load_config
+    from cltrain.resolve import check_config
+
+    online = check_config(load_config("bench/pmnist_ewc", ["learner.mode=online", "learner.gamma=0.9"]))
+    assert online.method_cfg.gamma == 0.9 and online.method_cfg.mode == "online"

@@ -133,6 +133,40 @@ def test_a_run_made_before_a_key_existed_groups_with_runs_that_have_it_at_its_de
     assert len(list(csv.DictReader(out.with_suffix(".csv").open()))) == 2
 
 
+def test_a_run_made_before_a_learner_key_existed_groups_with_runs_that_have_it_at_its_default(tmp_path, capsys):
+    # The same for a method's own key: EWC's fisher_labels was added after the old run (default "true").
+    _tuned_run(tmp_path / "old", {"name": "ewc", "lam": 10.0}, 0, 0.80, 0.60)
+    _tuned_run(tmp_path / "new", {"name": "ewc", "lam": 100.0, "fisher_labels": "true"}, 0, 0.90, 0.70)
+    out = tmp_path / "sel" / "table"
+    assert main(["report", str(tmp_path), "--select", "val", "--tune", "learner.lam", "--out", str(out)]) == 0
+    assert len(list(csv.DictReader(out.with_suffix(".csv").open()))) == 1
+    cfg = yaml.safe_load((tmp_path / "new" / "config.yaml").read_text())
+    cfg["learner"]["fisher_labels"] = "predicted"  # another value: another method
+    (tmp_path / "new" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["report", str(tmp_path), "--select", "val", "--tune", "learner.lam", "--out", str(out)]) == 0
+    assert len(list(csv.DictReader(out.with_suffix(".csv").open()))) == 2
+
+
+def test_resume_compares_a_run_without_a_newer_learner_key_at_that_keys_default(tmp_path):
+    """A run made before EWC had fisher_labels may be resumed (or reused by a reproduction) by the code that
+    has it, and is refused if the key now asks for something else."""
+    from cltrain.config import load_config, to_yaml
+    from cltrain.experiment import resolved_config
+    from cltrain.resolve import check_config
+    from cltrain.run import config_changes
+
+    def resolved(*keys):
+        cfg = load_config("bench/pmnist_ewc", list(keys))
+        return resolved_config(cfg, check_config(cfg), str(tmp_path))
+
+    saved = yaml.safe_load(to_yaml(resolved()))
+    del saved["learner"]["fisher_labels"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert config_changes(tmp_path / "config.yaml", resolved()) == []
+    assert config_changes(tmp_path / "config.yaml", resolved("learner.fisher_labels=predicted")) == [
+        "learner.fisher_labels: 'true' -> 'predicted'"]
+
+
 def _stalling_run(path, lam, seed, val_acc, just_trained):
     """A 2-task run whose second task scores `just_trained` on validation right after its own phase (0.10 before
     any training)."""

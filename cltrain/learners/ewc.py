@@ -36,11 +36,13 @@ class EWCConfig:
     def validate(self, where: str, exp: Any) -> None:
         if self.mode == "offline" and self.gamma != 1.0:  # offline keeps every task's Fisher undecayed
             raise bad(f"{where}gamma", self.gamma, f"1.0 with {where}mode=offline (gamma decays online EWC's "
-                      "running Fisher; offline EWC has none), or mode=online")
+                      f"running Fisher; offline EWC has none), or {where}mode=online")
 
 
 def fisher_targets(logits: torch.Tensor, y: torch.Tensor, labels: str) -> torch.Tensor:
     """The labels the Fisher differentiates: the data's, or the model's prediction (masked classes never win)."""
+    if labels not in ("true", "predicted"):
+        raise ValueError(f"fisher labels {labels!r}; valid: true, predicted")
     return y if labels == "true" else logits.detach().argmax(1)
 
 
@@ -106,7 +108,7 @@ def diagonal_fisher(learner: Learner, samples: TaskSamples, n: int, chunk: int,
         for batch in samples(chunk, n):
             t = batch.t if learner.class_mask is not None else None
             in_dims = (None, 0, 0, 0 if t is not None else None)
-            with torch.no_grad():
+            with torch.no_grad():  # the true labels need no forward pass
                 y = batch.y if labels == "true" else fisher_targets(learner.logits(batch.x, t), batch.y, labels)
             grads = vmap(grad(nll), in_dims=in_dims)(params, batch.x, y, t)
             for k, g in grads.items():
