@@ -283,9 +283,8 @@ def table(runs: Path, bench: str, scenario: str, steps: int, tune_seeds: list[in
         ref = paper.get(name)
         gap = "—"
         if ref is not None:
-            ref_sd = ref[1] * math.sqrt(PAPER_SEEDS)
             gap = f"{acc[0] - ref[0]:+.1f}"
-            if abs(acc[0] - ref[0]) > max(acc[1], ref_sd):
+            if beyond_spreads(acc, ref):
                 gap += " *"
                 differ.append(name)
         rows.append(f"| {name} | **{acc[0]:.1f} ± {acc[1]:.1f}** | {len(pick.chosen.metrics)} | "
@@ -515,9 +514,12 @@ def paper_gap(paths: list[Path], ref: tuple[float, float] | None) -> str:
     if ref is None or not paths or not all(path.exists() for path in paths):
         return "—"
     acc = mean_sd([json.loads(path.read_text())["acc"] * 100 for path in paths])
-    spread = acc[1] if len(paths) > 1 else 0.0
-    gap = acc[0] - ref[0]
-    return f"{gap:+.1f}" + (" *" if abs(gap) > max(spread, ref[1] * math.sqrt(PAPER_SEEDS)) else "")
+    return f"{acc[0] - ref[0]:+.1f}" + (" *" if beyond_spreads(acc, ref) else "")
+
+
+def beyond_spreads(acc: tuple[float, float], ref: tuple[float, float]) -> bool:
+    """The page's `*`: our mean (± sd) differs from the paper's (mean, SEM) by more than both spreads."""
+    return abs(acc[0] - ref[0]) > max(acc[1], ref[1] * math.sqrt(PAPER_SEEDS))
 
 
 def run_pad(run_dir: Path) -> int:
