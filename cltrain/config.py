@@ -168,7 +168,7 @@ class RehearsalConfig:
 
 
 # StreamConfig keys that only some stream families read (each declares them: STREAMS.register(name, reads=...))
-STREAM_FAMILY_KEYS = ("scenario", "first_identity", "max_angle", "pixels", "pad")
+STREAM_FAMILY_KEYS = ("scenario", "class_order", "first_identity", "max_angle", "pixels", "pad")
 
 
 @dataclass
@@ -179,6 +179,10 @@ class StreamConfig:
     presentation: str = choice("task_aware", "task_aware", "task_agnostic")
     # split streams: one head over all classes / the task's classes only / the position within the task
     scenario: str = choice("class_incremental", "class_incremental", "task_incremental", "domain_incremental")
+    # split streams: which classes form the tasks. natural: in label order ({0,1}, {2,3}, ...); shuffled: dealt
+    # in an order drawn from the run's seed, so each seed has its own pairs (van de Ven & Tolias's code keeps
+    # natural order on its first seed only). Which classes share a task changes how hard the tasks are.
+    class_order: str = choice("natural", "natural", "shuffled")
     schedule: str = "none"  # a registered rehearsal schedule: none, joint, powerlaw, uniform, exponential
     rehearsal: RehearsalConfig = field(default_factory=RehearsalConfig)
     first_identity: bool = True  # permuted: task 0 keeps the original pixel order

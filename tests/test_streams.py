@@ -107,6 +107,53 @@ def test_split_mnist_class_and_task_incremental():
     assert mask.shape == (5, 10) and mask[2].nonzero().view(-1).tolist() == [4, 5]
 
 
+def test_split_mnist_shuffled_class_order():
+    natural = build("stream.name=split", "stream.n_tasks=5")
+    a = build("stream.name=split", "stream.n_tasks=5", "stream.class_order=shuffled", "seed=1")
+    b = build("stream.name=split", "stream.n_tasks=5", "stream.class_order=shuffled", "seed=1")
+    c = build("stream.name=split", "stream.n_tasks=5", "stream.class_order=shuffled", "seed=2")
+    order = [cls for t in a.tasks for cls in t.classes]
+    assert sorted(order) == list(range(10)) and order != list(range(10))
+    assert [t.classes for t in a.tasks] == [t.classes for t in b.tasks]  # the run's seed decides the pairs
+    assert [t.classes for t in a.tasks] != [t.classes for t in c.tasks]
+    for task in a.tasks:
+        assert set(a.train.labels[task.train_idx].unique().tolist()) == set(task.classes)
+    # natural order: the pairs and the subsamples as before the key existed (its draw has a generator of its own)
+    assert [t.classes for t in natural.tasks] == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
+    assert torch.equal(natural.tasks[0].train_idx, build("stream.name=split", "stream.n_tasks=5").tasks[0].train_idx)
+    # task-incremental: each task's mask opens its own (shuffled) classes
+    ti = build("stream.name=split", "stream.n_tasks=5", "stream.class_order=shuffled", "seed=1",
+               "stream.scenario=task_incremental")
+    assert [ti.class_mask()[k].nonzero().view(-1).tolist() for k in range(5)] == [sorted(t.classes) for t in a.tasks]
+
+
+def test_split_mnist_domain_incremental_labels_follow_the_shuffled_pairs():
+    di = build("stream.name=split", "stream.n_tasks=5", "stream.class_order=shuffled", "seed=1",
+               "stream.scenario=domain_incremental", "stream.train_per_task=null")
+    digits = torchvision.datasets.MNIST(stream_root(), train=True, download=False).targets
+    for task in di.tasks:
+        pair = task.meta["classes"]
+        assert task.classes == [0, 1]
+        rows = task.train_idx
+        # the first digit of the task's pair is label 0, the second label 1
+        assert torch.equal(di.train.labels[rows], (digits[rows] == pair[1]).long())
+    natural = build("stream.name=split", "stream.n_tasks=5", "stream.scenario=domain_incremental")
+    assert torch.equal(natural.train.labels, digits % 2)
+
+
+def test_class_order_is_read_by_split_streams_only():
+    with pytest.raises(ConfigError, match="stream.class_order='shuffled' is not read by stream.name='permuted'"):
+        quick_check("stream.class_order=shuffled")
+    with pytest.raises(ConfigError, match="class_order.*natural, shuffled"):
+        quick_check("stream.name=split", "stream.n_tasks=5", "stream.class_order=random")
+
+
+def quick_check(*overrides):
+    from cltrain.resolve import check_config
+
+    return check_config(quick_config("bench/pmnist_naive", *overrides))
+
+
 def test_fashion_mnist_stream_loads_real_data():
     stream = build("stream.dataset=fashion_mnist", "stream.name=split", "stream.n_tasks=5")
     assert stream.train.images.shape[1:] == (1, 28, 28)

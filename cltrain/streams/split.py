@@ -7,6 +7,8 @@ position of a class within its task: split MNIST's "first or second digit of the
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from cltrain.config import ExperimentConfig
@@ -17,25 +19,34 @@ from cltrain.streams.transforms import BatchTransform
 from cltrain.streams.vision import load_dataset, make_stream, stream_generator
 
 
-def class_groups(n_classes: int, n_tasks: int) -> list[list[int]]:
-    """Classes in their natural order, n_classes / n_tasks per task (the benchmark's usual split)."""
+def class_groups(n_classes: int, n_tasks: int, order: Optional[list[int]] = None) -> list[list[int]]:
+    """The classes dealt out in `order` (default: label order), n_classes / n_tasks per task."""
     if n_tasks < 1 or n_classes % n_tasks:
         divisors = [d for d in range(1, n_classes + 1) if n_classes % d == 0]
         raise ConfigError(f"bad value {n_tasks} for 'stream.n_tasks' with a split stream of {n_classes} classes; "
                           f"valid: {', '.join(map(str, divisors))}")
+    order = list(range(n_classes)) if order is None else order
     size = n_classes // n_tasks
-    return [list(range(t * size, (t + 1) * size)) for t in range(n_tasks)]
+    return [order[t * size:(t + 1) * size] for t in range(n_tasks)]
+
+
+def class_order(cfg: ExperimentConfig, n_classes: int) -> Optional[list[int]]:
+    """stream.class_order: None for label order; `shuffled` draws a permutation from the run's seed, from a
+    generator of its own so the subsamples and validation splits of a natural-order run stay as they were."""
+    if cfg.stream.class_order == "natural":
+        return None
+    return torch.randperm(n_classes, generator=stream_generator(cfg, salt=29)).tolist()
 
 
 def _indices_of(labels: torch.Tensor, classes: list[int]) -> torch.Tensor:
     return torch.nonzero(torch.isin(labels, torch.tensor(classes)), as_tuple=True)[0]
 
 
-@STREAMS.register("split", reads=("scenario", "pixels", "pad"))
+@STREAMS.register("split", reads=("scenario", "class_order", "pixels", "pad"))
 def split_stream(cfg: ExperimentConfig) -> Stream:
     spec, train, test = load_dataset(cfg)
     gen = stream_generator(cfg, salt=17)
-    groups = class_groups(spec.n_classes, cfg.stream.n_tasks)
+    groups = class_groups(spec.n_classes, cfg.stream.n_tasks, class_order(cfg, spec.n_classes))
     tasks = [
         Task(
             id=t,
@@ -48,18 +59,22 @@ def split_stream(cfg: ExperimentConfig) -> Stream:
     ]
     transform = BatchTransform(spec.mean, spec.std)
     if cfg.stream.scenario == "domain_incremental":
-        return _domain_incremental(cfg, tasks, train, test, transform, len(groups[0]))
+        return _domain_incremental(cfg, tasks, train, test, transform, groups)
     return make_stream(cfg, tasks, train, test, transform, spec.n_classes, cfg.stream.scenario)
 
 
 def _domain_incremental(cfg: ExperimentConfig, tasks: list[Task], train: ImageArrays, test: ImageArrays,
-                        transform: BatchTransform, size: int) -> Stream:
+                        transform: BatchTransform, groups: list[list[int]]) -> Stream:
     """Relabel every class by its position within its task: one shared `size`-way head, no task id needed.
 
-    Groups are consecutive classes, so the position is the label modulo the group size; every sample belongs
-    to exactly one task, so relabelling the shared arrays loses nothing.
+    Every sample belongs to exactly one task, so relabelling the shared arrays loses nothing. (In label order
+    the position is the label modulo the group size; a shuffled order needs the table.)
     """
-    train, test = ImageArrays(train.images, train.labels % size), ImageArrays(test.images, test.labels % size)
+    position = torch.empty(sum(map(len, groups)), dtype=torch.long)
+    for group in groups:
+        position[torch.tensor(group)] = torch.arange(len(group))
+    train, test = ImageArrays(train.images, position[train.labels]), ImageArrays(test.images, position[test.labels])
+    size = len(groups[0])
     for task in tasks:
         task.meta["classes"], task.classes = task.classes, list(range(size))
     return make_stream(cfg, tasks, train, test, transform, size, "domain_incremental")
