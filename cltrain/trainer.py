@@ -8,6 +8,7 @@ matrix, logs, and a checkpoint from which `resume=true` continues.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -20,6 +21,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning import Callback
+from pytorch_lightning.profilers import PassThroughProfiler
 
 from cltrain.config import ExperimentConfig, to_yaml
 from cltrain.distributed import SelfSyncDDPStrategy, barrier, collective_check, module_digest, ranks_agree
@@ -100,6 +102,7 @@ class ContinualTrainer:
             enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=t.progress_bar,
             num_sanity_val_steps=0, use_distributed_sampler=False, log_every_n_steps=50,
             gradient_clip_val=self.cfg.optim.grad_clip_norm, gradient_clip_algorithm="norm",
+            profiler=NullProfiler(),
         )
 
     def _strategy(self) -> str | SelfSyncDDPStrategy:
@@ -322,6 +325,18 @@ class ContinualTrainer:
         run.write_json("metrics.json", metrics)
         print(f"[cltrain] done: ACC {metrics['acc']:.4f}  BWT {metrics['bwt']:+.4f}  FWT {metrics['fwt']:+.4f}  "
               f"forgetting {metrics['forgetting']:.4f}  ({metrics['wall_time_s']:.1f} s) -> {run.path}", flush=True)
+
+
+class NullProfiler(PassThroughProfiler):
+    """Lightning's default profiler (which records nothing) without its cost: Lightning enters
+    `profiler.profile(name)` around every hook, ~46 times a training step, and the default builds a generator-made
+    context manager each time (~2.5 µs: ~0.1 ms a step, the whole step of a small network on a GPU). One reusable
+    null context does the same nothing."""
+
+    _NOTHING = contextlib.nullcontext()
+
+    def profile(self, action_name: str) -> contextlib.AbstractContextManager:
+        return self._NOTHING
 
 
 def continue_logging_step(trainer: pl.Trainer, steps: int) -> None:

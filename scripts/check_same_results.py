@@ -28,6 +28,7 @@ CASES = {
                                                 "stream.presentation=task_agnostic"]),
     "split_replay": ("bench/split_mnist_replay", ["stream.n_tasks=5", "stream.train_per_task=1000"]),
     "split_ewc": ("bench/split_mnist_ewc", ["stream.n_tasks=5", "stream.train_per_task=1000"]),
+    "split_domain": ("baselines/split_mnist", ["stream.scenario=domain_incremental", "trainer.steps_per_task=30"]),
     # TAME at the boundary study's small scale (docs/results/tame.md): detection, spawning, pruning, scoring
     "tame_split": ("tame/split_mnist", ["stream.n_tasks=2", "stream.train_per_task=2012", "trainer.epochs_per_task=6",
                                         "learner.window=30", "learner.selector_capacity=1000",

@@ -98,3 +98,55 @@ def test_learner_hook_names_and_batches_reach_lightning_unchanged(tmp_path):
     assert all(type(batch).__name__ == "Batch" for _, batch in seen)
     rows = list(csv.DictReader(open(next((tmp_path / "run" / "logs").rglob("metrics.csv")))))
     assert any(row.get("train/loss") for row in rows)  # Lightning writes it at step 49 (log_every_n_steps=50)
+
+
+class CountingNull(Callback):
+    """Counts how often Lightning enters the profiler during a fit (through the trainer's own profiler)."""
+
+    def __init__(self):
+        self.entered = 0
+
+    def on_train_start(self, trainer, pl_module):
+        profile = trainer.profiler.profile
+
+        def counted(name):
+            self.entered += 1
+            return profile(name)
+
+        trainer.profiler.profile = counted
+
+
+def test_null_profiler_is_entered_by_lightning_and_records_nothing():
+    from cltrain.trainer import NullProfiler
+
+    counter = CountingNull()
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(40, 4)), batch_size=8)
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, callbacks=[counter], profiler=NullProfiler(),
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(Tiny(), data)
+    # Lightning still routes every hook through it (what the saving is about) and the fit trains as usual
+    assert counter.entered >= 5 * 10 and trainer.global_step == 5
+    assert trainer.profiler.summary() == ""
+    with NullProfiler().profile("anything") as inside:
+        assert inside is None
+
+
+def test_learner_training_steps_keep_their_signature_for_lightning():
+    """Lightning decides per step whether to pass batch_idx from training_step's signature; every learner's stored
+    signature must give what parsing the function gives."""
+    import inspect
+    import types
+
+    from pytorch_lightning.utilities.signature_utils import is_param_in_hook_signature
+
+    from cltrain.catalog import known_names
+    from cltrain.learners.base import LEARNERS
+    import cltrain.learners  # noqa: F401  (registers every method)
+
+    for name in known_names("LEARNERS"):
+        step = LEARNERS.get(name).training_step
+        assert "__signature__" in vars(step), name
+        parsed = types.FunctionType(step.__code__, step.__globals__, step.__name__, step.__defaults__, step.__closure__)
+        parsed.__annotations__, parsed.__kwdefaults__ = step.__annotations__, step.__kwdefaults__
+        assert inspect.getfullargspec(step) == inspect.getfullargspec(parsed), name
+        assert is_param_in_hook_signature(types.MethodType(step, object()), "batch_idx", min_args=2), name
