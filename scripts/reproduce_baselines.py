@@ -646,8 +646,9 @@ the protocol-length checks run both sizes.
   every seed keeps the identity first task (to an MLP, which sees no pixel order, one fixed permutation is like
   another) and the digits in order. docs/results/baselines_class_order.md runs the split-MNIST picks with the
   digits dealt as the authors' other seeds deal them (`stream.class_order=shuffled`, seeds 1–3, Task- and
-  Domain-IL): three seeds resolve no shift of a mean, but Domain-IL's spread grows from ± 1–2 to ± 7–9 points,
-  the size of the paper's (± 7.2–7.4), so the split-MNIST spreads here understate the protocol's.
+  Domain-IL): three seeds resolve no shift of a mean, but the Domain-IL spread of fine-tuning, EWC and online
+  EWC grows from ± 1–2 to ± 7–9 points, the size of the paper's (± 7.2–7.4), so the split-MNIST spreads here
+  understate the protocol's.
 - Split MNIST's inputs are standardised ((x/255 − 0.1307) / 0.3081, cltrain's default) where the authors feed
   pixels in [0, 1]: its grids ran before the input scale was found to matter on permuted MNIST (section
   "Permuted MNIST: standardised against unit pixels") and were not run again.
