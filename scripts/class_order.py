@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from reproduce_baselines import (BENCHMARKS, PAPER, REPO, SHORT, TUNED, beyond_spreads, fit, paper_cell,  # noqa: E402
+from reproduce_baselines import (BENCHMARKS, PAPER, REPO, SHORT, TUNED, fit, paper_cell, paper_gap,  # noqa: E402
                                  point_name, run_all, shown)
 
 # The validation picks of docs/results/baselines.md's split-MNIST tables (`cltrain report --select val` over
@@ -79,10 +79,7 @@ def row(runs: Path, scenario: str, method: str, value: str | None, seeds: list[i
     shift = [b - a for a, b in zip(natural, shuffled)]
     cells = [f"{m:.1f} ± {sd:.1f}" for m, sd in (mean_sd(natural), mean_sd(shuffled))]
     ref = PAPER[("split_mnist", scenario)].get(method)
-    gaps = []
-    for values in (natural, shuffled):
-        acc = mean_sd(values)
-        gaps.append(f"{acc[0] - ref[0]:+.1f}" + (" *" if beyond_spreads(acc, ref) else "") if ref else "—")
+    gaps = [paper_gap([side[i] for i in done], ref) for side in sides]
     per_seed = ", ".join(f"{a:.1f} → {b:.1f}" for a, b in zip(natural, shuffled))
     return (f"| {method} | {value or '—'} | {', '.join(str(seeds[i]) for i in done)} | {cells[0]} | {cells[1]} | "
             f"{sum(shift) / len(shift):+.1f} [{min(shift):+.1f}, {max(shift):+.1f}] | {per_seed} | {gaps[0]} | "

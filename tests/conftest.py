@@ -1,6 +1,7 @@
 """Shared fixtures: the real data root, quick real-data configs, and running the real CLI."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -32,6 +33,18 @@ QUICK = [
 
 # metrics.json keys that measure time or name files, not results: left out when two runs are compared
 TIMING = frozenset({"wall_time_s", "phase_wall_time_s", "detection_plot"})
+
+
+def load_script(name: str):
+    """scripts/<name>.py as a module, for tests of a script's own functions. Registered in sys.modules (a script's
+    dataclasses look their module up there), with scripts/ on the path (scripts import their siblings)."""
+    if str(REPO / "scripts") not in sys.path:
+        sys.path.insert(0, str(REPO / "scripts"))
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def results(metrics: dict | Path) -> dict:

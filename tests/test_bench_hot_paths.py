@@ -1,22 +1,16 @@
 """scripts/bench_hot_paths.py's references must do the work cltrain does, or its ratios mean nothing."""
-import importlib.util
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import load_script
 from cltrain.config import RehearsalConfig
 from cltrain.streams.schedules import PowerLawSchedule
 
 
 def bench():
-    sys.path.insert(0, str(REPO / "scripts"))
-    spec = importlib.util.spec_from_file_location("bench_hot_paths", REPO / "scripts" / "bench_hot_paths.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_hot_paths")
 
 
 @pytest.mark.parametrize("n_tasks,n", [(2, 2000), (3, 60000), (5, 1000), (10, 60000)])

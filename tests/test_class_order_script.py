@@ -1,22 +1,16 @@
 """scripts/class_order.py: its runs are the baselines page's grid points run both ways, and its page pairs each
 label-order run with the shuffled run of the same seed (hand-written run folders; the stream itself is tested on
 real MNIST in tests/test_streams.py)."""
-import importlib.util
 import json
-import sys
 from types import SimpleNamespace
 
 import pytest
 
-from conftest import REPO
+from conftest import load_script
 
 
 def script():
-    sys.path.insert(0, str(REPO / "scripts"))
-    spec = importlib.util.spec_from_file_location("class_order", REPO / "scripts" / "class_order.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("class_order")
 
 
 def test_jobs_run_each_pick_both_ways_with_the_pages_run_names(tmp_path):

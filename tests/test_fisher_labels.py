@@ -1,17 +1,13 @@
 """scripts/fisher_labels.py must read the rows a run's EWC read, or its comparison of Fisher estimates means
 nothing: on a real (short) offline-EWC run it recomputes the stored Fisher exactly, and the arg-max labels give
 another one."""
-import importlib.util
 import sys
 
-from conftest import REPO
+from conftest import load_script
 
 
 def script():
-    spec = importlib.util.spec_from_file_location("fisher_labels", REPO / "scripts" / "fisher_labels.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("fisher_labels")
 
 
 def test_recomputes_the_runs_fisher_and_the_predicted_one_differs(tmp_path, capsys, monkeypatch):

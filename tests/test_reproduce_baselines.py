@@ -1,21 +1,15 @@
 """scripts/reproduce_baselines.py's variant comparison pairs each variant run with the 32x32 check of the same
 seed, and nothing else (hand-written run folders)."""
-import importlib.util
 import json
-import sys
 from types import SimpleNamespace
 
 import yaml
 
-from conftest import REPO
+from conftest import load_script
 
 
 def script():
-    spec = importlib.util.spec_from_file_location("reproduce_baselines", REPO / "scripts" / "reproduce_baselines.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["reproduce_baselines"] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script("reproduce_baselines")
 
 
 def _run(path, acc, pad):
