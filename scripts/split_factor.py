@@ -1,0 +1,202 @@
+"""Split MNIST at the baselines page's validation picks, with one stream key changed against the page's value.
+
+    CLTRAIN_DATA=../shared/data python scripts/split_factor.py FACTOR [--seeds 1 2 3] [--scenarios task_incremental
+        domain_incremental class_incremental] [--jobs 2] [--runs runs/baselines/factors] [--doc-only]
+
+FACTOR is one of FACTORS: `class_order` (the digits paired in label order, or dealt to the tasks by the seed as van
+de Ven & Tolias's code does on every seed but its first) or `pixels` (inputs standardised, cltrain's default and
+the page's, or in [0, 1] as the authors feed them). docs/results/baselines.md's split-MNIST tables ran every seed
+with the page's value; this runs each method at that page's pick (its table, "picked by val") on the same seeds
+both ways, the same protocol otherwise (experiments/baselines/split_mnist.yaml, one `cltrain fit` subprocess a run
+through reproduce_baselines.py's `fit`, finished runs reused), and writes the factor's page: test ACC mean ± sd
+per side, the per-seed shift, the paper's figure. The reference side (the page's values) is one set of runs for
+every factor: `<runs>/<scenario>/reference/`; the changed side `<runs>/<scenario>/<key>-<value>/`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from reproduce_baselines import (BENCHMARKS, PAPER, REPO, SHORT, TUNED, fit, paper_cell, paper_gap,  # noqa: E402
+                                 point_name, run_all, shown)
+
+# The validation picks of docs/results/baselines.md's split-MNIST tables (`cltrain report --select val` over
+# seed 0's grid, label order, standardised pixels), per scenario: (method, value of its tuned key); a plain
+# method has no value.
+PICKS = {
+    "task_incremental": (("fine-tuning", None), ("EWC", "1e9"), ("online EWC", "1e12"), ("SI", "0.5")),
+    "domain_incremental": (("fine-tuning", None), ("EWC", "1e7"), ("online EWC", "1e8"), ("SI", "5000.0")),
+    "class_incremental": (("fine-tuning", None), ("EWC", "1e9"), ("online EWC", "1e4"), ("SI", "50.0")),
+}
+STEPS = 2000  # the protocol's iterations per task, as the page's split-MNIST tables
+REFERENCE = "reference"  # the folder of the runs with the page's values (every factor's reference side)
+
+
+@dataclass(frozen=True)
+class Factor:
+    """One stream key compared at the picks: the page's value (the key's default) against `value`."""
+
+    key: str  # stream.<key>
+    value: str  # what the changed side runs
+    labels: tuple[str, str]  # column names: the page's value, the changed one
+    page: str  # docs/results/<page>.md; <page>_notes.md (hand-written) is appended when it exists
+    title: str
+    about: str  # what the page's runs do, what the authors do; {seeds} and {steps} are filled in
+    details: Callable[[list[int]], str] = lambda seeds: ""  # more about the changed side, per seed
+
+    @property
+    def override(self) -> str:
+        return f"stream.{self.key}={self.value}"
+
+    @property
+    def folder(self) -> str:
+        return f"{self.key}-{self.value}"
+
+
+def pairs_of(seed: int) -> str:
+    """The digit pairs a shuffled run of this seed trains on (the stream's own draw)."""
+    from cltrain.config import load_config
+    from cltrain.streams.split import class_groups, class_order
+
+    cfg = load_config(BENCHMARKS["split_mnist"].experiment, [f"seed={seed}", "stream.class_order=shuffled"])
+    groups = class_groups(10, cfg.stream.n_tasks, class_order(cfg, 10))
+    return " ".join("{" + ",".join(map(str, g)) + "}" for g in groups)
+
+
+def shuffled_pairs(seeds: list[int]) -> str:
+    return ("The pairs of each seed with `stream.class_order=shuffled`: "
+            + "; ".join(f"seed {s}: {pairs_of(s)}" for s in seeds) + ".\n")
+
+
+FACTORS = {
+    "class_order": Factor(
+        key="class_order", value="shuffled", labels=("label order", "shuffled pairs"), page="baselines_class_order",
+        title="Split MNIST: digits paired in label order or by the seed",
+        about="docs/results/baselines.md's split-MNIST tables pair the digits in label order on every seed ({{0,1}}, "
+              "{{2,3}}, …, `stream.class_order=natural`); van de Ven & Tolias's code does that on its first seed "
+              "only and deals the digits to the tasks in a random order on the others, so the paper's 20-seed means "
+              "average over pairings. Here each method runs at that page's validation pick, on seeds {seeds}, "
+              "once in label order and once with `stream.class_order=shuffled` (pairs drawn from the seed by a "
+              "generator of their own: the initial weights and every other draw come from the same seeds either "
+              "way), {steps} iterations per task, everything else as experiments/baselines/split_mnist.yaml.",
+        details=shuffled_pairs),
+    "pixels": Factor(
+        key="pixels", value="unit", labels=("standardised", "unit pixels"), page="baselines_pixels",
+        title="Split MNIST: standardised inputs or pixels in [0, 1]",
+        about="docs/results/baselines.md's split-MNIST tables feed standardised inputs ((x/255 − 0.1307) / 0.3081, "
+              "cltrain's default, `stream.pixels=standardised`); van de Ven & Tolias's code feeds the pixels in "
+              "[0, 1] (`ToTensor`, no normalisation), as that page's permuted-MNIST runs do. With [0, 1] a blank "
+              "pixel is 0, so its first-layer weights get no gradient, no Fisher and no SI importance on a task; "
+              "standardised, it is −0.42 and they get all three. Here each method runs at that page's validation "
+              "pick, on seeds {seeds}, once standardised and once with `stream.pixels=unit` (the same initial "
+              "weights, batches and every other draw), {steps} iterations per task, everything else as "
+              "experiments/baselines/split_mnist.yaml."),
+}
+
+
+def grid_point(method: str, value: str | None) -> list[str]:
+    """The overrides of a method's grid point in reproduce_baselines.py (so run names match the page's)."""
+    for overrides in BENCHMARKS["split_mnist"].methods[method]:
+        tuned = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] in TUNED]
+        if (tuned[0] if tuned else None) == value:
+            return overrides
+    raise ValueError(f"{method}={value} is not a grid point of reproduce_baselines.py's split-MNIST grids")
+
+
+def sides(factor: Factor) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """(folder, extra overrides) of the two sides: the page's values, then the changed key."""
+    return (REFERENCE, ()), (factor.folder, (factor.override,))
+
+
+def run_dir(runs: Path, scenario: str, side: str, method: str, value: str | None, seed: int) -> Path:
+    return runs / scenario / side / point_name(method, grid_point(method, value), seed)
+
+
+def jobs(factor: Factor, args, runs: Path) -> list[tuple]:
+    """Seed by seed, so a stopped comparison leaves whole pairs."""
+    return [("split_mnist", scenario, STEPS, grid_point(method, value), seed,
+             run_dir(runs, scenario, side, method, value, seed), extra)
+            for seed in args.seeds for scenario in args.scenarios for method, value in PICKS[scenario]
+            for side, extra in sides(factor)]
+
+
+def accs(paths: list[Path]) -> list[float]:
+    return [json.loads(p.read_text())["acc"] * 100 for p in paths]
+
+
+def row(factor: Factor, runs: Path, scenario: str, method: str, value: str | None, seeds: list[int]) -> str | None:
+    """A method's table row over the seeds whose two runs have both finished; None when no seed has."""
+    from cltrain.report import mean_sd
+
+    paths = [[run_dir(runs, scenario, side, method, value, s) / "metrics.json" for s in seeds]
+             for side, _ in sides(factor)]
+    done = [i for i, s in enumerate(seeds) if all(side[i].exists() for side in paths)]
+    if not done:
+        return None
+    before, after = (accs([side[i] for i in done]) for side in paths)
+    shift = [b - a for a, b in zip(before, after)]
+    cells = [f"{m:.1f} ± {sd:.1f}" for m, sd in (mean_sd(before), mean_sd(after))]
+    ref = PAPER[("split_mnist", scenario)].get(method)
+    gaps = [paper_gap([side[i] for i in done], ref) for side in paths]
+    per_seed = ", ".join(f"{a:.1f} → {b:.1f}" for a, b in zip(before, after))
+    return (f"| {method} | {value or '—'} | {', '.join(str(seeds[i]) for i in done)} | {cells[0]} | {cells[1]} | "
+            f"{sum(shift) / len(shift):+.1f} [{min(shift):+.1f}, {max(shift):+.1f}] | {per_seed} | {gaps[0]} | "
+            f"{gaps[1]} | {paper_cell(ref)} |")
+
+
+def write_doc(factor: Factor, name: str, args, runs: Path, out: Path) -> None:
+    seeds = " ".join(map(str, args.seeds))
+    first, second = factor.labels
+    text = [f"# {factor.title}\n\n"
+            f"Regenerate: `CLTRAIN_DATA=<data> python scripts/split_factor.py {name} --seeds {seeds} --scenarios "
+            f"{' '.join(args.scenarios)}` (runs under `{shown(runs)}/`; finished runs are reused). Every number "
+            f"here is measured by that command.\n\n"
+            + factor.about.format(seeds=seeds, steps=STEPS)
+            + f" Test ACC % after the last task, mean ± sd over the seeds; *shift*: {second} minus {first}, mean "
+              f"[min, max] of the per-seed differences; *− paper*: our mean minus the paper's, `*` beyond both "
+              f"spreads (our sd, the paper's sd = SEM × √20). The settings were picked on validation runs of seed 0 "
+              f"with the page's values and not picked again for `stream.{factor.key}={factor.value}`.\n"]
+    details = factor.details(args.seeds)
+    if details:
+        text.append("\n" + details)
+    for scenario in args.scenarios:
+        rows = [r for method, value in PICKS[scenario] if (r := row(factor, runs, scenario, method, value, args.seeds))]
+        if not rows:
+            continue
+        text.append(f"\n## {SHORT[scenario]}\n\n| method | setting | seeds | {first} | {second} | shift | "
+                    f"per seed ({first} → {second}) | {first} − paper | {second} − paper | paper (± sd) |\n"
+                    f"|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+    notes = out.with_name(out.stem + "_notes.md")
+    if notes.exists():  # the hand-written reading of the tables, kept apart so the tables regenerate
+        text.append("\n" + notes.read_text())
+    out.write_text("".join(text))
+    print(f"wrote {out}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("factor", choices=list(FACTORS))
+    parser.add_argument("--runs", default="runs/baselines/factors")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--scenarios", nargs="+", default=list(PICKS), choices=list(PICKS))
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
+    parser.add_argument("--doc-only", action="store_true", help="only rewrite the page from finished runs")
+    parser.add_argument("--out", default=None, help="the page (default docs/results/<the factor's page>.md)")
+    args = parser.parse_args()
+    factor = FACTORS[args.factor]
+    runs = Path(args.runs).resolve()
+    if not args.doc_only:
+        run_all(jobs(factor, args, runs), args.jobs)
+    out = Path(args.out) if args.out else REPO / "docs" / "results" / f"{factor.page}.md"
+    write_doc(factor, args.factor, args, runs, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

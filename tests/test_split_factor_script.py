@@ -1,0 +1,81 @@
+"""scripts/split_factor.py: its runs are the baselines page's grid points run with the page's values and with one
+stream key changed, the page's-values side shared by every factor, and its pages pair each seed's two runs
+(hand-written run folders; the streams themselves are tested on real MNIST in tests/test_streams.py)."""
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from conftest import load_script
+
+
+def script():
+    return load_script("split_factor")
+
+
+def test_jobs_run_each_pick_both_ways_with_the_pages_run_names(tmp_path):
+    sf = script()
+    jobs = sf.jobs(sf.FACTORS["class_order"], SimpleNamespace(seeds=[1, 2], scenarios=["domain_incremental"]),
+                   tmp_path)
+    assert len(jobs) == 2 * 4 * 2  # seeds x methods x sides
+    dirs = {job[5].relative_to(tmp_path).as_posix(): job for job in jobs}
+    ewc = dirs["domain_incremental/class_order-shuffled/ewc_1e7_s2"]
+    assert ewc[3] == ["learner.name=ewc", "learner.mode=offline", "learner.lam=1e7"] and ewc[4] == 2
+    assert ewc[6] == ("stream.class_order=shuffled",) and ewc[2] == 2000
+    assert dirs["domain_incremental/reference/ewc_1e7_s2"][6] == ()  # the page's values: no override
+    with pytest.raises(ValueError, match="not a grid point"):
+        sf.grid_point("SI", "3.0")
+
+
+def test_factors_share_the_reference_runs(tmp_path):
+    sf = script()
+    args = SimpleNamespace(seeds=[1], scenarios=list(sf.PICKS))
+    by_factor = {name: {job[5]: job[6] for job in sf.jobs(factor, args, tmp_path)}
+                 for name, factor in sf.FACTORS.items()}
+    reference = [{d for d, extra in jobs.items() if not extra} for jobs in by_factor.values()]
+    assert reference[0] == reference[1] and len(reference[0]) == 3 * 4
+    unit = {d: extra for d, extra in by_factor["pixels"].items() if extra}
+    assert set(unit.values()) == {("stream.pixels=unit",)}
+    assert all(d.parent.name == "pixels-unit" for d in unit)
+
+
+def _metrics(path, acc):
+    path.mkdir(parents=True)
+    (path / "metrics.json").write_text(json.dumps({"acc": acc}))
+
+
+def test_rows_pair_seeds_and_skip_unfinished(tmp_path):
+    sf = script()
+    factor = sf.FACTORS["pixels"]
+    base = tmp_path / "task_incremental"
+    _metrics(base / "reference" / "si_0.5_s1", 0.99)
+    _metrics(base / "pixels-unit" / "si_0.5_s1", 0.97)
+    _metrics(base / "reference" / "si_0.5_s2", 0.98)
+    _metrics(base / "pixels-unit" / "si_0.5_s2", 0.98)
+    _metrics(base / "reference" / "si_0.5_s3", 0.50)  # its unit-pixel partner has not finished: left out
+    _metrics(base / "class_order-shuffled" / "si_0.5_s3", 0.10)  # another factor's run: never read here
+    row = sf.row(factor, tmp_path, "task_incremental", "SI", "0.5", [1, 2, 3])
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert cells[2] == "1, 2"
+    assert cells[3] == "98.5 ± 0.7" and cells[4] == "97.5 ± 0.7"
+    assert cells[5] == "-1.0 [-2.0, +0.0]"
+    assert cells[6] == "99.0 → 97.0, 98.0 → 98.0"
+    assert cells[9] == "99.14 ± 0.49"  # the paper's SI, SEM x sqrt(20)
+    assert sf.row(factor, tmp_path, "task_incremental", "EWC", "1e9", [1, 2, 3]) is None
+
+
+def test_page_names_its_sides_command_and_notes(tmp_path):
+    sf = script()
+    runs, out = tmp_path / "runs", tmp_path / "page.md"
+    _metrics(runs / "class_incremental" / "reference" / "finetuning_s1", 0.2)
+    _metrics(runs / "class_incremental" / "class_order-shuffled" / "finetuning_s1", 0.25)
+    (tmp_path / "page_notes.md").write_text("## Reading the table\n\nhand-written\n")
+    args = SimpleNamespace(seeds=[1], scenarios=["task_incremental", "class_incremental"])
+    sf.write_doc(sf.FACTORS["class_order"], "class_order", args, runs, out)
+    page = out.read_text()
+    assert "python scripts/split_factor.py class_order --seeds 1 --scenarios task_incremental class_incremental" in page
+    assert "({0,1}, {2,3}, …" in page and "seed 1: {" in page  # the seed's own pairs are listed
+    assert "## Task-IL" not in page  # no finished pair there
+    assert "| label order | shuffled pairs | shift |" in page
+    assert "| fine-tuning | — | 1 | 20.0 ± 0.0 | 25.0 ± 0.0 | +5.0 [+5.0, +5.0] |" in page
+    assert page.endswith("hand-written\n")
