@@ -9,8 +9,10 @@ the page's, or in [0, 1] as the authors feed them). docs/results/baselines.md's 
 with the page's value; this runs each method at that page's pick (its table, "picked by val") on the same seeds
 both ways, the same protocol otherwise (experiments/baselines/split_mnist.yaml, one `cltrain fit` subprocess a run
 through reproduce_baselines.py's `fit`, finished runs reused), and writes the factor's page: test ACC mean ± sd
-per side, the per-seed shift, the paper's figure. The reference side (the page's values) is one set of runs for
-every factor: `<runs>/<scenario>/reference/`; the changed side `<runs>/<scenario>/<key>-<value>/`.
+per side, the per-seed shift, the paper's figure, from every finished pair under --runs (so runs made by several
+commands, e.g. more seeds for some scenarios, land on one page, which names those commands). The reference side
+(the page's values) is one set of runs for every factor: `<runs>/<scenario>/reference/`; the changed side
+`<runs>/<scenario>/<key>-<value>/`.
 """
 from __future__ import annotations
 
@@ -81,7 +83,7 @@ FACTORS = {
         about="docs/results/baselines.md's split-MNIST tables pair the digits in label order on every seed ({{0,1}}, "
               "{{2,3}}, …, `stream.class_order=natural`); van de Ven & Tolias's code does that on its first seed "
               "only and deals the digits to the tasks in a random order on the others, so the paper's 20-seed means "
-              "average over pairings. Here each method runs at that page's validation pick, on seeds {seeds}, "
+              "average over pairings. Here each method runs at that page's validation pick, on seeds {seeds} (each row's *seeds* says which), "
               "once in label order and once with `stream.class_order=shuffled` (pairs drawn from the seed by a "
               "generator of their own: the initial weights and every other draw come from the same seeds either "
               "way), {steps} iterations per task, everything else as experiments/baselines/split_mnist.yaml.",
@@ -94,7 +96,7 @@ FACTORS = {
               "[0, 1] (`ToTensor`, no normalisation), as that page's permuted-MNIST runs do. With [0, 1] a blank "
               "pixel is 0, so its first-layer weights get no gradient, no Fisher and no SI importance on a task; "
               "standardised, it is −0.42 and they get all three. Here each method runs at that page's validation "
-              "pick, on seeds {seeds}, once standardised and once with `stream.pixels=unit` (the same initial "
+              "pick, on seeds {seeds} (each row's *seeds* says which), once standardised and once with `stream.pixels=unit` (the same initial "
               "weights, batches and every other draw), {steps} iterations per task, everything else as "
               "experiments/baselines/split_mnist.yaml."),
 }
@@ -150,25 +152,48 @@ def row(factor: Factor, runs: Path, scenario: str, method: str, value: str | Non
             f"{gaps[1]} | {paper_cell(ref)} |")
 
 
-def write_doc(factor: Factor, name: str, args, runs: Path, out: Path) -> None:
-    seeds = " ".join(map(str, args.seeds))
+def finished_seeds(factor: Factor, runs: Path, scenario: str) -> list[int]:
+    """Seeds with at least one finished pair (both sides of a method) in a scenario, read from the run folders."""
+    seeds = set()
+    for method, value in PICKS[scenario]:
+        stem = point_name(method, grid_point(method, value), 0)[:-1]  # "<name>_s"
+        for path in (runs / scenario / REFERENCE).glob(f"{stem}*/metrics.json"):
+            seed = path.parent.name[len(stem):]
+            if seed.isdigit() and (run_dir(runs, scenario, factor.folder, method, value, int(seed)) /
+                                   "metrics.json").exists():
+                seeds.add(int(seed))
+    return sorted(seeds)
+
+
+def commands(name: str, seeds_of: dict[str, list[int]]) -> str:
+    """The commands that make exactly these pairs: one per set of seeds, with the scenarios run on it."""
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for scenario, seeds in seeds_of.items():
+        groups.setdefault(tuple(seeds), []).append(scenario)
+    return " and ".join(f"`CLTRAIN_DATA=<data> python scripts/split_factor.py {name} --seeds "
+                        f"{' '.join(map(str, seeds))} --scenarios {' '.join(scenarios)}`"
+                        for seeds, scenarios in groups.items())
+
+
+def write_doc(factor: Factor, name: str, runs: Path, out: Path) -> None:
+    """The factor's page from every finished pair under `runs` (whatever commands made them), its notes appended."""
+    seeds_of = {s: seeds for s in PICKS if (seeds := finished_seeds(factor, runs, s))}
+    every = sorted({seed for seeds in seeds_of.values() for seed in seeds})
     first, second = factor.labels
     text = [f"# {factor.title}\n\n"
-            f"Regenerate: `CLTRAIN_DATA=<data> python scripts/split_factor.py {name} --seeds {seeds} --scenarios "
-            f"{' '.join(args.scenarios)}` (runs under `{shown(runs)}/`; finished runs are reused). Every number "
-            f"here is measured by that command.\n\n"
-            + factor.about.format(seeds=seeds, steps=STEPS)
+            f"Regenerate: {commands(name, seeds_of)} (runs under `{shown(runs)}/`; finished runs are reused, and "
+            f"each command rewrites this page from every finished pair there). Every number here is measured by "
+            f"those commands.\n\n"
+            + factor.about.format(seeds=", ".join(map(str, every)), steps=STEPS)
             + f" Test ACC % after the last task, mean ± sd over the seeds; *shift*: {second} minus {first}, mean "
               f"[min, max] of the per-seed differences; *− paper*: our mean minus the paper's, `*` beyond both "
               f"spreads (our sd, the paper's sd = SEM × √20). The settings were picked on validation runs of seed 0 "
               f"with the page's values and not picked again for `stream.{factor.key}={factor.value}`.\n"]
-    details = factor.details(args.seeds)
+    details = factor.details(every)
     if details:
         text.append("\n" + details)
-    for scenario in args.scenarios:
-        rows = [r for method, value in PICKS[scenario] if (r := row(factor, runs, scenario, method, value, args.seeds))]
-        if not rows:
-            continue
+    for scenario, seeds in seeds_of.items():
+        rows = [r for method, value in PICKS[scenario] if (r := row(factor, runs, scenario, method, value, seeds))]
         text.append(f"\n## {SHORT[scenario]}\n\n| method | setting | seeds | {first} | {second} | shift | "
                     f"per seed ({first} → {second}) | {first} − paper | {second} − paper | paper (± sd) |\n"
                     f"|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
@@ -186,7 +211,7 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--scenarios", nargs="+", default=list(PICKS), choices=list(PICKS))
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
-    parser.add_argument("--doc-only", action="store_true", help="only rewrite the page from finished runs")
+    parser.add_argument("--doc-only", action="store_true", help="only rewrite the page from the finished runs")
     parser.add_argument("--out", default=None, help="the page (default docs/results/<the factor's page>.md)")
     args = parser.parse_args()
     factor = FACTORS[args.factor]
@@ -194,7 +219,7 @@ def main() -> int:
     if not args.doc_only:
         run_all(jobs(factor, args, runs), args.jobs)
     out = Path(args.out) if args.out else REPO / "docs" / "results" / f"{factor.page}.md"
-    write_doc(factor, args.factor, args, runs, out)
+    write_doc(factor, args.factor, runs, out)
     return 0
 
 

@@ -64,18 +64,26 @@ def test_rows_pair_seeds_and_skip_unfinished(tmp_path):
     assert sf.row(factor, tmp_path, "task_incremental", "EWC", "1e9", [1, 2, 3]) is None
 
 
-def test_page_names_its_sides_command_and_notes(tmp_path):
+def test_page_shows_every_finished_pair_with_the_commands_that_made_them(tmp_path):
     sf = script()
     runs, out = tmp_path / "runs", tmp_path / "page.md"
+    for seed in (1, 2):
+        _metrics(runs / "task_incremental" / "reference" / f"si_0.5_s{seed}", 0.99)
+        _metrics(runs / "task_incremental" / "class_order-shuffled" / f"si_0.5_s{seed}", 0.97)
+    _metrics(runs / "task_incremental" / "reference" / "si_0.5_s3", 0.99)  # no partner: not on the page
+    _metrics(runs / "task_incremental" / "pixels-unit" / "si_0.5_s3", 0.5)  # another factor's partner
     _metrics(runs / "class_incremental" / "reference" / "finetuning_s1", 0.2)
     _metrics(runs / "class_incremental" / "class_order-shuffled" / "finetuning_s1", 0.25)
     (tmp_path / "page_notes.md").write_text("## Reading the table\n\nhand-written\n")
-    args = SimpleNamespace(seeds=[1], scenarios=["task_incremental", "class_incremental"])
-    sf.write_doc(sf.FACTORS["class_order"], "class_order", args, runs, out)
+    sf.write_doc(sf.FACTORS["class_order"], "class_order", runs, out)
     page = out.read_text()
-    assert "python scripts/split_factor.py class_order --seeds 1 --scenarios task_incremental class_incremental" in page
-    assert "({0,1}, {2,3}, …" in page and "seed 1: {" in page  # the seed's own pairs are listed
-    assert "## Task-IL" not in page  # no finished pair there
+    assert ("`CLTRAIN_DATA=<data> python scripts/split_factor.py class_order --seeds 1 2 --scenarios task_incremental` "
+            "and `CLTRAIN_DATA=<data> python scripts/split_factor.py class_order --seeds 1 --scenarios "
+            "class_incremental`") in page
+    assert "({0,1}, {2,3}, …" in page and "seed 2: {" in page and "seed 3: {" not in page  # the seeds' own pairs
+    assert "## Domain-IL" not in page  # no finished pair there
     assert "| label order | shuffled pairs | shift |" in page
+    assert "| SI | 0.5 | 1, 2 | 99.0 ± 0.0 | 97.0 ± 0.0 | -2.0 [-2.0, -2.0] |" in page
     assert "| fine-tuning | — | 1 | 20.0 ± 0.0 | 25.0 ± 0.0 | +5.0 [+5.0, +5.0] |" in page
-    assert page.endswith("hand-written\n")
+    assert page.index("## Task-IL") < page.index("## Class-IL") and page.endswith("hand-written\n")
+    assert sf.finished_seeds(sf.FACTORS["pixels"], runs, "task_incremental") == [3]
