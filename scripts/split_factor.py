@@ -49,7 +49,8 @@ class Factor:
     labels: tuple[str, str]  # column names: the page's value, the changed one
     page: str  # docs/results/<page>.md; <page>_notes.md (hand-written) is appended when it exists
     title: str
-    about: str  # what the page's runs do, what the authors do; {seeds} and {steps} are filled in
+    about: str  # what docs/results/baselines.md's runs do against what the authors do
+    same: str  # what stays the same between a seed's two runs (the page says it beside the override)
     details: Callable[[list[int]], str] = lambda seeds: ""  # more about the changed side, per seed
 
     @property
@@ -80,13 +81,12 @@ FACTORS = {
     "class_order": Factor(
         key="class_order", value="shuffled", labels=("label order", "shuffled pairs"), page="baselines_class_order",
         title="Split MNIST: digits paired in label order or by the seed",
-        about="docs/results/baselines.md's split-MNIST tables pair the digits in label order on every seed ({{0,1}}, "
-              "{{2,3}}, …, `stream.class_order=natural`); van de Ven & Tolias's code does that on its first seed "
+        about="docs/results/baselines.md's split-MNIST tables pair the digits in label order on every seed ({0,1}, "
+              "{2,3}, …, `stream.class_order=natural`); van de Ven & Tolias's code does that on its first seed "
               "only and deals the digits to the tasks in a random order on the others, so the paper's 20-seed means "
-              "average over pairings. Here each method runs at that page's validation pick, on seeds {seeds} (each row's *seeds* says which), "
-              "once in label order and once with `stream.class_order=shuffled` (pairs drawn from the seed by a "
-              "generator of their own: the initial weights and every other draw come from the same seeds either "
-              "way), {steps} iterations per task, everything else as experiments/baselines/split_mnist.yaml.",
+              "average over pairings.",
+        same="pairs drawn from the seed by a generator of their own: the initial weights and every other draw come "
+             "from the same seeds either way",
         details=shuffled_pairs),
     "pixels": Factor(
         key="pixels", value="unit", labels=("standardised", "unit pixels"), page="baselines_pixels",
@@ -95,10 +95,8 @@ FACTORS = {
               "cltrain's default, `stream.pixels=standardised`); van de Ven & Tolias's code feeds the pixels in "
               "[0, 1] (`ToTensor`, no normalisation), as that page's permuted-MNIST runs do. With [0, 1] a blank "
               "pixel is 0, so its first-layer weights get no gradient, no Fisher and no SI importance on a task; "
-              "standardised, it is −0.42 and they get all three. Here each method runs at that page's validation "
-              "pick, on seeds {seeds} (each row's *seeds* says which), once standardised and once with `stream.pixels=unit` (the same initial "
-              "weights, batches and every other draw), {steps} iterations per task, everything else as "
-              "experiments/baselines/split_mnist.yaml."),
+              "standardised, it is −0.42 and they get all three.",
+        same="the same initial weights, batches and every other draw"),
 }
 
 
@@ -184,11 +182,14 @@ def write_doc(factor: Factor, name: str, runs: Path, out: Path) -> None:
             f"Regenerate: {commands(name, seeds_of)} (runs under `{shown(runs)}/`; finished runs are reused, and "
             f"each command rewrites this page from every finished pair there). Every number here is measured by "
             f"those commands.\n\n"
-            + factor.about.format(seeds=", ".join(map(str, every)), steps=STEPS)
-            + f" Test ACC % after the last task, mean ± sd over the seeds; *shift*: {second} minus {first}, mean "
-              f"[min, max] of the per-seed differences; *− paper*: our mean minus the paper's, `*` beyond both "
-              f"spreads (our sd, the paper's sd = SEM × √20). The settings were picked on validation runs of seed 0 "
-              f"with the page's values and not picked again for `stream.{factor.key}={factor.value}`.\n"]
+            + f"{factor.about} Here each method runs at that page's validation pick, on seeds "
+              f"{', '.join(map(str, every))} (each row's *seeds* says which), once with the page's values ({first}) "
+              f"and once with `{factor.override}` ({factor.same}), {STEPS} iterations per task, everything else as "
+              f"experiments/baselines/split_mnist.yaml. Test ACC % after the last task, mean ± sd over the seeds; "
+              f"*shift*: {second} minus {first}, mean [min, max] of the per-seed differences; *− paper*: our mean "
+              f"minus the paper's, `*` beyond both spreads (our sd, the paper's sd = SEM × √20). The settings were "
+              f"picked on validation runs of seed 0 "
+              f"with the page's values and not picked again for `{factor.override}`.\n"]
     details = factor.details(every)
     if details:
         text.append("\n" + details)
@@ -208,8 +209,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("factor", choices=list(FACTORS))
     parser.add_argument("--runs", default="runs/baselines/factors")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--scenarios", nargs="+", default=list(PICKS), choices=list(PICKS))
+    # what to run; the page always shows every finished pair under --runs, whichever seeds and scenarios made it
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="seeds to run")
+    parser.add_argument("--scenarios", nargs="+", default=list(PICKS), choices=list(PICKS), help="scenarios to run")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--doc-only", action="store_true", help="only rewrite the page from the finished runs")
     parser.add_argument("--out", default=None, help="the page (default docs/results/<the factor's page>.md)")
