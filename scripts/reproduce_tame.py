@@ -436,9 +436,11 @@ def seed_rows(root: Path) -> list[str]:
 
 REASONS = {  # the budget behind each part of a gap, where ours is cut from the paper's
     "pruning": ": at our budget the pruned experts are fine-tuned for 10 epochs on the pruning buffer, against the "
-               "paper's 200.",
-    "routing": ": our selector trains for 15 epochs (the paper: 200, then 200 more after its pruning); the split-MNIST "
-               "ablation below measures what selector epochs are worth.",
+               "paper's 200; the section \"Permuted MNIST, 5 tasks: the gap to the paper at the shipped scale\" below "
+               "measures longer fine-tuning and longer training per task.",
+    "routing": ": our selector trains for 15 epochs (the paper: 200, then 200 more after its pruning); the section "
+               "\"Split MNIST: the gap to the paper at the shipped scale\" below measures the selector's schedule, "
+               "learning rate and buffer size.",
 }
 
 
@@ -471,7 +473,18 @@ def gap_bullet(root: Path, name: str, paper_key: str, label: str) -> list[str]:
         f"{parts['drift after pruning']:.2f} and routing {parts['routing']:.2f} (the selector picks the right expert "
         f"for {pct(m['routing_acc'])} % of the test images; missed shifts: {m['tame_detection_missed']}). "
         f"The largest part is {largest}" + REASONS.get(largest, "."),
+        *lenient_line(m),
     ]
+
+
+def lenient_line(m: dict) -> list[str]:
+    """The run in the paper's code's metric, where it differs from ours (tasks with their own classes)."""
+    if abs(m["lenient_acc"] - m["acc"]) < 5e-4:
+        return []
+    return [f"  In the paper's code's metric (lenient: a prediction counts when its index within its task's classes "
+            f"matches, whichever expert made it) the same run reads {pct(m['lenient_acc'])} % (strict "
+            f"{pct(m['strict_acc'])} %; the selector sends {pct(1 - m['routing_acc'])} % of the test images to an "
+            "expert that did not learn their task, and the lenient metric counts some of those as right)."]
 
 
 def prune_budget_line(root: Path) -> list[str]:
