@@ -33,6 +33,7 @@ from typing import Callable
 
 import numpy as np
 import yaml
+from reproduce_tame import LENIENT_DIFFERS  # scripts/ is on sys.path when run as a script
 
 REPO = Path(__file__).resolve().parents[1]
 COMMON = ["trainer.progress_bar=false", "logger.wandb.mode=disabled", "trainer.checkpoint=false"]
@@ -424,30 +425,16 @@ def gap_section(name: str, root: Path, seeds: list[int]) -> list[str]:
     out = [f"## {study.stream[:1].upper() + study.stream[1:]}: the gap to the paper at the shipped scale, one factor "
            "at a time", "",
            f"Reference: {shipped}; each row changes one factor (what it is, in its label). Each factor's run is",
-           "paired with the reference's run of the same seed where both found every shift (missed shifts: last",
-           "column; a missed shift merges two tasks into one expert); paired Δ: mean ± sd of the per-seed",
+           "paired with the reference's run of the same seed where both found every shift (column \"missed",
+           "shifts\"; a missed shift merges two tasks into one expert); paired Δ: mean ± sd of the per-seed",
            "differences. ACC is routed (hard routing, the framework's); lenient is the paper's code's metric;",
            "dense / pruned = each task's expert alone just before / right after its pruning; ACC = dense − pruning",
            "loss − drift after pruning − routing loss (means over tasks, points). "
            f"Paper: {study.paper}. Seeds {seeds}, mean ± sd over seeds.", "",
-           "| factor | runs | ACC % | paired Δ ACC (seeds) | lenient % | dense expert % | pruned expert % "
-           "| pruning loss | drift after pruning | routing loss | non-zero params (K) | missed shifts | wall time (s) |",
+           "| factor | runs | ACC % | paired Δ ACC (seeds) | lenient % | dense expert % | pruned expert % | pruning loss "
+           "| drift after pruning | routing loss | non-zero params (K) | missed shifts | wall time (s) |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for label in ["reference", *study.factors]:
-        ms_ = [m for s in seeds if (m := load(root, gap_run_name(name, label, s)))]
-        if not ms_:
-            out.append(f"| {label} | not run | | | | | | | | | | | |")
-            continue
-        get = lambda key: [m[key] for m in ms_ if key in m]  # noqa: E731
-        dense = [float(np.mean(m["per_task_acc_before_prune"])) for m in ms_ if "per_task_acc_before_prune" in m]
-        pruned = [float(np.mean(m["per_task_acc_after_prune"])) for m in ms_ if "per_task_acc_after_prune" in m]
-        pairs = gap_pairs(name, label, root, seeds, "acc")
-        delta = "—" if label == "reference" else f"{ms(pairs, signed=True)} ({len(pairs)})" if pairs else "— (0)"
-        out.append(f"| {label} | {len(ms_)} | {ms(get('acc'))} | {delta} | {ms(get('lenient_acc'))} | {ms(dense)} "
-                   f"| {ms(pruned)} | {ms(get('pruning_loss'))} | {ms(get('expert_drift_after_pruning'))} "
-                   f"| {ms(get('routing_loss'))} | {ms(get('nonzero_params'), 1e-3)} "
-                   f"| {', '.join(str(m.get('tame_detection_missed', '?')) for m in ms_)} "
-                   f"| {ms(get('wall_time_s'), 1.0, 0)} |")
+    out += [gap_row(name, label, root, seeds) for label in ["reference", *study.factors]]
     example = gap_runs(name, seeds[:1])[1]
     notes = REPO / "docs" / "results" / f"tame_{name}_notes.md"  # the hand-written reading of the runs, if any
     return out + ["", *gap_reading(name, root, seeds), "",
@@ -456,31 +443,60 @@ def gap_section(name: str, root: Path, seeds: list[int]) -> list[str]:
                   *(["", notes.read_text().rstrip("\n")] if notes.exists() else [])]
 
 
+def gap_row(name: str, label: str, root: Path, seeds: list[int]) -> str:
+    ms_ = [m for s in seeds if (m := load(root, gap_run_name(name, label, s)))]
+    if not ms_:
+        return f"| {label} | not run | | | | | | | | | | | |"
+    get = lambda key: [m[key] for m in ms_]  # noqa: E731
+    delta = "—"  # the reference's own row
+    if label != "reference":
+        pairs = gap_pairs(name, label, root, seeds, "acc")
+        delta = f"{ms(pairs, signed=True)} ({len(pairs)})" if pairs else "— (0)"
+    return (f"| {label} | {len(ms_)} | {ms(get('acc'))} | {delta} | {ms(get('lenient_acc'))} "
+            f"| {ms([mean_of(m, 'per_task_acc_before_prune') for m in ms_])} "
+            f"| {ms([mean_of(m, 'per_task_acc_after_prune') for m in ms_])} | {ms(get('pruning_loss'))} "
+            f"| {ms(get('expert_drift_after_pruning'))} | {ms(get('routing_loss'))} "
+            f"| {ms(get('nonzero_params'), 1e-3)} | {', '.join(str(m['tame_detection_missed']) for m in ms_)} "
+            f"| {ms(get('wall_time_s'), 1.0, 0)} |")
+
+
+def mean_of(m: dict, key: str) -> float:
+    """A run's figure, or the mean of a per-task list (the dense and pruned experts' accuracies)."""
+    return float(np.mean(m[key]))
+
+
+# ACC = dense − pruning loss − drift after pruning − routing loss: the paired changes of the four add up to ACC's
+PARTS = {"dense expert": "per_task_acc_before_prune", "pruning loss": "pruning_loss",
+         "drift after pruning": "expert_drift_after_pruning", "routing loss": "routing_loss"}
+
+
 def gap_pairs(name: str, label: str, root: Path, seeds: list[int], key: str) -> list[float]:
-    """A factor's metric minus the reference's, seed by seed, where both runs found every shift."""
+    """A factor's figure minus the reference's, seed by seed, where both runs found every shift."""
     out = []
     for s in seeds:
         m, ref = load(root, gap_run_name(name, label, s)), load(root, gap_run_name(name, "reference", s))
         if m and ref and found_all(m) and found_all(ref):
-            out.append(m[key] - ref[key])
+            out.append(mean_of(m, key) - mean_of(ref, key))
     return out
 
 
 def gap_reading(name: str, root: Path, seeds: list[int]) -> list[str]:
-    """Each factor's paired change of ACC and of the two losses, and the reference in the paper's code's metric."""
+    """Each factor's paired change of ACC and of its four parts; the reference in the paper's code's metric."""
     out = []
     for label in GAPS[name].factors:
-        d = {key: gap_pairs(name, label, root, seeds, key) for key in ("acc", "pruning_loss", "routing_loss")}
-        if d["acc"]:
-            delta = {key: ms(values, signed=True) for key, values in d.items()}
-            out.append(f"- {label}: ACC {delta['acc']}, pruning loss {delta['pruning_loss']}, routing loss "
-                       f"{delta['routing_loss']} points, paired over {len(d['acc'])} seed{'s' * (len(d['acc']) > 1)}.")
+        acc = gap_pairs(name, label, root, seeds, "acc")
+        if acc:
+            parts = ", ".join(f"{part} {ms(gap_pairs(name, label, root, seeds, key), signed=True)}"
+                              for part, key in PARTS.items())
+            out.append(f"- {label}: ACC {ms(acc, signed=True)} ({parts}) points, paired over {len(acc)} "
+                       f"seed{'s' * (len(acc) > 1)}.")
+    out = ["Paired with the reference seed by seed (mean ± sd of the differences):", "", *out] if out else []
     ref = [m for s in seeds if (m := load(root, gap_run_name(name, "reference", s)))]
-    if any(abs(m["lenient_acc"] - m["acc"]) >= 5e-4 for m in ref):  # tasks with classes of their own
-        out.append(f"- The reference in the paper's code's metric (lenient: a prediction counts when its index "
-                   f"within its task's classes matches, whichever expert made it): "
-                   f"{ms([m['lenient_acc'] for m in ref])} % (ACC {ms([m['acc'] for m in ref])} %).")
-    return ["Paired with the reference seed by seed (mean ± sd of the differences):", "", *out] if out else []
+    if any(abs(m["lenient_acc"] - m["acc"]) >= LENIENT_DIFFERS for m in ref):  # tasks with classes of their own
+        out += ["", f"The reference in the paper's code's metric (lenient: a prediction counts when its index within "
+                f"its task's classes matches, whichever expert made it): {ms([m['lenient_acc'] for m in ref])} % "
+                f"(ACC {ms([m['acc'] for m in ref])} %)."]
+    return out
 
 
 STUDIES: dict[str, tuple[Callable[[list[int]], list[Run]], Callable[[Path, list[int]], list[str]]]] = {
