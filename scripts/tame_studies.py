@@ -12,6 +12,7 @@ Studies:
   gap_split  split MNIST at the shipped scale: one factor at a time (the selector's schedule,
              learning rate and buffer size), each run paired with the reference's run of the same seed.
   gap_pmnist permuted MNIST (5 tasks) at the shipped scale, the same way (pruning fine-tuning, epochs per task).
+  gap_pmnist20  the 5-task study's largest gain (pruning fine-tuning) on the paper's 20 permuted tasks.
 
 Each run is one `cltrain fit` subprocess (one intra-op thread); a run whose metrics.json exists is skipped. The
 section between `<!-- study:NAME -->` and `<!-- /study:NAME -->` in the document is replaced (appended the first
@@ -82,8 +83,8 @@ ABLATION = {  # factor -> overrides on top of SMALL_TAME (the reference: selecto
 
 @dataclass(frozen=True)
 class GapStudy:
-    """One factor at a time, at the shipped CPU scale (where detection finds every shift, so each factor's run pairs
-    with the reference's run of the same seed): toward the paper's setting, or past it where that locates a loss."""
+    """One factor at a time at the shipped CPU scale, each factor's run paired with the reference's run of the same
+    seed (where both found every shift): toward the paper's setting, or past it where that locates a loss."""
     experiment: str
     stream: str  # said in the section's title and text
     paper: str  # the paper's figure the gap is measured to, in words
