@@ -53,14 +53,19 @@ class ReservoirBuffer:
         target = torch.nonzero(winner >= 0, as_tuple=True)[0]
         rows = winner[target].to(x.device)
         target = target.to(x.device)
-        self.x[target] = x[rows]
-        self.y[target] = y[rows]
-        self.t[target] = t[rows] if t is not None else -1
+        # index_copy_/index_select: the same writes as self.x[target] = x[rows] (target holds each slot once),
+        # without advanced indexing's element-by-element path on the CPU.
+        self.x.index_copy_(0, target, x.index_select(0, rows).to(self.x.dtype))
+        self.y.index_copy_(0, target, y.index_select(0, rows).to(self.y.dtype))
+        if t is not None:
+            self.t.index_copy_(0, target, t.index_select(0, rows).to(self.t.dtype))
+        else:
+            self.t.index_fill_(0, target, -1)
 
     def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """n rows drawn uniformly with replacement from what the buffer holds."""
         picks = torch.randint(len(self), (n,), generator=self.generator).to(self.y.device)
-        return self.x[picks], self.y[picks], self.t[picks]
+        return self.x.index_select(0, picks), self.y.index_select(0, picks), self.t.index_select(0, picks)
 
     def digest(self) -> float:
         """A checksum of the contents (order-sensitive), to compare buffers across processes cheaply."""

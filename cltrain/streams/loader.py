@@ -170,7 +170,7 @@ class PhaseLoader:
         if whole is None:
             return per_batch
         x_all, y_all = whole
-        return lambda rows: (x_all[rows], y_all[rows])
+        return lambda rows: (x_all.index_select(0, rows), y_all.index_select(0, rows))  # = x_all[rows], faster
 
     def __iter__(self) -> Iterator[Batch]:
         # A segment is cut before its fit starts, and the first fit is what moves the stream to the training
@@ -280,4 +280,5 @@ def eval_batches(stream: Stream, task_id: int, batch_size: int, rank: int = 0, w
     idx = idx[rank::world_size]
     for start in range(0, idx.numel(), batch_size):
         base = idx[start:start + batch_size]
-        yield stream.transform.for_task(arrays.images[base], task_id), arrays.labels[base]
+        images, labels = arrays.images.index_select(0, base), arrays.labels.index_select(0, base)  # = [base], faster
+        yield stream.transform.for_task(images, task_id), labels

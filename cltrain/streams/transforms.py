@@ -47,10 +47,12 @@ class PermuteTransform(BatchTransform):
         return self.normalise(torch.gather(flat, 2, index).view(b, c, h, w))
 
     def for_task(self, x: torch.Tensor, task_id: int) -> torch.Tensor:
-        # One task: select the pixel columns once instead of gathering with a [B, C, H*W] int64 index
-        # (8 bytes of index per uint8 pixel). Both copy the same values, so the output is identical.
+        # One task: gather with the task's permutation broadcast over the batch (a stride-0 view, no [B, C, H*W]
+        # int64 index in memory). Same values as forward(); on the CPU ~2x faster than index_select on the
+        # last dimension, which copies uint8 columns one by one (measured on 128- and 2,000-row batches).
         b, c, h, w = x.shape
-        return self.normalise(x.reshape(b, c, h * w).index_select(2, self.perms[task_id]).view(b, c, h, w))
+        index = self.perms[task_id].view(1, 1, h * w).expand(b, c, h * w)
+        return self.normalise(torch.gather(x.reshape(b, c, h * w), 2, index).view(b, c, h, w))
 
 
 class RotateTransform(BatchTransform):
