@@ -129,3 +129,26 @@ def test_a_run_gives_the_same_metrics_materialised_or_per_batch(tmp_path, monkey
     assert runs[0] == runs[1]
     assert len(made) == 3  # every phase of the second run was materialised (the first run's never)
     assert len(runs[0]["acc_matrix"]) == 3 and "val_acc_matrix" in runs[0]
+
+
+def test_train_and_eval_batches_are_the_rows_asked_for_permuted_as_written():
+    """The data path's index_select / broadcast gather return what plain indexing and the task's permutation
+    say: rows `base` of the training images (eval: the task's test images in order), pixels in perms[task]."""
+    from cltrain.streams.loader import eval_batches
+
+    stream = build("stream.n_tasks=3")
+    t = stream.transform
+
+    def written(images, task):  # the definition, with advanced indexing: pixel i of the output is perms[task][i]
+        flat = images.reshape(images.shape[0], 1, -1)[:, :, t.perms[task]]
+        return (flat.reshape(images.shape).float() / 255.0 - t.mean) / t.std
+
+    base = torch.randperm(stream.train.labels.numel(), generator=torch.Generator().manual_seed(1))[:257]
+    for task in range(3):
+        x, y = stream.train_batch(base, torch.full_like(base, task), task)
+        assert torch.equal(x, written(stream.train.images[base], task)) and torch.equal(y, stream.train.labels[base])
+        xs, ys = zip(*eval_batches(stream, task, 700))
+        idx = stream.tasks[task].test_idx
+        assert torch.equal(torch.cat(xs), written(stream.test.images[idx], task))
+        assert torch.equal(torch.cat(ys), stream.test.labels[idx])
+    assert not torch.equal(written(stream.train.images[base], 1), written(stream.train.images[base], 2))
