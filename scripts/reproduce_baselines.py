@@ -619,7 +619,8 @@ per task, domain-incremental (one 10-way head, no task id), on MNIST padded to 3
 the protocol-length checks run both sizes.
 
 **Where this run departs from the protocol** (each changes the numbers):
-- Iterations per task here: split MNIST {split}, permuted MNIST {pmnist} (protocol: 2000 and 5000).{test_cut}
+- Iterations per task here: split MNIST {split}, permuted MNIST {pmnist} (protocol: 2000 and 5000).{test_cut} docs/results/baselines_protocol.md tunes permuted MNIST the same way on the full protocol (5000
+  iterations, 32×32 inputs, every test image; `scripts/baselines_protocol.py`, a reproduction that spans sessions).
 - **{n} seeds ({seeds})**, mean ± sd (sample sd) over them; the paper: 20 seeds, ± SEM (its sd is √20 = 4.5 times
   the printed SEM).
 - Hyperparameters picked on **validation data** (10 % of each task's training images held out,

@@ -1,0 +1,53 @@
+"""scripts/baselines_protocol.py: the protocol runs' overrides, and a page that says what is still missing
+(hand-written run folders; the real runs take 20-40 minutes each)."""
+import json
+
+import yaml
+
+from conftest import load_script
+
+
+def script():
+    return load_script("baselines_protocol")
+
+
+def _run(base, name, learner, seed, val, acc=0.9, stalled=False):
+    """A finished run folder as cltrain writes it (the keys the page and cltrain.selection read)."""
+    run = base / name
+    run.mkdir(parents=True)
+    cfg = {"name": "baselines/pmnist", "seed": seed, "learner": learner,
+           "stream": {"pad": 2, "val_fraction": 0.1}, "trainer": {"steps_per_task": 5000}}
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    after = [[0.1, 0.1], [0.1, 0.1]] if stalled else [[0.9, 0.1], [0.8, 0.9]]
+    (run / "metrics.json").write_text(json.dumps({
+        "acc": acc, "val_acc": val, "acc_matrix": [[0.9, 0.1], [0.8, 0.95]], "val_acc_matrix": after,
+        "val_acc_init": [0.1, 0.1], "wall_time_s": 1500.0}))
+
+
+def test_protocol_runs_are_32x32_at_5000_iterations_on_every_test_image(tmp_path):
+    s = script()
+    jobs = s.rb.first_round(s.settings([0, 1, 2], [0]), tmp_path, (s.BENCH, s.SCENARIO, s.STEPS))
+    assert {job[2] for job in jobs} == {5000}
+    assert all(job[6] == ("stream.pad=2",) for job in jobs)  # no test subset, the experiment's pixels
+    plain = [job for job in jobs if job[5].name.startswith(("finetuning", "joint", "experience"))]
+    assert len(plain) == 9 and len(jobs) == 9 + 12  # plain methods on 3 seeds; 3 grids of 4 points on seed 0
+
+
+def test_page_of_a_partial_reproduction_says_what_is_missing(tmp_path):
+    s = script()
+    runs = tmp_path / "protocol32"
+    base = s.rb.folder(runs, s.BENCH, s.SCENARIO, s.STEPS)
+    opts = s.settings([0, 1, 2], [0])
+    assert "No run has finished yet." in s.page(opts, runs)
+    _run(base, "finetuning_s0", {"name": "finetune"}, 0, 0.75, acc=0.74)
+    _run(base, "ewc_0.05_s0", {"name": "ewc", "mode": "offline", "lam": 0.05}, 0, 0.80)
+    _run(base, "ewc_5.0_s0", {"name": "ewc", "mode": "offline", "lam": 5.0}, 0, 0.93, acc=0.92)
+    _run(base, "ewc_500.0_s0", {"name": "ewc", "mode": "offline", "lam": 500.0}, 0, 0.97, stalled=True)
+    text = s.page(opts, runs)
+    assert "**Finished: 4 of 27 runs.**" in text  # 9 plain + 12 grid + 3 picks x 2 more seeds
+    assert "EWC 3 of 4 grid points" in text and "online EWC 0 of 4" in text and "SI 0 of 4" in text
+    ewc = next(line for line in text.splitlines() if line.startswith("| EWC |"))
+    assert "**92.0 ± 0.0**" in ewc and "learner.lam=5.0" in ewc  # the stalled point is not picked
+    assert "(stopped learning)" in ewc
+    assert next(line for line in text.splitlines() if line.startswith("| fine-tuning |")).startswith(
+        "| fine-tuning | **74.0 ± 0.0** | 1 |")
