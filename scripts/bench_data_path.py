@@ -1,11 +1,13 @@
 """Benchmark: cltrain's per-batch data path, this checkout against another, without a model.
 
-Two measurements per process, each the best of --repeats, in wall and process CPU milliseconds:
+Three measurements per process, each the best of --repeats, in wall and process CPU milliseconds:
 
   phase    one 60,000-row permuted-MNIST phase in shuffled batches of 128 through `Stream.train_batch` (row gather,
            the task's pixel permutation, normalisation): what a CPU run does per training batch at 1 epoch per task
   eval     one evaluation's input batches: every task's 10,000 test images in batches of 2,000 through
            `eval_batches` (what an accuracy-matrix row costs besides the forward passes)
+  mixed    60,000 rows of random tasks (of 10) in batches of 128 through `Stream.train_batch` without a task:
+           the per-row permutation gather of rehearsal phases that mix tasks (power-law schedules)
 
 Rows alternate between the two checkouts, each in a fresh process (PYTHONPATH picks the code):
 
@@ -23,6 +25,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+PATHS = ("phase", "eval", "mixed")
 
 
 def worker(threads: int, repeats: int) -> None:
@@ -44,13 +47,19 @@ def worker(threads: int, repeats: int) -> None:
         for rows in batches:
             stream.train_batch(rows, tids[:rows.numel()], 1)
 
+    mixed_ids = torch.randint(0, 10, (idx.numel(),), generator=torch.Generator().manual_seed(1))
+
+    def mixed() -> None:
+        for k, rows in enumerate(batches):
+            stream.train_batch(rows, mixed_ids[k * 128:k * 128 + rows.numel()])
+
     def evaluate() -> None:
         for task in stream.tasks:
             for _ in eval_batches(stream, task.id, 2000):
                 pass
 
     out = {}
-    for name, fn in (("phase", phase), ("eval", evaluate)):
+    for name, fn in (("phase", phase), ("eval", evaluate), ("mixed", mixed)):
         times = []
         for _ in range(repeats):
             wall, cpu = time.perf_counter(), time.process_time()
@@ -88,19 +97,19 @@ def main() -> None:
         for name in order:
             results[name].append(measure(rows[name], args))
             res = results[name][-1]
-            print(f"round {r + 1} {name:14s} phase {res['phase'][0]:7.1f} ms (CPU {res['phase'][1]:7.1f})  "
-                  f"eval {res['eval'][0]:7.1f} ms (CPU {res['eval'][1]:7.1f})", flush=True)
+            print(f"round {r + 1} {name:14s} " + "  ".join(f"{p} {res[p][0]:7.1f} ms (CPU {res[p][1]:7.1f})"
+                                                         for p in PATHS), flush=True)
     print(f"\n{args.threads} thread(s), {args.rounds} round(s), best of {args.repeats} per process; "
           "median [min-max] over the rounds, ms")
-    print(f"{'row':14s} {'phase wall':>22s} {'phase CPU':>22s} {'eval wall':>22s} {'eval CPU':>22s}")
+    print(f"{'row':14s} " + " ".join(f"{f'{p} {kind}':>22s}" for p in PATHS for kind in ("wall", "CPU")))
     for name, res in results.items():
         cells = []
-        for path in ("phase", "eval"):
+        for path in PATHS:
             for k in (0, 1):
                 vals = [x[path][k] for x in res]
                 cells.append(f"{statistics.median(vals):7.1f} [{min(vals):6.1f}-{max(vals):6.1f}]")
         print(f"{name:14s} " + " ".join(f"{c:>22s}" for c in cells))
-    for path in ("phase", "eval"):
+    for path in PATHS:
         ratios = [h[path][1] / b[path][1] for h, b in zip(results["this checkout"], results["base"])]
         print(f"{path} CPU, this checkout / base, per round: {statistics.median(ratios):.3f} "
               f"[{min(ratios):.3f}-{max(ratios):.3f}]")

@@ -148,7 +148,7 @@ class PhaseLoader:
     def _make(self, segment: Segment, rows: torch.Tensor, n_global: int) -> Batch:
         """The batch of `rows` (positions in the segment); one seam where tests count what the loader hands over."""
         x, y = self._rows_of(rows)
-        t = None if self.hide_task_ids else segment.task_ids[rows]
+        t = None if self.hide_task_ids else segment.task_ids.index_select(0, rows)
         return Batch(x, y, t, int(y.shape[0]), n_global)
 
     def _batch(self, base: torch.Tensor, t: torch.Tensor, n_global: int) -> Batch:
@@ -161,7 +161,8 @@ class PhaseLoader:
         task = single_task(segment.task_ids)
 
         def per_batch(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            return self.stream.train_batch(segment.idx[rows], segment.task_ids[rows], task)
+            base, task_ids = segment.idx.index_select(0, rows), segment.task_ids.index_select(0, rows)
+            return self.stream.train_batch(base, task_ids, task)
 
         draws = (segment.n_batches - segment.skip) * self.batch_size // self.world_size
         if self.materialise_bytes <= 0 or draws < MIN_PASSES.get(segment.idx.device.type, 1) * segment.idx.numel():
@@ -228,8 +229,8 @@ class PhaseLoader:
             yield self._mixed_batch(pieces)
 
     def _mixed_batch(self, pieces: list[tuple[Segment, torch.Tensor]]) -> Batch:
-        base = torch.cat([segment.idx[rows] for segment, rows in pieces])
-        t = torch.cat([segment.task_ids[rows] for segment, rows in pieces])
+        base = torch.cat([segment.idx.index_select(0, rows) for segment, rows in pieces])
+        t = torch.cat([segment.task_ids.index_select(0, rows) for segment, rows in pieces])
         mine = slice(self.rank, None, self.world_size)
         return self._batch(base[mine], t[mine], base.numel())
 
