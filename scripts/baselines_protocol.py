@@ -43,19 +43,38 @@ def grid_progress(base: Path, tune_seeds: list[int]) -> dict[str, tuple[int, int
     return out
 
 
-def planned(base: Path, args) -> tuple[int, int]:
-    """(runs finished, runs the two rounds make): plain methods on every seed, every grid point on the tune
-    seeds, each pick on the other seeds."""
-    total = 0
+def missing(runs: Path, args) -> tuple[int, int, list[str]]:
+    """(planned runs finished, planned runs, what is still to run, in words). Planned: plain methods on every
+    seed, every grid point on the tune seeds, each method's pick on the other seeds (which point that is shows
+    once its grid is done). Run folders outside the plan (other seeds, an earlier pick) are not counted."""
+    base = rb.folder(runs, BENCH, SCENARIO, STEPS)
+    others = [s for s in args.seeds if s not in args.tune_seeds]
+    counts = {"runs of the plain methods": [0, 0], "grid points on the tune seeds": [0, 0],
+              "runs of the picks on the other seeds": [0, 0]}  # what -> [finished, planned]
+
+    def count(what: str, method: str, point: list[str] | None, seeds: list[int]) -> None:
+        counts[what][0] += sum((base / rb.point_name(method, point, s) / "metrics.json").exists()
+                               for s in seeds) if point is not None else 0
+        counts[what][1] += len(seeds)
+
     for method, points in rb.BENCHMARKS[BENCH].methods.items():
-        total += len(args.seeds) if len(points) == 1 else len(points) * len(args.tune_seeds) + len(
-            set(args.seeds) - set(args.tune_seeds))
-    return len(list(base.glob("*/metrics.json"))), total
+        if len(points) == 1:
+            count("runs of the plain methods", method, points[0], args.seeds)
+            continue
+        before = counts["grid points on the tune seeds"][0]
+        for point in points:
+            count("grid points on the tune seeds", method, point, args.tune_seeds)
+        grid_done = counts["grid points on the tune seeds"][0] - before == len(points) * len(args.tune_seeds)
+        pick = rb.picked(runs, BENCH, SCENARIO, STEPS, method, args.tune_seeds) if grid_done else None
+        count("runs of the picks on the other seeds", method, pick, others)
+    done, total = (sum(c[k] for c in counts.values()) for k in (0, 1))
+    return done, total, [f"{planned - finished} {what}" for what, (finished, planned) in counts.items()
+                         if finished < planned]
 
 
 def page(args, runs: Path) -> str:
     base = rb.folder(runs, BENCH, SCENARIO, STEPS)
-    done, total = planned(base, args) if base.is_dir() else (0, 0)
+    done, total, left = missing(runs, args) if base.is_dir() else (0, 0, [])
     head = HEAD.format(seeds=" ".join(map(str, args.seeds)), tune=" ".join(map(str, args.tune_seeds)),
                        runs=rb.shown(runs))
     if done == 0:
@@ -64,9 +83,9 @@ def page(args, runs: Path) -> str:
     open_grids = [f"{m} {d} of {n} grid points" for m, (d, n) in progress.items() if d < n]
     rows, differ = rb.table(runs, BENCH, SCENARIO, STEPS, args.tune_seeds)
     status = (f"**Finished: {done} of {total} runs.** "
+              + (f"Still to run: {', '.join(left)}. " if left else "")
               + (f"Grids not finished on the tune seeds ({', '.join(open_grids)}): the picks below are among "
-                 "the points run so far and may change. " if open_grids else "")
-              + ("Methods with fewer seeds than asked have yet to run on the others. " if done < total else ""))
+                 "the points run so far and may change. " if open_grids else ""))
     differ_line = ("Differs from the paper by more than both spreads (`*`): " + ", ".join(differ) + "."
                    if differ else "No mean differs from the paper's by more than both spreads.")
     return (head + f"\n{status.strip()}\n\n" + rb.HEADER + "\n".join(rows)

@@ -45,9 +45,30 @@ def test_page_of_a_partial_reproduction_says_what_is_missing(tmp_path):
     _run(base, "ewc_500.0_s0", {"name": "ewc", "mode": "offline", "lam": 500.0}, 0, 0.97, stalled=True)
     text = s.page(opts, runs)
     assert "**Finished: 4 of 27 runs.**" in text  # 9 plain + 12 grid + 3 picks x 2 more seeds
+    assert "Still to run: 8 runs of the plain methods, 9 grid points on the tune seeds, 6 runs of the picks" in text
     assert "EWC 3 of 4 grid points" in text and "online EWC 0 of 4" in text and "SI 0 of 4" in text
     ewc = next(line for line in text.splitlines() if line.startswith("| EWC |"))
     assert "**92.0 ± 0.0**" in ewc and "learner.lam=5.0" in ewc  # the stalled point is not picked
     assert "(stopped learning)" in ewc
     assert next(line for line in text.splitlines() if line.startswith("| fine-tuning |")).startswith(
         "| fine-tuning | **74.0 ± 0.0** | 1 |")
+
+
+def test_count_follows_the_plan_not_the_folders(tmp_path):
+    """Runs outside the plan (another seed, a point that was not picked) do not count; with two tune seeds a
+    grid point counts per tune seed, and a finished grid's pick is looked for on the remaining seed."""
+    s = script()
+    runs = tmp_path / "protocol32"
+    base = s.rb.folder(runs, s.BENCH, s.SCENARIO, s.STEPS)
+    _run(base, "finetuning_s0", {"name": "finetune"}, 0, 0.75)
+    _run(base, "ewc_5.0_s3", {"name": "ewc", "mode": "offline", "lam": 5.0}, 3, 0.93)  # seed 3: not asked for
+    for seed in (0, 1):
+        for lam, val in (("0.05", 0.80), ("5.0", 0.93), ("500.0", 0.90), ("50000.0", 0.50)):
+            _run(base, f"ewc_{lam}_s{seed}", {"name": "ewc", "mode": "offline", "lam": float(lam)}, seed, val)
+    _run(base, "ewc_500.0_s2", {"name": "ewc", "mode": "offline", "lam": 500.0}, 2, 0.90)  # not the pick
+    done, total, left = s.missing(runs, s.settings([0, 1, 2], [0, 1]))
+    assert (done, total) == (9, 9 + 24 + 3)  # plain on 3 seeds; 3 grids x 4 points x 2 tune seeds; picks x seed 2
+    assert left == ["8 runs of the plain methods", "16 grid points on the tune seeds",
+                    "3 runs of the picks on the other seeds"]
+    _run(base, "ewc_5.0_s2", {"name": "ewc", "mode": "offline", "lam": 5.0}, 2, 0.93)  # the pick, on seed 2
+    assert s.missing(runs, s.settings([0, 1, 2], [0, 1]))[0] == 10

@@ -44,6 +44,13 @@ def test_batched_insertion_equals_one_at_a_time():
             if j < 8:
                 slots[j] = i
     assert a.y.tolist() == slots
+    assert torch.equal(a.x[:, 0], a.y.float())  # each slot's inputs are its row's
+    assert bool((a.t == -1).all())  # no task ids given
+    b = ReservoirBuffer(8, seed=3)
+    for start in range(0, 100, 25):
+        rows = data[start:start + 25]
+        b.add(rows[:, None].float(), rows, rows % 7)
+    assert b.y.tolist() == slots and b.t.tolist() == [v % 7 for v in slots]
 
 
 def test_state_round_trip_continues_identically():

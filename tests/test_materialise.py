@@ -152,3 +152,8 @@ def test_train_and_eval_batches_are_the_rows_asked_for_permuted_as_written():
         assert torch.equal(torch.cat(xs), written(stream.test.images[idx], task))
         assert torch.equal(torch.cat(ys), stream.test.labels[idx])
     assert not torch.equal(written(stream.train.images[base], 1), written(stream.train.images[base], 2))
+    mixed = torch.randint(0, 3, (base.numel(),), generator=torch.Generator().manual_seed(2))  # rows of 3 tasks
+    x, _ = stream.train_batch(base, mixed)
+    for task in range(3):
+        rows = mixed == task
+        assert torch.equal(x[rows], written(stream.train.images[base[rows]], task))

@@ -69,6 +69,7 @@ class Stream:
         """(inputs, targets) of training rows `base` (indices into `train`); other stream kinds override this.
 
         `task` is set when every row is that task's: the transform may take a cheaper path to the same values.
+        `base` and `task_ids` live on the stream's device (Stream.to moves the tasks' indices there).
         The result must depend on the rows alone (not on the batch they come in), so that the loader may
         transform a whole phase at once (cltrain.streams.loader).
         """
