@@ -280,15 +280,16 @@ def table(runs: Path, bench: str, scenario: str, steps: int, tune_seeds: list[in
         name = method_of(dict(pick.method.key))
         acc = mean_sd([m["acc"] * 100 for m in pick.chosen.metrics])
         val = mean_sd([m["val_acc"] * 100 for m in pick.chosen.metrics])
-        ref = paper.get(name)
+        ref, n = paper.get(name), len(pick.chosen.metrics)
         gap = "—"
         if ref is not None:
             gap = f"{acc[0] - ref[0]:+.1f}"
-            if beyond_spreads(acc, ref):
+            if n > 1 and beyond_spreads(acc, ref):  # one seed has no spread to compare
                 gap += " *"
                 differ.append(name)
-        rows.append(f"| {name} | **{acc[0]:.1f} ± {acc[1]:.1f}** | {len(pick.chosen.metrics)} | "
-                    f"{f'{ref[0]:.2f} ± {ref[1]:.2f}' if ref else '—'} | {gap} | {val[0]:.1f} ± {val[1]:.1f} | "
+        spread = lambda ms: f"{ms[0]:.1f} ± {ms[1]:.1f}" if n > 1 else f"{ms[0]:.1f}"
+        rows.append(f"| {name} | **{spread(acc)}** | {n} | "
+                    f"{f'{ref[0]:.2f} ± {ref[1]:.2f}' if ref else '—'} | {gap} | {spread(val)} | "
                     f"{pick.chosen_setting() + edge(pick) if pick.grid else '—'} | "
                     f"{grid_scores(pick, tune_seeds) if pick.grid else '—'} |")
     return rows, differ
