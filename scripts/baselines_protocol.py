@@ -6,8 +6,8 @@ the protocol's length only as checks at the authors' settings. This page is the 
 iterations per task, MNIST padded to 32x32 and permuted over all 1,024 positions, every test image, with each
 regularised method's strength picked on validation data from the same grids (scripts/reproduce_baselines.py's
 BENCHMARKS["pmnist"]) and the same two rounds: plain methods on every seed and every grid point on the tune
-seeds, then each pick on the other seeds. A run takes 20-40 minutes on one core, so a reproduction spans
-sessions: finished runs are reused, and the page says what is still missing.
+seeds, then each pick on the other seeds. A run took 35-45 minutes here (two side by side), so a reproduction
+spans sessions: finished runs are reused, and the page says what is still missing.
 
     CLTRAIN_DATA=../shared/data python scripts/baselines_protocol.py --jobs 2
         [--runs runs/baselines/protocol32] [--seeds 0 1 2] [--tune-seeds 0] [--doc-only]
@@ -32,55 +32,45 @@ def settings(seeds: list[int], tune_seeds: list[int]) -> SimpleNamespace:
                            pmnist_steps=STEPS)
 
 
-def grid_progress(base: Path, tune_seeds: list[int]) -> dict[str, tuple[int, int]]:
-    """method -> (grid points finished on every tune seed, grid points) for each tuned method."""
-    out = {}
-    for method, points in rb.BENCHMARKS[BENCH].methods.items():
-        if len(points) > 1:
-            done = sum(all((base / rb.point_name(method, p, s) / "metrics.json").exists() for s in tune_seeds)
-                       for p in points)
-            out[method] = (done, len(points))
-    return out
-
-
-def missing(runs: Path, args) -> tuple[int, int, list[str]]:
-    """(planned runs finished, planned runs, what is still to run, in words). Planned: plain methods on every
-    seed, every grid point on the tune seeds, each method's pick on the other seeds (which point that is shows
-    once its grid is done). Run folders outside the plan (other seeds, an earlier pick) are not counted."""
+def missing(runs: Path, args) -> tuple[int, int, list[str], list[str]]:
+    """(planned runs finished, planned runs, what is still to run, the grids not finished, both in words).
+    Planned: plain methods on every seed, every grid point on the tune seeds, each method's pick on the other
+    seeds (which point that is shows once its grid is done). Run folders outside the plan (other seeds, an
+    earlier pick) are not counted."""
     base = rb.folder(runs, BENCH, SCENARIO, STEPS)
+    finished = lambda method, point, seed: (base / rb.point_name(method, point, seed) / "metrics.json").exists()
     others = [s for s in args.seeds if s not in args.tune_seeds]
     counts = {"runs of the plain methods": [0, 0], "grid points on the tune seeds": [0, 0],
               "runs of the picks on the other seeds": [0, 0]}  # what -> [finished, planned]
+    open_grids = []
 
     def count(what: str, method: str, point: list[str] | None, seeds: list[int]) -> None:
-        counts[what][0] += sum((base / rb.point_name(method, point, s) / "metrics.json").exists()
-                               for s in seeds) if point is not None else 0
+        counts[what][0] += sum(finished(method, point, s) for s in seeds) if point is not None else 0
         counts[what][1] += len(seeds)
 
     for method, points in rb.BENCHMARKS[BENCH].methods.items():
         if len(points) == 1:
             count("runs of the plain methods", method, points[0], args.seeds)
             continue
-        before = counts["grid points on the tune seeds"][0]
         for point in points:
             count("grid points on the tune seeds", method, point, args.tune_seeds)
-        grid_done = counts["grid points on the tune seeds"][0] - before == len(points) * len(args.tune_seeds)
-        pick = rb.picked(runs, BENCH, SCENARIO, STEPS, method, args.tune_seeds) if grid_done else None
+        points_done = sum(all(finished(method, p, s) for s in args.tune_seeds) for p in points)
+        if points_done < len(points):
+            open_grids.append(f"{method} {points_done} of {len(points)} grid points")
+        pick = rb.picked(runs, BENCH, SCENARIO, STEPS, method, args.tune_seeds) if points_done == len(points) else None
         count("runs of the picks on the other seeds", method, pick, others)
     done, total = (sum(c[k] for c in counts.values()) for k in (0, 1))
-    return done, total, [f"{planned - finished} {what}" for what, (finished, planned) in counts.items()
-                         if finished < planned]
+    left = [f"{planned - n} {what}" for what, (n, planned) in counts.items() if n < planned]
+    return done, total, left, open_grids
 
 
 def page(args, runs: Path) -> str:
     base = rb.folder(runs, BENCH, SCENARIO, STEPS)
-    done, total, left = missing(runs, args) if base.is_dir() else (0, 0, [])
+    done, total, left, open_grids = missing(runs, args) if base.is_dir() else (0, 0, [], [])
     head = HEAD.format(seeds=" ".join(map(str, args.seeds)), tune=" ".join(map(str, args.tune_seeds)),
                        runs=rb.shown(runs))
     if done == 0:
         return head + "\nNo run has finished yet.\n"
-    progress = grid_progress(base, args.tune_seeds)
-    open_grids = [f"{m} {d} of {n} grid points" for m, (d, n) in progress.items() if d < n]
     rows, differ = rb.table(runs, BENCH, SCENARIO, STEPS, args.tune_seeds)
     status = (f"**Finished: {done} of {total} runs.** "
               + (f"Still to run: {', '.join(left)}. " if left else "")

@@ -67,7 +67,7 @@ def test_count_follows_the_plan_not_the_folders(tmp_path):
         for lam, val in (("0.05", 0.80), ("5.0", 0.93), ("500.0", 0.90), ("50000.0", 0.50)):
             _run(base, f"ewc_{lam}_s{seed}", {"name": "ewc", "mode": "offline", "lam": float(lam)}, seed, val)
     _run(base, "ewc_500.0_s2", {"name": "ewc", "mode": "offline", "lam": 500.0}, 2, 0.90)  # not the pick
-    done, total, left = s.missing(runs, s.settings([0, 1, 2], [0, 1]))
+    done, total, left, _ = s.missing(runs, s.settings([0, 1, 2], [0, 1]))
     assert (done, total) == (9, 9 + 24 + 3)  # plain on 3 seeds; 3 grids x 4 points x 2 tune seeds; picks x seed 2
     assert left == ["8 runs of the plain methods", "16 grid points on the tune seeds",
                     "3 runs of the picks on the other seeds"]
