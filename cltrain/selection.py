@@ -67,17 +67,28 @@ def _check_tuned(groups: list[Group], tune: list[str]) -> None:
                           f"of these runs, e.g. those that vary: {', '.join(varying) or 'none'}")
 
 
-def _val_score(group: Group, seeds: Optional[Collection[int]] = None) -> float:
+def _val_score(group: Group, seeds: Optional[Collection[int]] = None) -> Optional[float]:
+    """Mean validation ACC over the group's runs on `seeds` (all runs without it); None when none ran on them."""
     for run, metrics in zip(group.runs, group.metrics):
         if metrics.get(CRITERION) is None:
             raise ConfigError(f"run {run} has no '{CRITERION}' in metrics.json; valid for --select val: runs "
                               "made with stream.val_fraction > 0")
     scored = [m for run, m in zip(group.runs, group.metrics) if seeds is None or run_seed(run) in seeds]
-    if not scored:
-        have = sorted(run_seed(run) for run in group.runs)
-        raise ConfigError(f"bad value {','.join(map(str, sorted(seeds or [])))!r} for '--tune-seeds'; valid: seeds "
-                          f"every grid point was run with (runs {group.runs[0].parent} ... have seeds {have})")
-    return mean_sd([m[CRITERION] for m in scored])[0]
+    return mean_sd([m[CRITERION] for m in scored])[0] if scored else None
+
+
+def _scored(candidates: list[tuple[Group, Optional[float]]],
+            seeds: Optional[Collection[int]]) -> list[tuple[Group, float]]:
+    """A method of one grid point has nothing to choose, so its runs may all lie outside the tune seeds (it is
+    then scored on all of them, for the table); a grid needs every point run on the tune seeds."""
+    if len(candidates) == 1 and candidates[0][1] is None:
+        return [(candidates[0][0], _val_score(candidates[0][0]))]
+    for group, score in candidates:
+        if score is None:
+            have = sorted(run_seed(run) for run in group.runs)
+            raise ConfigError(f"bad value {','.join(map(str, sorted(seeds or [])))!r} for '--tune-seeds'; valid: "
+                              f"seeds every grid point was run with (runs {group.runs[0].parent} ... have seeds {have})")
+    return candidates
 
 
 def learns_every_task(metrics: dict) -> bool:
@@ -111,6 +122,11 @@ def select(groups: list[Group], tune: list[str], seeds: Optional[Collection[int]
         for k, v in group.key:
             if k in tune and v not in pick.grid.setdefault(k, []):
                 pick.grid[k].append(v)
+    if seeds is not None and all(score is None for p in picks.values() for _, score in p.candidates):
+        raise ConfigError(f"bad value {','.join(map(str, sorted(seeds)))!r} for '--tune-seeds': no run has one of "
+                          f"these seeds; valid: seeds of these runs ({sorted({run_seed(r) for g in groups for r in g.runs})})")
+    for pick in picks.values():
+        pick.candidates = _scored(pick.candidates, seeds)
     _label([p.method for p in picks.values()])
     return list(picks.values())
 

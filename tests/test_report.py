@@ -116,6 +116,27 @@ def test_tune_seeds_compares_grid_points_on_those_seeds_only(tmp_path, capsys):
     assert "only with --select val" in capsys.readouterr().err
 
 
+def test_tune_seeds_leave_a_method_without_a_grid_to_its_own_seeds(tmp_path, capsys):
+    # Fine-tuning has no grid, so nothing is chosen for it: its runs on seeds 1, 2 only are reported as they are,
+    # while EWC's two grid points are compared on seed 0.
+    for lam, val in ((10.0, 0.8), (100.0, 0.7)):
+        _tuned_run(tmp_path / f"ewc{lam}" / "0", {"name": "ewc", "lam": lam}, 0, val, 0.6)
+    for seed in (1, 2):
+        _tuned_run(tmp_path / "ft" / str(seed), {"name": "finetune"}, seed, 0.4 + 0.1 * seed, 0.3)
+    out = tmp_path / "sel" / "table"
+    base = ["report", str(tmp_path), "--select", "val", "--tune", "learner.lam", "--out", str(out)]
+    assert main([*base, "--tune-seeds", "0"]) == 0
+    rows = {r["method"]: r for r in csv.DictReader(out.with_suffix(".csv").open())}
+    assert rows["learner.name=ewc"]["picked (by val ACC)"] == "learner.lam=10.0"
+    assert rows["learner.name=finetune"]["n"] == "2"
+    assert float(rows["learner.name=finetune"]["val ACC mean"]) == pytest.approx(0.55)
+    capsys.readouterr()
+    assert main([*base, "--tune-seeds", "1"]) == 2  # the grid's points did not run on seed 1
+    assert "'--tune-seeds'" in capsys.readouterr().err
+    assert main([*base, "--tune-seeds", "7"]) == 2  # no run at all has seed 7
+    assert "no run has one of these seeds" in capsys.readouterr().err
+
+
 def test_a_run_made_before_a_key_existed_groups_with_runs_that_have_it_at_its_default(tmp_path, capsys):
     # A grid extended after an upgrade: the old points' config.yaml lacks optim.grad_clip_norm (added later,
     # default null), the new point's has it. They are one method's grid, not two methods.
