@@ -8,6 +8,8 @@ Three measurements per process, each the best of --repeats, in wall and process 
            `eval_batches` (what an accuracy-matrix row costs besides the forward passes)
   mixed    60,000 rows of random tasks (of 10) in batches of 128 through `Stream.train_batch` without a task:
            the per-row permutation gather of rehearsal phases that mix tasks (power-law schedules)
+  rotated  `phase` on the rotated stream (10 tasks, task 1): each batch's sampling grid and bilinear rotation
+  rot_mix  `mixed` on the rotated stream
 
 Rows alternate between the two checkouts, each in a fresh process (PYTHONPATH picks the code):
 
@@ -25,7 +27,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PATHS = ("phase", "eval", "mixed")
+PATHS = ("phase", "eval", "mixed", "rotated", "rot_mix")
 
 
 def worker(threads: int, repeats: int) -> None:
@@ -37,29 +39,34 @@ def worker(threads: int, repeats: int) -> None:
     from cltrain.streams.base import STREAMS
     from cltrain.streams.loader import eval_batches
 
-    stream = STREAMS.get("permuted")(load_config("bench/pmnist_naive", ["stream.n_tasks=10"])).to(torch.device("cpu"))
+    def stream_of(name: str):
+        cfg = load_config("bench/pmnist_naive", [f"stream.name={name}", "stream.n_tasks=10"])
+        return STREAMS.get(name)(cfg).to(torch.device("cpu"))
+
+    stream, rotated = stream_of("permuted"), stream_of("rotated")
     idx = stream.tasks[1].train_idx
     tids = torch.full_like(idx, 1)
     order = torch.randperm(idx.numel(), generator=torch.Generator().manual_seed(0))
     batches = [idx[order[i:i + 128]] for i in range(0, idx.numel(), 128)]
-
-    def phase() -> None:
-        for rows in batches:
-            stream.train_batch(rows, tids[:rows.numel()], 1)
-
     mixed_ids = torch.randint(0, 10, (idx.numel(),), generator=torch.Generator().manual_seed(1))
 
-    def mixed() -> None:
+    def phase(s=stream) -> None:
+        for rows in batches:
+            s.train_batch(rows, tids[:rows.numel()], 1)
+
+    def mixed(s=stream) -> None:
         for k, rows in enumerate(batches):
-            stream.train_batch(rows, mixed_ids[k * 128:k * 128 + rows.numel()])
+            s.train_batch(rows, mixed_ids[k * 128:k * 128 + rows.numel()])
 
     def evaluate() -> None:
         for task in stream.tasks:
             for _ in eval_batches(stream, task.id, 2000):
                 pass
 
+    paths = {"phase": phase, "eval": evaluate, "mixed": mixed, "rotated": lambda: phase(rotated),
+             "rot_mix": lambda: mixed(rotated)}
     out = {}
-    for name, fn in (("phase", phase), ("eval", evaluate), ("mixed", mixed)):
+    for name, fn in paths.items():
         times = []
         for _ in range(repeats):
             wall, cpu = time.perf_counter(), time.process_time()

@@ -14,6 +14,9 @@ seconds, ratios per round against that round's reference loop, per-step overhead
                    forward, read back once; the active expert re-copied into the stacked weights, as after every
                    training step) with 1, 5, 10, 20 experts, µs per step in one process, vs a Python loop over the
                    experts (E forwards, one read-back) and a vmapped forward on weights stacked once
+  --path rotated   `cltrain fit bench/pmnist_naive stream.name=rotated` (task t rotated by t * 180 / T degrees,
+                   bilinear, zero fill, then normalised) vs loops that make each task's sampling grid once and
+                   rotate a task's rows once per phase and every test set once (fast) or every batch (batch)
   --path ddp       `cltrain fit bench/pmnist_naive trainer.devices=2 trainer.strategy=ddp` on CPU (gloo) vs a
                    torch.distributed DistributedDataParallel loop over 2 processes (always on the CPU)
   --path ewc       offline EWC's penalty and its backward with 1, 2, 5, 10, 20 finished tasks (`EWC.penalty`: the
@@ -54,12 +57,15 @@ CLTRAIN = {
     "replay": ("bench/pmnist_replay", [f"plugins.replay.capacity={CAPACITY}"]),
     "powerlaw": ("bench/pmnist_naive", ["stream.schedule=powerlaw"]),
     "ddp": ("bench/pmnist_naive", ["trainer.devices=2", "trainer.strategy=ddp"]),
+    "rotated": ("bench/pmnist_naive", ["stream.name=rotated"]),
 }
 
 
 # ---- shared pieces of the hand-written loops ------------------------------------------------------------
 class Data:
     """MNIST on the device, each task's training rows (a seeded subset with --train-per-task) and pixel order."""
+
+    normalise_ahead = True
 
     def __init__(self, args: argparse.Namespace, device: str):
         xtr, ytr, xte, yte, torch = mnist(os.environ["CLTRAIN_DATA"], device)
@@ -70,17 +76,25 @@ class Data:
         perms = [torch.arange(784)] + [torch.randperm(784, generator=self.gen) for _ in range(args.tasks - 1)]
         self.perms = torch.stack(perms).to(device)
         self.xtr, self.ytr, self.xte, self.yte = xtr, ytr, xte, yte
-        self.xtr_norm = None if args.worker_row == "batch" else self.norm(xtr)  # the fast loop: once
+        # the fast loop normalises once (not when a task's transform must come before normalising)
+        self.xtr_norm = self.norm(xtr) if args.worker_row != "batch" and self.normalise_ahead else None
 
     @staticmethod
     def norm(x):
         return (x.float() / 255.0 - MEAN) / STD
 
+    def transform(self, x, task: int):
+        """uint8 rows of the images -> task `task`'s normalised inputs."""
+        return self.norm(x[:, self.perms[task]])
+
+    def test_x(self, task: int, rows):
+        return self.transform(self.xte[rows], task)
+
     def task_x(self, task: int, rows):
         """Inputs of one task's rows, transformed: sliced from the normalised data (fast) or per call (batch)."""
         if self.xtr_norm is not None:
             return self.xtr_norm[rows][:, self.perms[task]]
-        return self.norm(self.xtr[rows][:, self.perms[task]])
+        return self.transform(self.xtr[rows], task)
 
     def shuffled(self, n: int):
         return self.torch.randperm(n, generator=self.gen).to(self.device)
@@ -95,10 +109,45 @@ class Data:
             for j in range(n_tasks):
                 for s in range(0, len(share), EVAL_BATCH):
                     rows = share[s:s + EVAL_BATCH]
-                    x = self.norm(self.xte[rows][:, self.perms[j]])
+                    x = self.test_x(j, rows)
                     correct[j] += (model(x).argmax(1) == self.yte[rows]).sum()
         model.train()
         return correct
+
+
+class RotatedData(Data):
+    """Rotated MNIST as cltrain defines it: task t rotated by t * 180 / T degrees about the centre, the raw
+    intensities sampled bilinearly (zero fill), then normalised (so there is nothing to normalise ahead). Each
+    task's sampling grid is made once and broadcast over every batch, as torchvision's rotate does; the fast row
+    also rotates every test set once for the run."""
+
+    normalise_ahead = False
+
+    def __init__(self, args: argparse.Namespace, device: str):
+        import torch.nn.functional as F
+
+        super().__init__(args, device)
+        self.fast, self.test_sets = args.worker_row == "fast", {}
+        torch = self.torch
+        self.grids = []
+        for t in range(args.tasks):
+            c, s = math.cos(t * math.pi / args.tasks), math.sin(t * math.pi / args.tasks)
+            affine = torch.tensor([[[c, -s, 0.0], [s, c, 0.0]]], device=device)
+            self.grids.append(F.affine_grid(affine, [1, 1, 28, 28], align_corners=False))
+
+    def transform(self, x, task: int):
+        import torch.nn.functional as F
+
+        grid = self.grids[task].expand(len(x), -1, -1, -1)
+        rotated = F.grid_sample(x.view(-1, 1, 28, 28).float(), grid, mode="bilinear", align_corners=False)
+        return self.norm(rotated.view(len(x), 784))
+
+    def test_x(self, task: int, rows):
+        if not self.fast:
+            return super().test_x(task, rows)
+        if task not in self.test_sets:
+            self.test_sets[task] = self.transform(self.xte, task)
+        return self.test_sets[task][rows]
 
 
 def new_model(args: argparse.Namespace, device: str):
@@ -246,7 +295,25 @@ def ddp_loop(args: argparse.Namespace) -> tuple[float, int]:
     return result["acc"], result["steps"]
 
 
-LOOPS = {"replay": replay_loop, "powerlaw": powerlaw_loop, "ddp": ddp_loop}
+# ---- rotated MNIST ---------------------------------------------------------------------------------------
+def rotated_loop(args: argparse.Namespace) -> tuple[float, int]:
+    data = RotatedData(args, args.device)
+    model, opt = new_model(args, args.device)
+    steps, correct = 0, None
+    for task in range(args.tasks):
+        rows = data.rows[task]
+        phase_x = data.task_x(task, rows) if args.worker_row == "fast" else None  # rotated once per phase
+        order = data.shuffled(len(rows))
+        for start in range(0, len(rows), BATCH):
+            pick = order[start:start + BATCH]
+            x = phase_x[pick] if phase_x is not None else data.task_x(task, rows[pick])
+            sgd_step(model, opt, x, data.ytr[rows[pick]])
+            steps += 1
+        correct = data.evaluate(model, args.tasks)
+    return accuracy(correct, len(data.yte)), steps
+
+
+LOOPS = {"replay": replay_loop, "powerlaw": powerlaw_loop, "ddp": ddp_loop, "rotated": rotated_loop}
 
 
 # ---- cltrain rows ----------------------------------------------------------------------------------------
@@ -508,7 +575,7 @@ def run_tame(args: argparse.Namespace, tmp: Path) -> None:
 
 def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--path", choices=["replay", "powerlaw", "tame", "ddp", "ewc"], action="append")
+    parser.add_argument("--path", choices=["replay", "powerlaw", "rotated", "tame", "ddp", "ewc"], action="append")
     parser.add_argument("--all", action="store_true", help="every hot path, one after another")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of alternating runs")
     parser.add_argument("--tasks", type=int, default=3)
@@ -536,11 +603,11 @@ def main() -> int:
         args.path = args.path[0]
         worker(args)
         return 0
-    paths = ["replay", "powerlaw", "tame", "ddp", "ewc"] if args.all else (args.path or [])
+    paths = ["replay", "powerlaw", "rotated", "tame", "ddp", "ewc"] if args.all else (args.path or [])
     default = "fast,batch,cltrain" if args.device == "cpu" else "fast,cltrain"
     rows = (args.rows or default).split(",") + (["base"] if args.base and not args.rows else [])
     if not paths or "fast" not in rows or any(r not in ROWS for r in rows) or ("base" in rows and not args.base):
-        print("--path replay|powerlaw|tame|ddp|ewc (or --all); --rows: a comma-separated subset of "
+        print("--path replay|powerlaw|rotated|tame|ddp|ewc (or --all); --rows: a comma-separated subset of "
               f"{','.join(ROWS)} with fast (the reference); base needs --base", file=sys.stderr)
         return 2
     if args.quick:

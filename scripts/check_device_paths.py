@@ -31,6 +31,8 @@ def batch_checks(device: torch.device) -> bool:
             ok &= same
             print(f"{name} task {task}: for_task == forward on {device}: {same}")
         t = stream.transform
+        if name == "rotated":
+            report_grid_table(t, images)
         same = torch.equal(t.normalise(images), (images.float() / 255.0 - t.mean) / t.std)
         ok &= same
         print(f"{name}: in-place normalise == formula on {device}: {same}")
@@ -46,6 +48,21 @@ def batch_checks(device: torch.device) -> bool:
         ok &= same and whole[0].x.device.type == device.type
         print(f"{name}: materialised batches == per-batch batches on {device}: {same} ({len(whole)} batches)")
     return ok
+
+
+def report_grid_table(t, images: torch.Tensor) -> None:
+    """The rotation's grid table (made once per run) against each batch's own affine_grid, the code before it:
+    equal on the CPU; on a device a batched kernel may round otherwise, which is reported, not failed."""
+    import torch.nn.functional as F
+
+    ids = torch.arange(images.shape[0], device=images.device) % len(t.angles)
+    theta = t.angles[ids]
+    cos, sin, zero = torch.cos(theta), torch.sin(theta), torch.zeros_like(theta)
+    affine = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    per_batch = F.affine_grid(affine, list(images.shape), align_corners=False)
+    table = t.grids(images).index_select(0, ids)
+    print(f"rotated: grid table == per-batch affine_grid on {images.device}: {torch.equal(table, per_batch)} "
+          f"(max |diff| {float((table - per_batch).abs().max()):.2e})")
 
 
 def run_check(device: torch.device) -> None:

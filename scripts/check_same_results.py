@@ -26,6 +26,7 @@ CASES = {
     "powerlaw_val": ("bench/pmnist_naive", ["stream.n_tasks=4", "stream.schedule=powerlaw", "stream.val_fraction=0.1"]),
     "rotated_agnostic": ("bench/pmnist_naive", ["stream.name=rotated", "stream.n_tasks=3",
                                                 "stream.presentation=task_agnostic"]),
+    "rotated_powerlaw": ("bench/pmnist_naive", ["stream.name=rotated", "stream.n_tasks=3", "stream.schedule=powerlaw"]),
     "split_replay": ("bench/split_mnist_replay", ["stream.n_tasks=5", "stream.train_per_task=1000"]),
     "split_ewc": ("bench/split_mnist_ewc", ["stream.n_tasks=5", "stream.train_per_task=1000"]),
     "split_domain": ("baselines/split_mnist", ["stream.scenario=domain_incremental", "trainer.steps_per_task=30"]),

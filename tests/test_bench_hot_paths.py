@@ -32,3 +32,21 @@ def test_hand_reservoir_keeps_capacity_rows_of_the_stream():
     assert int(res.y.min()) < 150  # older rows survive: a uniform sample of all 200, not a FIFO
     x, y = res.sample(128)
     assert x.shape == (128, 784) and bool(torch.isin(y, res.y).all())
+
+
+def test_hand_rotation_is_cltrains_rotated_stream():
+    """The rotated loop rotates each task's images as `stream.name=rotated` does (same angles, bilinear, zero
+    fill, normalised after), on real MNIST rows."""
+    from types import SimpleNamespace
+
+    from conftest import quick_config
+    from cltrain.streams.base import STREAMS
+
+    args = SimpleNamespace(seed=0, train_per_task=100, tasks=4, worker_row="batch")
+    data = bench().RotatedData(args, "cpu")
+    stream = STREAMS.get("rotated")(quick_config("bench/pmnist_naive", "stream.name=rotated", "stream.n_tasks=4"))
+    images = stream.train.images[:64]
+    for task in range(4):
+        ours = stream.transform.for_task(images, task).view(64, 784)
+        assert torch.allclose(data.transform(images.view(64, 784), task), ours, atol=1e-4)
+    assert not torch.allclose(data.transform(images.view(64, 784), 1), data.transform(images.view(64, 784), 2))

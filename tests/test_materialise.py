@@ -157,3 +157,30 @@ def test_train_and_eval_batches_are_the_rows_asked_for_permuted_as_written():
     for task in range(3):
         rows = mixed == task
         assert torch.equal(x[rows], written(stream.train.images[base[rows]], task))
+
+
+def test_rotated_batches_are_rotated_as_written():
+    """The rotation's grid table (made once per image shape) gives bit for bit what building each batch's grid
+    with affine_grid gives: one task's batches, mixed-task batches, and a second image shape."""
+    import torch.nn.functional as F
+
+    stream = build("stream.name=rotated", "stream.n_tasks=4")
+    t = stream.transform
+
+    def written(images, task_ids):  # the definition: each row's rotation matrix, its grid, bilinear sampling
+        theta = t.angles[task_ids]
+        cos, sin, zero = torch.cos(theta), torch.sin(theta), torch.zeros_like(theta)
+        affine = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+        grid = F.affine_grid(affine, list(images.shape), align_corners=False)
+        out = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        return (out / 255.0 - t.mean) / t.std
+
+    images = stream.train.images[:257]
+    for task in range(4):
+        ids = torch.full((257,), task, dtype=torch.long)
+        assert torch.equal(stream.transform.for_task(images, task), written(images, ids))
+    mixed = torch.randint(0, 4, (257,), generator=torch.Generator().manual_seed(2))
+    assert torch.equal(t(images, mixed), written(images, mixed))
+    padded = F.pad(images, (2, 2, 2, 2))  # another shape gets its own grids, not the 28x28 ones
+    assert torch.equal(t(padded, mixed), written(padded, mixed))
+    assert not torch.equal(written(images, mixed), written(images, (mixed + 1) % 4))
