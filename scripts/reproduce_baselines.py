@@ -561,7 +561,8 @@ def check_cell(paths: list[Path]) -> str:
 
 def wall_line(base: Path) -> str:
     times = [json.loads(p.read_text())["wall_time_s"] for p in base.glob("*/metrics.json")]
-    return f"Wall time per run: median {sorted(times)[len(times) // 2]:.0f} s ({len(times)} runs, 1 thread each)."
+    return (f"Wall time per run: median {sorted(times)[len(times) // 2]:.0f} s ({len(times)} runs, 1 thread each; "
+            "as each run timed itself, so including any time it was paused while the cores did other work).")
 
 
 def write_doc(args, runs: Path, out: Path) -> None:
