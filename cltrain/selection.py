@@ -30,7 +30,8 @@ class Pick:
 
     method: Group  # key: the config minus seed and tuned keys; label: what tells methods apart
     grid: dict[str, list[str]] = field(default_factory=dict)  # tuned key -> the values searched
-    candidates: list[tuple[Group, float]] = field(default_factory=list)  # (grid point, mean val ACC)
+    # (grid point, mean val ACC on the tune seeds; None while select() has not checked every point ran on them)
+    candidates: list[tuple[Group, Optional[float]]] = field(default_factory=list)
     stalled: set[tuple] = field(default_factory=set)  # keys of the grid points that stopped learning a task
 
     @property
@@ -77,18 +78,27 @@ def _val_score(group: Group, seeds: Optional[Collection[int]] = None) -> Optiona
     return mean_sd([m[CRITERION] for m in scored])[0] if scored else None
 
 
-def _scored(candidates: list[tuple[Group, Optional[float]]],
-            seeds: Optional[Collection[int]]) -> list[tuple[Group, float]]:
-    """A method of one grid point has nothing to choose, so its runs may all lie outside the tune seeds (it is
-    then scored on all of them, for the table); a grid needs every point run on the tune seeds."""
-    if len(candidates) == 1 and candidates[0][1] is None:
-        return [(candidates[0][0], _val_score(candidates[0][0]))]
-    for group, score in candidates:
+def _scored(pick: Pick, seeds: Optional[Collection[int]]) -> list[tuple[Group, float]]:
+    """The candidates with their scores. A method without a tuned key has nothing to choose, so its runs may all
+    lie outside the tune seeds (its score is then over all of them); a grid needs every point run on them."""
+    if not pick.grid and pick.candidates[0][1] is None:
+        return [(pick.candidates[0][0], _val_score(pick.candidates[0][0]))]
+    for group, score in pick.candidates:
         if score is None:
             have = sorted(run_seed(run) for run in group.runs)
-            raise ConfigError(f"bad value {','.join(map(str, sorted(seeds or [])))!r} for '--tune-seeds'; valid: "
-                              f"seeds every grid point was run with (runs {group.runs[0].parent} ... have seeds {have})")
-    return candidates
+            raise ConfigError(f"bad value {','.join(map(str, sorted(seeds or [])))!r} for '--tune-seeds'; "
+                              f"valid: seeds every grid point was run with (runs {group.runs[0].parent} ... "
+                              f"have seeds {have})")
+    return pick.candidates
+
+
+def _check_seeds(groups: list[Group], seeds: Optional[Collection[int]]) -> None:
+    """Every tune seed is one some run has (a typo would otherwise narrow the comparison silently)."""
+    have = {run_seed(run) for g in groups for run in g.runs}
+    missing = sorted(set(seeds or ()) - have)
+    if missing:
+        raise ConfigError(f"bad value {','.join(map(str, missing))!r} for '--tune-seeds': no run has that seed; "
+                          f"valid: seeds of these runs ({', '.join(map(str, sorted(have)))})")
 
 
 def learns_every_task(metrics: dict) -> bool:
@@ -110,6 +120,7 @@ def select(groups: list[Group], tune: list[str], seeds: Optional[Collection[int]
     grid points are compared on those seeds' runs only (a grid run on seed 0, the pick then run on more seeds:
     every point is scored on the same seeds), and the pick's table rows still cover all its seeds."""
     _check_tuned(groups, tune)
+    _check_seeds(groups, seeds)
     picks: dict[tuple, Pick] = {}
     for group in sorted(groups, key=lambda g: g.key):
         method_key = tuple((k, v) for k, v in group.key if k not in tune)
@@ -122,11 +133,8 @@ def select(groups: list[Group], tune: list[str], seeds: Optional[Collection[int]
         for k, v in group.key:
             if k in tune and v not in pick.grid.setdefault(k, []):
                 pick.grid[k].append(v)
-    if seeds is not None and all(score is None for p in picks.values() for _, score in p.candidates):
-        raise ConfigError(f"bad value {','.join(map(str, sorted(seeds)))!r} for '--tune-seeds': no run has one of "
-                          f"these seeds; valid: seeds of these runs ({sorted({run_seed(r) for g in groups for r in g.runs})})")
     for pick in picks.values():
-        pick.candidates = _scored(pick.candidates, seeds)
+        pick.candidates = _scored(pick, seeds)
     _label([p.method for p in picks.values()])
     return list(picks.values())
 

@@ -62,6 +62,12 @@ CLTRAIN = {
 
 
 # ---- shared pieces of the hand-written loops ------------------------------------------------------------
+def take(t, rows):
+    """t[rows], by index_select: the same values, and on a CPU faster than advanced indexing (which a loop
+    written for speed would not pay; since 2026-11-30 here, as in cltrain)."""
+    return t.index_select(0, rows)
+
+
 class Data:
     """MNIST on the device, each task's training rows (a seeded subset with --train-per-task) and pixel order."""
 
@@ -85,16 +91,16 @@ class Data:
 
     def transform(self, x, task: int):
         """uint8 rows of the images -> task `task`'s normalised inputs."""
-        return self.norm(x[:, self.perms[task]])
+        return self.norm(x.index_select(1, self.perms[task]))
 
     def test_x(self, task: int, rows):
-        return self.transform(self.xte[rows], task)
+        return self.transform(take(self.xte, rows), task)
 
     def task_x(self, task: int, rows):
         """Inputs of one task's rows, transformed: sliced from the normalised data (fast) or per call (batch)."""
         if self.xtr_norm is not None:
-            return self.xtr_norm[rows][:, self.perms[task]]
-        return self.transform(self.xtr[rows], task)
+            return take(self.xtr_norm, rows).index_select(1, self.perms[task])
+        return self.transform(take(self.xtr, rows), task)
 
     def shuffled(self, n: int):
         return self.torch.randperm(n, generator=self.gen).to(self.device)
@@ -110,7 +116,7 @@ class Data:
                 for s in range(0, len(share), EVAL_BATCH):
                     rows = share[s:s + EVAL_BATCH]
                     x = self.test_x(j, rows)
-                    correct[j] += (model(x).argmax(1) == self.yte[rows]).sum()
+                    correct[j] += (model(x).argmax(1) == take(self.yte, rows)).sum()
         model.train()
         return correct
 
@@ -127,7 +133,7 @@ class RotatedData(Data):
         import torch.nn.functional as F
 
         super().__init__(args, device)
-        self.fast, self.test_sets = args.worker_row == "fast", {}
+        self.F, self.fast, self.test_sets = F, args.worker_row != "batch", {}
         torch = self.torch
         self.grids = []
         for t in range(args.tasks):
@@ -136,10 +142,8 @@ class RotatedData(Data):
             self.grids.append(F.affine_grid(affine, [1, 1, 28, 28], align_corners=False))
 
     def transform(self, x, task: int):
-        import torch.nn.functional as F
-
         grid = self.grids[task].expand(len(x), -1, -1, -1)
-        rotated = F.grid_sample(x.view(-1, 1, 28, 28).float(), grid, mode="bilinear", align_corners=False)
+        rotated = self.F.grid_sample(x.view(-1, 1, 28, 28).float(), grid, mode="bilinear", align_corners=False)
         return self.norm(rotated.view(len(x), 784))
 
     def test_x(self, task: int, rows):
@@ -147,7 +151,7 @@ class RotatedData(Data):
             return super().test_x(task, rows)
         if task not in self.test_sets:
             self.test_sets[task] = self.transform(self.xte, task)
-        return self.test_sets[task][rows]
+        return take(self.test_sets[task], rows)
 
 
 def new_model(args: argparse.Namespace, device: str):
@@ -193,7 +197,7 @@ class Reservoir:
 
     def sample(self, n: int):
         picks = self.torch.randint(min(self.seen, self.capacity), (n,), device=self.y.device)
-        return self.x[picks], self.y[picks]
+        return take(self.x, picks), take(self.y, picks)
 
 
 def replay_loop(args: argparse.Namespace) -> tuple[float, int]:
@@ -207,8 +211,8 @@ def replay_loop(args: argparse.Namespace) -> tuple[float, int]:
         order = data.shuffled(len(rows))
         for start in range(0, len(rows), BATCH):
             pick = order[start:start + BATCH]
-            x = phase_x[pick] if phase_x is not None else data.task_x(task, rows[pick])
-            y = data.ytr[rows[pick]]
+            x = take(phase_x, pick) if phase_x is not None else data.task_x(task, take(rows, pick))
+            y = take(data.ytr, take(rows, pick))
             xb, yb = x, y
             if buffer.seen:
                 bx, by = buffer.sample(BATCH)
@@ -243,10 +247,10 @@ def powerlaw_loop(args: argparse.Namespace) -> tuple[float, int]:
         for start in range(0, len(base), BATCH):
             pick = order[start:start + BATCH]
             if args.worker_row == "fast":
-                x = phase_x[pick]
+                x = take(phase_x, pick)
             else:  # rows of several tasks: one gather with each row's pixel order
-                x = data.norm(torch.gather(data.xtr[base[pick]], 1, data.perms[tids[pick]]))
-            sgd_step(model, opt, x, data.ytr[base[pick]])
+                x = data.norm(torch.gather(take(data.xtr, take(base, pick)), 1, take(data.perms, take(tids, pick))))
+            sgd_step(model, opt, x, take(data.ytr, take(base, pick)))
             steps += 1
         correct = data.evaluate(model, args.tasks)
     return accuracy(correct, len(data.yte)), steps
@@ -271,8 +275,8 @@ def ddp_rank(rank: int, args: argparse.Namespace, port: int, out: str) -> None:
         order = data.shuffled(len(rows))
         for start in range(0, len(rows), BATCH):
             pick = order[start:start + BATCH][rank::2]  # this rank's rows of the global batch, as cltrain
-            x = phase_x[pick] if phase_x is not None else data.task_x(task, rows[pick])
-            sgd_step(ddp, opt, x, data.ytr[rows[pick]])
+            x = take(phase_x, pick) if phase_x is not None else data.task_x(task, take(rows, pick))
+            sgd_step(ddp, opt, x, take(data.ytr, take(rows, pick)))
             steps += 1
         correct = data.evaluate(model, args.tasks, rank, 2)
         dist.all_reduce(correct)
@@ -306,8 +310,8 @@ def rotated_loop(args: argparse.Namespace) -> tuple[float, int]:
         order = data.shuffled(len(rows))
         for start in range(0, len(rows), BATCH):
             pick = order[start:start + BATCH]
-            x = phase_x[pick] if phase_x is not None else data.task_x(task, rows[pick])
-            sgd_step(model, opt, x, data.ytr[rows[pick]])
+            x = take(phase_x, pick) if phase_x is not None else data.task_x(task, take(rows, pick))
+            sgd_step(model, opt, x, take(data.ytr, take(rows, pick)))
             steps += 1
         correct = data.evaluate(model, args.tasks)
     return accuracy(correct, len(data.yte)), steps

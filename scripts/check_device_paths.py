@@ -55,11 +55,10 @@ def report_grid_table(t, images: torch.Tensor) -> None:
     equal on the CPU; on a device a batched kernel may round otherwise, which is reported, not failed."""
     import torch.nn.functional as F
 
+    from cltrain.streams.transforms import rotation_affine
+
     ids = torch.arange(images.shape[0], device=images.device) % len(t.angles)
-    theta = t.angles[ids]
-    cos, sin, zero = torch.cos(theta), torch.sin(theta), torch.zeros_like(theta)
-    affine = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
-    per_batch = F.affine_grid(affine, list(images.shape), align_corners=False)
+    per_batch = F.affine_grid(rotation_affine(t.angles[ids]), list(images.shape), align_corners=False)
     table = t.grids(images).index_select(0, ids)
     print(f"rotated: grid table == per-batch affine_grid on {images.device}: {torch.equal(table, per_batch)} "
           f"(max |diff| {float((table - per_batch).abs().max()):.2e})")

@@ -184,3 +184,5 @@ def test_rotated_batches_are_rotated_as_written():
     padded = F.pad(images, (2, 2, 2, 2))  # another shape gets its own grids, not the 28x28 ones
     assert torch.equal(t(padded, mixed), written(padded, mixed))
     assert not torch.equal(written(images, mixed), written(images, (mixed + 1) % 4))
+    t.load_state_dict({**t.state_dict(), "angles": t.angles.flip(0)})  # new angles: new grids, not the cached ones
+    assert torch.equal(t(images, mixed), written(images, mixed))

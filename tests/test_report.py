@@ -133,8 +133,16 @@ def test_tune_seeds_leave_a_method_without_a_grid_to_its_own_seeds(tmp_path, cap
     capsys.readouterr()
     assert main([*base, "--tune-seeds", "1"]) == 2  # the grid's points did not run on seed 1
     assert "'--tune-seeds'" in capsys.readouterr().err
-    assert main([*base, "--tune-seeds", "7"]) == 2  # no run at all has seed 7
-    assert "no run has one of these seeds" in capsys.readouterr().err
+    assert main([*base, "--tune-seeds", "0,7"]) == 2  # no run has seed 7: a typo, not a narrower choice
+    assert "'7' for '--tune-seeds': no run has that seed" in capsys.readouterr().err
+
+
+def test_tune_seeds_never_pick_from_a_grid_point_not_run_on_them(tmp_path, capsys):
+    # One EWC point so far, run on seed 1 only: it is a grid (a tuned key), so seed 0 compares nothing.
+    _tuned_run(tmp_path / "ewc10" / "1", {"name": "ewc", "lam": 10.0}, 1, 0.8, 0.6)
+    _tuned_run(tmp_path / "ft" / "0", {"name": "finetune"}, 0, 0.4, 0.3)
+    assert main(["report", str(tmp_path), "--select", "val", "--tune", "learner.lam", "--tune-seeds", "0"]) == 2
+    assert "'--tune-seeds'" in capsys.readouterr().err
 
 
 def test_a_run_made_before_a_key_existed_groups_with_runs_that_have_it_at_its_default(tmp_path, capsys):
