@@ -8,7 +8,7 @@ Three measurements per process, each the best of --repeats, in wall and process 
            `eval_batches` (what an accuracy-matrix row costs besides the forward passes)
   mixed    60,000 rows of random tasks (of 10) in batches of 128 through `Stream.train_batch` without a task:
            the per-row permutation gather of rehearsal phases that mix tasks (power-law schedules)
-  rotated  `phase` on the rotated stream (10 tasks, task 1): each batch's sampling grid and bilinear rotation
+  rotated  `phase` on the rotated stream (10 tasks, task 1): the task's sampling grid and each batch's bilinear rotation
   rot_mix  `mixed` on the rotated stream
 
 Rows alternate between the two checkouts, each in a fresh process (PYTHONPATH picks the code):

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -561,8 +562,8 @@ def check_cell(paths: list[Path]) -> str:
 
 def wall_line(base: Path) -> str:
     times = [json.loads(p.read_text())["wall_time_s"] for p in base.glob("*/metrics.json")]
-    return (f"Wall time per run: median {sorted(times)[len(times) // 2]:.0f} s ({len(times)} runs, 1 thread each; "
-            "as each run timed itself, so including any time it was paused while the cores did other work).")
+    return (f"Wall time per run: median {statistics.median(times):.0f} s ({len(times)} runs, 1 thread each; timed "
+            "by each run itself, so it includes time the run was paused while the cores did other work).")
 
 
 def write_doc(args, runs: Path, out: Path) -> None:
