@@ -51,6 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 CAPACITY = 2000  # the replay reservoir
 EXPERTS = (1, 5, 10, 20)
 EWC_TASKS = (1, 2, 5, 10, 20)
+PATHS = ("replay", "powerlaw", "rotated", "tame", "ddp", "ewc")  # --all runs them in this order
 ROWS = {"fast": "loop (fastest)", "batch": "loop (per batch)", "cltrain": "cltrain", "base": "cltrain (base)"}
 # path -> (experiment, overrides) of the cltrain rows
 CLTRAIN = {
@@ -579,7 +580,7 @@ def run_tame(args: argparse.Namespace, tmp: Path) -> None:
 
 def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--path", choices=["replay", "powerlaw", "rotated", "tame", "ddp", "ewc"], action="append")
+    parser.add_argument("--path", choices=PATHS, action="append")
     parser.add_argument("--all", action="store_true", help="every hot path, one after another")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of alternating runs")
     parser.add_argument("--tasks", type=int, default=3)
@@ -607,11 +608,11 @@ def main() -> int:
         args.path = args.path[0]
         worker(args)
         return 0
-    paths = ["replay", "powerlaw", "rotated", "tame", "ddp", "ewc"] if args.all else (args.path or [])
+    paths = list(PATHS) if args.all else (args.path or [])
     default = "fast,batch,cltrain" if args.device == "cpu" else "fast,cltrain"
     rows = (args.rows or default).split(",") + (["base"] if args.base and not args.rows else [])
     if not paths or "fast" not in rows or any(r not in ROWS for r in rows) or ("base" in rows and not args.base):
-        print("--path replay|powerlaw|rotated|tame|ddp|ewc (or --all); --rows: a comma-separated subset of "
+        print(f"--path {'|'.join(PATHS)} (or --all); --rows: a comma-separated subset of "
               f"{','.join(ROWS)} with fast (the reference); base needs --base", file=sys.stderr)
         return 2
     if args.quick:
