@@ -101,8 +101,7 @@ class ContinualTrainer:
             precision=t.precision, logger=self.loggers.lightning, callbacks=callbacks,
             enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=t.progress_bar,
             num_sanity_val_steps=0, use_distributed_sampler=False, log_every_n_steps=50,
-            gradient_clip_val=self.cfg.optim.grad_clip_norm, gradient_clip_algorithm="norm",
-            profiler=NullProfiler(),
+            profiler=NullProfiler(),  # optim.grad_clip_norm: the Learner clips (it steps its optimizer itself)
         )
 
     def _strategy(self) -> str | SelfSyncDDPStrategy:

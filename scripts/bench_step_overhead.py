@@ -7,9 +7,15 @@ for --steps steps four ways, in one process, the rows alternating every round (t
 
   plain loop                       zero_grad / forward / backward / step by hand: the floor
   Lightning default                pl.Trainer.fit on a plain LightningModule, Lightning's default profiler
-  cltrain Learner, default prof.   pl.Trainer.fit on cltrain's Learner (fine-tuning) fed cltrain `Batch`es, as
-                                   cltrain's trainer builds it but with Lightning's default profiler
+  Learner, automatic loop          cltrain's Learner (fine-tuning) fed cltrain `Batch`es, null profiler, stepped by
+                                   Lightning's automatic loop as it was until 2026-11-30 (the closure and its
+                                   hooks): what stepping in the Learner saves
+  cltrain Learner, default prof.   pl.Trainer.fit on cltrain's Learner, which takes its optimizer step itself
+                                   (Lightning's manual optimization), with Lightning's default profiler
   cltrain Learner                  the same with cltrain.trainer.NullProfiler: what every cltrain run has
+
+With --calls, each row first runs --steps steps under cProfile and prints the Python function calls a step
+makes (a count that does not depend on the machine's load, unlike the times).
 
 Per row: microseconds per step (wall, median and range over the rounds); each fit's fixed cost (Trainer set-up)
 is left out by timing from the first batch's start to the fit's end, over the steps after the first. The
@@ -19,11 +25,14 @@ difference to the plain loop is what Lightning adds to every step: on a GPU, whe
 from __future__ import annotations
 
 import argparse
+import cProfile
 import logging
+import pstats
 import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Callable, Optional
 
 import pytorch_lightning as pl
 import torch
@@ -52,6 +61,25 @@ class Small(pl.LightningModule):
 
 def learner() -> Learner:
     return Learner(torch.nn.Linear(32, 10), OptimConfig(name="sgd", lr=0.01, momentum=0.9))
+
+
+class LightningStepped(Learner):
+    """The Learner as it stepped until 2026-11-30: Lightning's automatic loop takes the step (the closure around
+    training_step, the zero_grad and optimizer_step hook rounds). A measuring device, not a learner to ship: it is
+    marked optimizes_itself only because the Learner refuses a redefined training_step otherwise."""
+
+    optimizes_itself = True
+
+    def __init__(self, model: torch.nn.Module, optim: OptimConfig):
+        super().__init__(model, optim)
+        self.automatic_optimization = True
+
+    def training_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self.step_outputs(batch, batch_idx)
+
+
+def lightning_stepped() -> Learner:
+    return LightningStepped(torch.nn.Linear(32, 10), OptimConfig(name="sgd", lr=0.01, momentum=0.9))
 
 
 class Batches:
@@ -88,12 +116,16 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def lightning(make_module, profiler, batch, steps: int, device: str) -> float:
+def lightning(make_module, profiler, batch, steps: int, device: str, keep: Optional[list] = None) -> float:
+    """Seconds a step of `make_module()` fitted on `batch`; `keep` receives the trained module (tests)."""
     clock = StepClock(device)
+    module = make_module()
     trainer = pl.Trainer(max_epochs=1, accelerator="gpu" if device == "cuda" else "cpu", devices=1, logger=False,
                          callbacks=[clock], enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, num_sanity_val_steps=0, profiler=profiler)
-    trainer.fit(make_module(), train_dataloaders=Batches(batch, steps + 1))
+    trainer.fit(module, train_dataloaders=Batches(batch, steps + 1))
+    if keep is not None:
+        keep.append(module)
     return clock.seconds / steps
 
 
@@ -118,6 +150,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--calls", action="store_true", help="print each row's Python function calls per step first")
     args = parser.parse_args()
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)  # its per-fit notices, 4 fits a round
     torch.manual_seed(0)
@@ -126,10 +159,14 @@ def main() -> int:
     rows = {
         "plain loop": lambda: plain(batch, args.steps, args.device),
         "Lightning default": lambda: lightning(Small, None, batch, args.steps, args.device),
+        "Learner, automatic loop": lambda: lightning(lightning_stepped, NullProfiler(), ours, args.steps, args.device),
         "cltrain Learner, default prof.": lambda: lightning(learner, None, ours, args.steps, args.device),
         "cltrain Learner": lambda: lightning(learner, NullProfiler(), ours, args.steps, args.device),
     }
     names = list(rows)
+    if args.calls:
+        for name in names:
+            print(f"{name:31s} {calls_per_step(rows[name], args.steps):7.1f} Python calls a step", flush=True)
     times: dict[str, list[float]] = {name: [] for name in names}
     rows["plain loop"]()  # warm-up: first calls pay for lazy initialisation
     for r in range(args.rounds):
@@ -143,6 +180,15 @@ def main() -> int:
         over = [a - b for a, b in zip(times[name], floor)]
         print(f"{name:31s} {spread(times[name]):>24s} {spread(over):>26s}")
     return 0
+
+
+def calls_per_step(row: Callable[[], float], steps: int) -> float:
+    """Function calls a step under cProfile (the fit's fixed calls spread over `steps`: use a few thousand)."""
+    profile = cProfile.Profile()
+    profile.enable()
+    row()
+    profile.disable()
+    return pstats.Stats(profile).total_calls / steps
 
 
 def spread(values: list[float]) -> str:

@@ -30,6 +30,11 @@ CASES = {
     "split_replay": ("bench/split_mnist_replay", ["stream.n_tasks=5", "stream.train_per_task=1000"]),
     "split_ewc": ("bench/split_mnist_ewc", ["stream.n_tasks=5", "stream.train_per_task=1000"]),
     "split_domain": ("baselines/split_mnist", ["stream.scenario=domain_incremental", "trainer.steps_per_task=30"]),
+    # SI reads each step's gradients before the clip (optim.grad_clip_norm) and the update: the order of those three
+    "split_si_clipped": ("bench/split_mnist_si", ["stream.n_tasks=5", "stream.train_per_task=1000",
+                                                  "optim.grad_clip_norm=2.0"]),
+    "permuted_bf16": ("bench/pmnist_naive", ["stream.n_tasks=2", "trainer.precision=bf16-mixed"]),  # autocast steps
+    "ibcl_pairs": ("ibcl/mnist_pairs", ["stream.n_tasks=2"]),  # a Bayesian head's ELBO (its own step outputs)
     # TAME at the boundary study's small scale (docs/results/tame.md): detection, spawning, pruning, scoring
     "tame_split": ("tame/split_mnist", ["stream.n_tasks=2", "stream.train_per_task=2012", "trainer.epochs_per_task=6",
                                         "learner.window=30", "learner.selector_capacity=1000",

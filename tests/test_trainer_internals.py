@@ -150,3 +150,68 @@ def test_learner_training_steps_keep_their_signature_for_lightning():
         parsed.__annotations__, parsed.__kwdefaults__ = step.__annotations__, step.__kwdefaults__
         assert inspect.getfullargspec(step) == inspect.getfullargspec(parsed), name
         assert is_param_in_hook_signature(types.MethodType(step, object()), "batch_idx", min_args=2), name
+
+
+def test_learner_refuses_subclasses_that_would_change_how_it_steps():
+    """The Learner takes the optimizer step in its training_step and clips in on_before_optimizer_step: a subclass
+    redefining either would step on nothing or lose the clip silently, so the class itself is refused."""
+    from cltrain.learners.base import Learner
+
+    with pytest.raises(TypeError, match="override step_outputs"):
+        type("Stepless", (Learner,), {"training_step": lambda self, batch, batch_idx: None})
+    with pytest.raises(TypeError, match="override before_update"):
+        type("Unclipped", (Learner,), {"on_before_optimizer_step": lambda self, optimizer: None})
+    # a learner stepping by hand (TAME) writes its own training_step
+    assert type("ByHand", (Learner,), {"optimizes_itself": True, "training_step": lambda self, b, i: None})
+
+
+class ThreeTimes:
+    """A loader handing out one ready batch three times (cltrain's loader hands out ready batches too)."""
+
+    def __init__(self, batch):
+        self.batch = batch
+
+    def __iter__(self):
+        return iter([self.batch] * 3)
+
+    def __len__(self):
+        return 3
+
+
+def _clipped_fit(precision_plugins, cap: float):
+    """Fit a Learner (plain SGD, lr 1) for 3 steps on a fixed batch with optim.grad_clip_norm=cap; return the
+    gradient norms before_update saw and the size of each update."""
+    from cltrain.config import OptimConfig
+    from cltrain.learners.base import Learner
+    from cltrain.streams.loader import Batch
+
+    class Watched(Learner):
+        def before_update(self, optimizer):
+            self.seen.append(torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in self.parameters()])).item())
+            self.before.append(torch.cat([p.detach().flatten().clone() for p in self.parameters()]))
+
+    torch.manual_seed(0)
+    learner = Watched(torch.nn.Linear(4, 2), OptimConfig(name="sgd", lr=1.0, momentum=0.0, grad_clip_norm=cap))
+    learner.seen, learner.before = [], []
+    batch = Batch(torch.randn(8, 4) * 10, torch.randint(0, 2, (8,)), t=None, n_new=8)
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, plugins=precision_plugins,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(learner, train_dataloaders=ThreeTimes(batch))
+    after = [*learner.before[1:], torch.cat([p.detach().flatten() for p in learner.parameters()])]
+    return trainer, learner.seen, [torch.linalg.vector_norm(a - b).item() for a, b in zip(after, learner.before)]
+
+
+@pytest.mark.parametrize("precision", ["32-true", "16-mixed"])
+def test_learner_step_reads_unclipped_gradients_then_applies_clipped_ones(precision):
+    """The order Lightning's automatic loop had, now in the Learner's own step: a method's before_update sees the
+    whole (unscaled, unclipped) gradient, the update applies the clipped one; under 16-mixed the step still goes
+    through the grad scaler (its scale grows after finite steps)."""
+    plugins = ([MixedPrecision("16-mixed", "cpu", torch.amp.GradScaler("cpu", init_scale=1.0, growth_interval=1))]
+               if precision == "16-mixed" else None)
+    trainer, seen, updates = _clipped_fit(plugins, cap=0.01)
+    assert len(seen) == 3 and min(seen) > 0.1  # far above the cap: before_update ran before the clip
+    assert updates == pytest.approx([0.01] * 3, rel=1e-3)  # lr 1: each update is the clipped gradient
+    if plugins:
+        assert precision_state(trainer)["scale"] == 2.0 ** 3  # the scaler stepped and grew three times
+    _, free, unclipped = _clipped_fit(plugins, cap=1e6)
+    assert unclipped == pytest.approx(free, rel=1e-3)  # no cap in reach: the update is the whole gradient

@@ -52,12 +52,14 @@ class Learner(pl.LightningModule):
     # True: `self.model` holds everything it predicts with (trainer.keep_phase_weights saves its weights after each
     # phase); False: part of it lives elsewhere (TAME's expert pool, L2M's / L2P's pools and prompts)
     single_network: ClassVar[bool] = True
-    # True: it steps its own optimizers (manual optimization), so the trainer's gradient clipping never reaches them
+    # True: it writes its own training_step and steps its own optimizers by hand, so optim.grad_clip_norm never
+    # reaches them (the config check refuses the key for it)
     optimizes_itself: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         keep_signature(cls.__dict__.get("training_step"))
+        check_overrides(cls)
 
     def __init__(self, model: nn.Module, optim: OptimConfig, method: Any = None,
                  class_mask: Optional[torch.Tensor] = None, model_factory: Optional[Callable[[], nn.Module]] = None,
@@ -73,6 +75,10 @@ class Learner(pl.LightningModule):
         self.register_buffer("class_mask", class_mask, persistent=False)
         self._optimizer: Optional[torch.optim.Optimizer] = None
         self._pending_optimizer_state: Optional[dict] = None
+        # training_step takes the optimizer step itself (Lightning's manual optimization): the automatic loop wraps
+        # every step in a closure and three more hook rounds, ~75 µs a step of host work on a 2-core CPU
+        # (scripts/bench_step_overhead.py, docs/benchmarks.md), as much as a small network's whole step on a GPU.
+        self.automatic_optimization = False
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Lightning sets `_current_fx_name` before and after every hook it calls (~40 times a training step).
@@ -113,25 +119,47 @@ class Learner(pl.LightningModule):
         """A regulariser added to the loss (EWC, SI, ...)."""
         return 0.0
 
-    def training_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
+    def step_outputs(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        """One training batch's loss ("loss", with its graph) and what the callbacks' on_train_batch_end gets beside
+        it (here the logits: training accuracy for facilitation). Methods with another objective override this."""
         logits = self.logits(batch.x, batch.t)
         loss = self.loss(logits, batch) + self.penalty()
         # self.log costs ~0.7 ms a call (Lightning moves its result objects around); the loggers only write
         # every log_every_n_steps anyway, so log on those steps alone.
         if self.trainer is not None and batch_idx % self.trainer.log_every_n_steps == 0:
             self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(batch))
-        # The logits go to the callbacks' on_train_batch_end (e.g. training accuracy for facilitation).
         return {"loss": loss, "logits": logits.detach()}
 
-    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: Any = None,
-                                    gradient_clip_algorithm: Optional[str] = None) -> None:
-        """optim.grad_clip_norm (Lightning hands it here after unscaling mixed-precision gradients): clip by the
-        global L2 norm as Lightning would, and log the norm before clipping on the log steps (`train/grad_norm`
-        in logs/), so a run shows how often the cap acted rather than only that it was set."""
-        if gradient_clip_val is None:
+    def training_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        """The step Lightning's automatic loop would take, in its order: loss, zero_grad, backward, step. Through
+        Lightning's optimizer wrapper and manual_backward, so mixed precision's scaling and the backward and
+        optimizer hooks (callbacks', before_update, the clipping) run as they did."""
+        outputs = self.step_outputs(batch, batch_idx)
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        self.manual_backward(outputs["loss"])
+        optimizer.step()
+        return outputs
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Lightning calls this once the step's gradients are ready (unscaled under 16-mixed), after the callbacks'
+        own on_before_optimizer_step and before the update: the method's look at them first, then the clipping,
+        the order Lightning's automatic loop had."""
+        self.before_update(optimizer)
+        self.clip_gradients_to_norm(optimizer)
+
+    def before_update(self, optimizer: torch.optim.Optimizer) -> None:
+        """The step's gradients, before clipping and before the update (SI reads them here)."""
+
+    def clip_gradients_to_norm(self, optimizer: torch.optim.Optimizer) -> None:
+        """optim.grad_clip_norm: clip by the global L2 norm as Lightning's gradient_clip_val would, and log the norm
+        before clipping on the log steps (`train/grad_norm` in logs/), so a run shows how often the cap acted
+        rather than only that it was set."""
+        cap = self.optim_cfg.grad_clip_norm
+        if cap is None or self.optimizes_itself:
             return
         params = list(self.trainer.precision_plugin.main_params(optimizer))
-        norm = torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+        norm = torch.nn.utils.clip_grad_norm_(params, cap)
         if self.trainer.global_step % self.trainer.log_every_n_steps == 0:
             self.log("train/grad_norm", norm, on_step=True, on_epoch=False, batch_size=1)
 
@@ -214,6 +242,18 @@ def keep_signature(step: Any) -> None:
     first, and it is the same signature."""
     if inspect.isfunction(step):
         step.__signature__ = inspect.signature(step)
+
+
+def check_overrides(cls: type[Learner]) -> None:
+    """A Learner subclass changes what a step computes, never how it steps: the Learner's training_step takes the
+    optimizer step, so a redefined training_step would return a loss no one steps on, and a redefined
+    on_before_optimizer_step would drop or reorder the gradient clipping. Refused when the class is made."""
+    if "training_step" in cls.__dict__ and not cls.optimizes_itself:
+        raise TypeError(f"{cls.__name__} defines training_step: override step_outputs(batch, batch_idx) instead (the "
+                        "batch's loss; the Learner steps on it), or set optimizes_itself = True and step by hand")
+    if "on_before_optimizer_step" in cls.__dict__:
+        raise TypeError(f"{cls.__name__} defines on_before_optimizer_step: override before_update(optimizer) "
+                        "instead (the Learner clips the gradients right after it)")
 
 
 keep_signature(Learner.training_step)

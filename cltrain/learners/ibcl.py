@@ -103,7 +103,7 @@ class IBCL(Learner):
         # Chains share nothing, so the sum of their losses trains each on its own one.
         return (chain_nll(logits, batch.y) + self.model.kl() / self.n_train).sum()
 
-    def training_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+    def step_outputs(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
         loss = self.elbo_loss(batch)
         if self.trainer is not None and batch_idx % self.trainer.log_every_n_steps == 0:
             self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(batch))

@@ -83,7 +83,7 @@ class PrefVCL(Learner):
         segments = getattr(self.trainer.train_dataloader, "segments", None)
         self.n_train = int(segments[0].idx.numel()) if segments else 1
 
-    def training_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+    def step_outputs(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
         logits = self.model(batch.x)  # [1, B, out]
         if logits.shape[-1] == 1:
             nll = F.binary_cross_entropy_with_logits(logits[0, :, 0], batch.y.float(), reduction="none")

@@ -50,7 +50,7 @@ class SI(Learner):
         params = param_dict(self.model)
         return self.method.c * sum((self.omega[k] * (params[k] - self.anchor[k]).pow(2)).sum() for k in self.omega)
 
-    def on_before_optimizer_step(self, optimizer):
+    def before_update(self, optimizer):
         self._ensure_started()
         self._flush()
         self._before = {k: v.clone() for k, v in self._params().items()}

@@ -118,7 +118,7 @@ class TAME(Learner):
     incompatible_plugins = {"pruning": "TAME prunes its own experts (learner.prune_experts)"}
     reports_shifts = True
     single_network = False  # experts and a selector: `cltrain merge` reads them with source=tame
-    optimizes_itself = True  # one optimizer per expert, stepped by hand (automatic_optimization = False)
+    optimizes_itself = True  # one optimizer per expert (they come and go during the fit), stepped in its training_step
     syncs_own_gradients = True  # the expert pool grows during training, outside any DDP wrapper
     Config = TAMEConfig
 
@@ -127,7 +127,6 @@ class TAME(Learner):
         if self.model_factory is None:
             raise ValueError("TAME needs a model_factory to build experts")
         cfg: TAMEConfig = self.method
-        self.automatic_optimization = False  # experts and their optimizers come and go during the fit
         self.model = None  # no single model: the pool below (state_dict keys experts.<i>.*)
         self.experts = nn.ModuleList([model])
         self.selector: Optional[nn.Module] = None  # the final, pruned selector (end of the stream)
