@@ -3,7 +3,7 @@
     python scripts/bench_step_overhead.py [--steps 2000] [--rounds 5] [--device cpu|cuda]
 
 A network too small to cost anything (Linear 32 -> 10 on a fixed 128-row batch, SGD with momentum) is trained
-for --steps steps four ways, in one process, the rows alternating every round (the order rotating):
+for --steps steps five ways, in one process, the rows alternating every round (the order rotating):
 
   plain loop                       zero_grad / forward / backward / step by hand: the floor
   Lightning default                pl.Trainer.fit on a plain LightningModule, Lightning's default profiler
@@ -152,7 +152,7 @@ def main() -> int:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--calls", action="store_true", help="print each row's Python function calls per step first")
     args = parser.parse_args()
-    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)  # its per-fit notices, 4 fits a round
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)  # its per-fit notices, 4 Lightning fits a round
     torch.manual_seed(0)
     batch = (torch.randn(128, 32, device=args.device), torch.randint(0, 10, (128,), device=args.device))
     ours = Batch(*batch, t=None, n_new=len(batch[1]))
