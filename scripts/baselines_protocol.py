@@ -32,7 +32,7 @@ def settings(seeds: list[int], tune_seeds: list[int]) -> SimpleNamespace:
                            pmnist_steps=STEPS)
 
 
-def missing(runs: Path, args) -> tuple[int, int, list[str], list[str]]:
+def missing(runs: Path, args) -> tuple[int, int, list[str], dict[str, str]]:
     """(planned runs finished, planned runs, what is still to run, the grids not finished, both in words).
     Planned: plain methods on every seed, every grid point on the tune seeds, each method's pick on the other
     seeds (which point that is shows once its grid is done). Run folders outside the plan (other seeds, an
@@ -42,7 +42,7 @@ def missing(runs: Path, args) -> tuple[int, int, list[str], list[str]]:
     others = [s for s in args.seeds if s not in args.tune_seeds]
     counts = {"runs of the plain methods": [0, 0], "grid points on the tune seeds": [0, 0],
               "runs of the picks on the other seeds": [0, 0]}  # what -> [finished, planned]
-    open_grids = []
+    open_grids = {}  # method -> "k of n", its grid on the tune seeds so far
 
     def count(what: str, method: str, point: list[str] | None, seeds: list[int]) -> None:
         counts[what][0] += sum(finished(method, point, s) for s in seeds) if point is not None else 0
@@ -56,7 +56,7 @@ def missing(runs: Path, args) -> tuple[int, int, list[str], list[str]]:
             count("grid points on the tune seeds", method, point, args.tune_seeds)
         points_done = sum(all(finished(method, p, s) for s in args.tune_seeds) for p in points)
         if points_done < len(points):
-            open_grids.append(f"{method} {points_done} of {len(points)} grid points")
+            open_grids[method] = f"{points_done} of {len(points)}"
         pick = rb.picked(runs, BENCH, SCENARIO, STEPS, method, args.tune_seeds) if points_done == len(points) else None
         count("runs of the picks on the other seeds", method, pick, others)
     done, total = (sum(c[k] for c in counts.values()) for k in (0, 1))
@@ -66,20 +66,31 @@ def missing(runs: Path, args) -> tuple[int, int, list[str], list[str]]:
 
 def page(args, runs: Path) -> str:
     base = rb.folder(runs, BENCH, SCENARIO, STEPS)
-    done, total, left, open_grids = missing(runs, args) if base.is_dir() else (0, 0, [], [])
+    done, total, left, open_grids = missing(runs, args) if base.is_dir() else (0, 0, [], {})
     head = HEAD.format(seeds=" ".join(map(str, args.seeds)), tune=" ".join(map(str, args.tune_seeds)),
                        runs=rb.shown(runs))
     if done == 0:
         return head + "\nNo run has finished yet.\n"
     rows, differ = rb.table(runs, BENCH, SCENARIO, STEPS, args.tune_seeds)
+    rows = [mark_open_grid(row, open_grids) for row in rows]
+    grids = ", ".join(f"{method} {so_far} grid points" for method, so_far in open_grids.items())
     status = (f"**Finished: {done} of {total} runs.** "
               + (f"Still to run: {', '.join(left)}. " if left else "")
-              + (f"Grids not finished on the tune seeds ({', '.join(open_grids)}): the picks below are among "
-                 "the points run so far and may change. " if open_grids else ""))
+              + (f"Grids not finished on the tune seeds ({grids}): their rows (marked) show the best of the "
+                 "points run so far, which may change. " if open_grids else ""))
     differ_line = ("Differs from the paper by more than both spreads (`*`): " + ", ".join(differ) + "."
                    if differ else "No mean differs from the paper's by more than both spreads.")
     return (head + f"\n{status.strip()}\n\n" + rb.HEADER + "\n".join(rows)
             + f"\n\n{rb.divergence_line(base)} {rb.wall_line(base)}\n\n{differ_line}\n")
+
+
+def mark_open_grid(row: str, open_grids: dict[str, str]) -> str:
+    """A table row of a method whose grid is not finished names that in its method cell, so the row is not read
+    as a pick: "| online EWC (grid so far: 1 of 4 points) | ..."."""
+    for method, so_far in open_grids.items():
+        if row.startswith(f"| {method} |"):
+            return f"| {method} (grid so far: {so_far} points) |" + row[len(f"| {method} |"):]
+    return row
 
 
 HEAD = """# Permuted MNIST on the full protocol (van de Ven & Tolias), tuned on validation data

@@ -47,7 +47,7 @@ def test_page_of_a_partial_reproduction_says_what_is_missing(tmp_path):
     assert "**Finished: 4 of 27 runs.**" in text  # 9 plain + 12 grid + 3 picks x 2 more seeds
     assert "Still to run: 8 runs of the plain methods, 9 grid points on the tune seeds, 6 runs of the picks" in text
     assert "EWC 3 of 4 grid points" in text and "online EWC 0 of 4" in text and "SI 0 of 4" in text
-    ewc = next(line for line in text.splitlines() if line.startswith("| EWC |"))
+    ewc = next(line for line in text.splitlines() if line.startswith("| EWC (grid so far: 3 of 4 points) |"))
     assert "| **92.0** | 1 |" in ewc and "learner.lam=5.0" in ewc  # the stalled point is not picked
     assert "| -2.3 |" in ewc  # one seed: no spread, so no `*` beside the gap
     assert "(stopped learning)" in ewc
