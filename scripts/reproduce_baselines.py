@@ -164,16 +164,16 @@ def finished_elsewise(experiment: str, keys: list[str], run_dir: Path) -> list[s
 
 
 def first_round(args, runs: Path, target: tuple[str, str, int]) -> list[tuple]:
-    """Plain methods on every seed; grid points on the tune seeds."""
+    """Grid points on the tune seeds, then plain methods on every seed. Grids first: the second round waits for
+    every grid, so the plain runs fill the cores while the last grid points finish, instead of grids running
+    alone at the end."""
     bench, scenario, steps = target
-    jobs = []
-    for method, points in BENCHMARKS[bench].methods.items():
-        seeds = args.seeds if len(points) == 1 else args.tune_seeds
-        for overrides in points:
-            for seed in seeds:
-                run_dir = folder(runs, bench, scenario, steps) / point_name(method, overrides, seed)
-                jobs.append((bench, scenario, steps, overrides, seed, run_dir, extra(args, bench)))
-    return jobs
+    methods = BENCHMARKS[bench].methods.items()
+    tuned = [(m, p, s) for m, points in methods if len(points) > 1 for p in points for s in args.tune_seeds]
+    plain = [(m, p, s) for m, points in methods if len(points) == 1 for p in points for s in args.seeds]
+    return [(bench, scenario, steps, overrides, seed,
+             folder(runs, bench, scenario, steps) / point_name(method, overrides, seed), extra(args, bench))
+            for method, overrides, seed in tuned + plain]
 
 
 def extra(args, bench: str) -> tuple[str, ...]:

@@ -31,6 +31,7 @@ def test_protocol_runs_are_32x32_at_5000_iterations_on_every_test_image(tmp_path
     assert all(job[6] == ("stream.pad=2",) for job in jobs)  # no test subset, the experiment's pixels
     plain = [job for job in jobs if job[5].name.startswith(("finetuning", "joint", "experience"))]
     assert len(plain) == 9 and len(jobs) == 9 + 12  # plain methods on 3 seeds; 3 grids of 4 points on seed 0
+    assert jobs[-9:] == plain  # grids first: the picks wait for them, the plain runs need not
 
 
 def test_page_of_a_partial_reproduction_says_what_is_missing(tmp_path):
