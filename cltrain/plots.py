@@ -1,6 +1,7 @@
 """Figures for the run folder: the accuracy matrix as a heatmap, and per-task retention curves."""
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Sequence
 
@@ -118,3 +119,62 @@ def facilitation_png(iters: Sequence[int | None], acc: Sequence[float], cfg, pat
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def selection_png(curves: Sequence, path: Path, reference: dict[str, tuple[float, float]] | None = None,
+                  reference_label: str = "reference (± its spread)") -> None:
+    """`cltrain report --select val --plot`: a panel per tuned method (cltrain.selection.GridCurve), see
+    selection_figure."""
+    fig = selection_figure(curves, reference, reference_label)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def selection_figure(curves: Sequence, reference: dict[str, tuple[float, float]] | None = None,
+                     reference_label: str = "reference (± its spread)"):
+    """Validation ACC of every grid point (what chose), test ACC of every point on the same seeds (dashed: shown,
+    not used), the picked point ringed with its test ACC over all its seeds (mean ± sd), points that stopped
+    learning crossed out, and a reference (e.g. a paper's mean ± SEM, by method name) as a grey band."""
+    columns = min(3, len(curves))
+    rows = -(-len(curves) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.4 * rows), squeeze=False)
+    for ax, curve in zip(axes.flat, curves):
+        _grid_panel(ax, curve, (reference or {}).get(curve.method), reference_label)
+    for ax in axes.flat[len(curves):]:
+        ax.set_visible(False)
+    entries = {}  # one legend below the panels, every entry any panel has (crosses and bands are in some only)
+    for ax in axes.flat[:len(curves)]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    fig.legend(list(entries.values()), list(entries), loc="lower center", ncol=3, fontsize=7, frameon=False)
+    fig.suptitle("hyperparameters picked by validation ACC")
+    fig.tight_layout(rect=(0, 0.06 + 0.04 * (len(entries) > 3), 1, 1))
+    return fig
+
+
+def _grid_panel(ax, curve, reference: tuple[float, float] | None, reference_label: str) -> None:
+    xs = curve.x if curve.x is not None else list(range(len(curve.labels)))
+    ax.plot(xs, [100 * v for v in curve.val], marker="o", color="tab:blue", label="validation ACC (tune seeds)")
+    ax.plot(xs, [100 * v for v in curve.test], marker="s", markersize=4, linestyle="--", color="tab:orange",
+            alpha=0.8, label="test ACC, same seeds (not used)")
+    crossed = [(x, 100 * v) for x, v, s in zip(xs, curve.val, curve.stalled) if s]
+    if crossed:
+        ax.scatter(*zip(*crossed), marker="x", s=80, color="red", zorder=3, label="stopped learning (never picked)")
+    x_pick = xs[curve.chosen]
+    ax.scatter([x_pick], [100 * curve.val[curve.chosen]], s=160, facecolors="none", edgecolors="black", zorder=3,
+               label="picked")
+    mean, sd = curve.chosen_test
+    ax.errorbar([x_pick], [100 * mean], yerr=[100 * sd], fmt="D", color="black", capsize=4, zorder=3,
+                label="picked: test ACC ± sd over its seeds")
+    if reference is not None:
+        ax.axhspan(reference[0] - reference[1], reference[0] + reference[1], color="grey", alpha=0.25)
+        ax.axhline(reference[0], color="grey", linewidth=1, label=reference_label)
+    if curve.log_x:
+        ax.set_xscale("log")
+    if curve.x is None:
+        ax.set_xticks(xs, curve.labels, rotation=30, fontsize=7)
+    ax.set_xlabel(curve.key)
+    ax.set_ylabel("ACC (%)")
+    seeds = f"{curve.n_chosen} seed{'s' * (curve.n_chosen > 1)}"
+    ax.set_title(textwrap.fill(f"{curve.method}; pick: {seeds}", 50), fontsize=9)
+    ax.grid(alpha=0.3)

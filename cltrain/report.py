@@ -175,22 +175,36 @@ def report(paths: Iterable[str | Path]) -> tuple[list[str], list[list[Any]], lis
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    curves = None
     if args.select == "val":
-        from cltrain.selection import select, selection_table
+        from cltrain.selection import grid_curves, select, selection_table
 
         tune = [k.strip() for k in (args.tune or "").split(",") if k.strip()]
         if not tune:
             raise ConfigError("bad value None for '--tune'; valid with --select val: the comma-separated config keys "
                               "that were searched, e.g. --tune learner.lam,learner.c")
         seeds = _seeds(args.tune_seeds)
-        header, rows = selection_table(select(group_runs(find_runs(args.runs)), tune, seeds), COLUMNS)
-    elif args.tune or args.tune_seeds:
-        key, value = ("--tune", args.tune) if args.tune else ("--tune-seeds", args.tune_seeds)
+        _check_plot_path(args.plot)
+        picks = select(group_runs(find_runs(args.runs)), tune, seeds)
+        header, rows = selection_table(picks, COLUMNS)
+        curves = grid_curves(picks, seeds) if args.plot else None
+        if args.plot and not curves:
+            raise ConfigError(f"bad value {args.plot!r} for '--plot': no method has two or more grid points to "
+                              "plot; valid: runs in which a --tune key takes two or more values")
+    elif args.tune or args.tune_seeds or args.plot:
+        key, value = next((k, v) for k, v in (("--tune", args.tune), ("--tune-seeds", args.tune_seeds),
+                                               ("--plot", args.plot)) if v)
         raise ConfigError(f"bad value {value!r} for '{key}'; valid: only with --select val")
     else:
         header, rows, _ = report(args.runs)
     text = markdown(header, rows)
     print(text, end="")
+    if curves:
+        from cltrain.plots import selection_png
+
+        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+        selection_png(curves, Path(args.plot))
+        print(f"wrote {args.plot}")
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -198,6 +212,15 @@ def cmd_report(args: argparse.Namespace) -> int:
         out.with_suffix(".csv").write_text(csv_text(header, rows))
         print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.csv')}")
     return 0
+
+
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")
+
+
+def _check_plot_path(path: str | None) -> None:
+    if path is not None and Path(path).suffix.lower() not in PLOT_SUFFIXES:
+        raise ConfigError(f"bad value {path!r} for '--plot'; valid: a file name ending in "
+                          f"{', '.join(PLOT_SUFFIXES)}")
 
 
 def _seeds(text: str | None) -> set[int] | None:
@@ -222,4 +245,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "learner.lam,learner.c; runs that differ only in these are one method")
     parser.add_argument("--tune-seeds", help="with --select val: compare grid points on these seeds only (e.g. 0: a "
                         "grid run on seed 0, the pick on more seeds); the table still averages every seed of the pick")
+    parser.add_argument("--plot", help="with --select val: also draw each tuned method's grid (validation ACC per "
+                        "point, the pick and its test ACC) to this .png, .pdf or .svg file")
     parser.set_defaults(func=cmd_report)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Collection, Optional
+from typing import Callable, Collection, Optional
 
 import yaml
 
@@ -150,3 +150,63 @@ def selection_table(picks: list[Pick], columns: dict[str, str]) -> tuple[list[st
                      mean_sd([m[CRITERION] for m in chosen.metrics]),
                      *[mean_sd([m.get(k) for m in chosen.metrics]) for k in present]])
     return header, rows
+
+
+@dataclass
+class GridCurve:
+    """One tuned method's grid as a figure shows it (`cltrain report --select val --plot`): each point's mean
+    validation and test ACC on the tune seeds, and the pick's test ACC over all its seeds. Test ACC of the points
+    not picked is shown, never used: it lets a reader see whether validation ranked the points as test would."""
+
+    method: str
+    key: str  # what the x axis varies: the tuned key(s)
+    labels: list[str]  # each point's tuned value(s)
+    x: Optional[list[float]]  # numeric positions when one numeric key is tuned; None: the points are categories
+    val: list[float]
+    test: list[float]
+    stalled: list[bool]
+    chosen: int  # index of the picked point
+    chosen_test: tuple[float, float]  # the pick's test ACC, mean and sd over every seed it ran on
+    n_chosen: int
+
+    @property
+    def log_x(self) -> bool:
+        """A grid spaced in decades reads on a log axis (every value positive, spanning more than 10x)."""
+        return self.x is not None and min(self.x) > 0 and max(self.x) / min(self.x) > 10
+
+
+def grid_curves(picks: list[Pick], seeds: Optional[Collection[int]] = None,
+                name: Optional[Callable[[Pick], str]] = None) -> list[GridCurve]:
+    """A curve per method with two or more grid points, the points in increasing order of their tuned value;
+    `name` titles a method's panel (default: the learner and the keys that tell the plotted methods apart)."""
+    curves = []
+    plotted = [pick for pick in picks if len(pick.candidates) >= 2]
+    names = [name(p) for p in plotted] if name else _short_names([dict(p.method.key) for p in plotted])
+    for pick, name in zip(plotted, names):
+        keys = list(pick.grid)
+        points = sorted(pick.candidates, key=lambda c: [_numeric_first(dict(c[0].key)[k]) for k in keys])
+        labels = [", ".join(dict(group.key)[k] for k in keys) for group, _ in points]
+        numeric = len(keys) == 1 and all(_numeric_first(v)[0] == 0 for v in labels)
+        chosen = pick.chosen
+        curves.append(GridCurve(
+            method=name, key=", ".join(keys), labels=labels,
+            x=[float(v) for v in labels] if numeric else None,
+            val=[score for _, score in points], test=[_mean_on(group, "acc", seeds) for group, _ in points],
+            stalled=[group.key in pick.stalled for group, _ in points],
+            chosen=[group.key for group, _ in points].index(chosen.key),
+            chosen_test=mean_sd([m.get("acc") for m in chosen.metrics]), n_chosen=len(chosen.runs)))
+    return curves
+
+
+def _short_names(methods: list[dict[str, str]]) -> list[str]:
+    """Each method named by the learner and the keys that tell the plotted methods apart (a table's labels also
+    list the keys that only tell them from the untuned methods)."""
+    varying = sorted({k for m in methods for k in m if len({n.get(k) for n in methods}) > 1} - {"learner.name"})
+    return [", ".join([m.get("learner.name", "")] * ("learner.name" in m) + [f"{k}={m.get(k)}" for k in varying])
+            or "all runs" for m in methods]
+
+
+def _mean_on(group: Group, metric: str, seeds: Optional[Collection[int]]) -> float:
+    """Mean of a metric over the group's runs on `seeds` (all its runs without them): the runs _val_score used."""
+    return mean_sd([m.get(metric) for run, m in zip(group.runs, group.metrics)
+                    if seeds is None or run_seed(run) in seeds])[0]

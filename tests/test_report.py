@@ -223,3 +223,80 @@ def test_select_val_never_picks_a_point_that_stopped_learning(tmp_path, capsys):
     row = next(csv.DictReader(out.with_suffix(".csv").open()))
     assert row["picked (by val ACC)"] == "learner.lam=100.0 (every point stopped learning)"
     capsys.readouterr()
+
+
+def _grid_runs(root):
+    """EWC's lam in {10, 100, 1000} (validation prefers 10, test 1000), SI's c in {0.1, 1.0}, fine-tuning untuned."""
+    grid = {"10": (0.80, 0.60), "100": (0.70, 0.70), "1000": (0.50, 0.90)}
+    for lam, (val, test) in grid.items():
+        for seed in range(3):
+            _tuned_run(root / f"ewc{lam}" / str(seed), {"name": "ewc", "lam": float(lam)}, seed,
+                       val + 0.01 * seed, test + 0.01 * seed)
+    for c in ("0.1", "1.0"):
+        for seed in range(3):
+            _tuned_run(root / f"si{c}" / str(seed), {"name": "si", "c": float(c)}, seed,
+                       0.6 if c == "0.1" else 0.65, 0.5 if c == "0.1" else 0.55)
+    for seed in range(3):
+        _tuned_run(root / "ft" / str(seed), {"name": "finetune"}, seed, 0.4, 0.3)
+
+
+def test_plot_draws_each_tuned_grid_its_pick_and_the_test_acc_it_did_not_use(tmp_path, capsys):
+    from cltrain.plots import selection_figure
+    from cltrain.report import find_runs, group_runs
+    from cltrain.selection import grid_curves, select
+
+    _grid_runs(tmp_path / "runs")
+    curves = grid_curves(select(group_runs(find_runs([tmp_path / "runs"])), ["learner.lam", "learner.c"]))
+    ewc, si = sorted(curves, key=lambda c: c.method)  # fine-tuning has no grid: no panel
+    assert (ewc.method, ewc.key, ewc.x) == ("ewc", "learner.lam", [10.0, 100.0, 1000.0])
+    assert ewc.val == pytest.approx([0.81, 0.71, 0.51]) and ewc.test == pytest.approx([0.61, 0.71, 0.91])
+    assert ewc.chosen == 0 and ewc.chosen_test[0] == pytest.approx(0.61) and ewc.n_chosen == 3
+    assert ewc.log_x and not si.log_x  # two decades read on a log axis, one step of 10x not
+    assert si.chosen == 1 and si.labels == ["0.1", "1.0"]
+    fig = selection_figure(curves, reference={"ewc": (70.0, 1.0)})
+    panels = {ax.get_title().split(";")[0]: ax for ax in fig.axes if ax.get_visible()}
+    assert sorted(panels) == ["ewc", "si"]
+    val_line = panels["ewc"].get_lines()[0]
+    assert list(val_line.get_xdata()) == [10.0, 100.0, 1000.0]
+    assert list(val_line.get_ydata()) == pytest.approx([81.0, 71.0, 51.0])
+    assert panels["ewc"].get_xscale() == "log" and panels["si"].get_xscale() == "linear"
+    assert any(line.get_ydata()[0] == 70.0 for line in panels["ewc"].get_lines())  # the reference line, EWC only
+    assert not any(line.get_ydata()[0] == 70.0 for line in panels["si"].get_lines())
+
+    out = tmp_path / "figs" / "grid.png"
+    assert main(["report", str(tmp_path / "runs"), "--select", "val", "--tune", "learner.lam,learner.c",
+                 "--plot", str(out)]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_marks_a_point_that_stopped_learning(tmp_path):
+    from cltrain.report import find_runs, group_runs
+    from cltrain.selection import grid_curves, select
+
+    _stalling_run(tmp_path / "a" / "0", 10.0, 0, 0.70, 0.90)
+    _stalling_run(tmp_path / "b" / "0", 100.0, 0, 0.80, 0.10)
+    (curve,) = grid_curves(select(group_runs(find_runs([tmp_path])), ["learner.lam"]))
+    assert curve.stalled == [False, True] and curve.chosen == 0  # the better val score froze: not picked
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--plot", "grid.png"], "only with --select val"),
+    (["--select", "val", "--tune", "learner.lam", "--plot", "grid.txt"], "ending in .png, .pdf, .svg"),
+])
+def test_plot_refuses_a_path_it_cannot_write_or_would_ignore(tmp_path, capsys, extra, message):
+    _grid_runs(tmp_path / "runs")
+    extra = [str(tmp_path / a) if a.startswith("grid") else a for a in extra]
+    assert main(["report", str(tmp_path / "runs"), *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not list(tmp_path.glob("grid*"))
+
+
+def test_plot_of_runs_without_a_grid_is_refused_before_anything_is_written(tmp_path, capsys):
+    for seed in range(2):
+        _tuned_run(tmp_path / "runs" / f"ewc{seed}", {"name": "ewc", "lam": 10.0}, seed, 0.8, 0.7)
+    plot = tmp_path / "grid.png"
+    assert main(["report", str(tmp_path / "runs"), "--select", "val", "--tune", "learner.lam",
+                 "--plot", str(plot)]) == 2
+    captured = capsys.readouterr()
+    assert "two or more grid points" in captured.err and not captured.out and not plot.exists()

@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from cltrain.errors import ConfigError
+from cltrain.report import find_runs, group_runs
+from cltrain.selection import grid_curves, select
 from cltrain.streams.base import STREAMS
 from conftest import QUICK, results, run_cli, quick_config
 
@@ -90,8 +92,15 @@ def test_sweep_then_select_by_validation_on_real_runs(tmp_path):
     best = max(by_lam, key=lambda lam: mean(by_lam[lam], "val_acc"))
 
     out = tmp_path / "table"
-    proc = run_cli("report", str(root), "--select", "val", "--tune", "learner.lam", "--out", str(out))
+    plot = tmp_path / "grid.png"
+    proc = run_cli("report", str(root), "--select", "val", "--tune", "learner.lam", "--out", str(out),
+                   "--plot", str(plot))
     assert proc.returncode == 0, proc.stderr
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (curve,) = grid_curves(select(group_runs(find_runs([root])), ["learner.lam"]))
+    assert curve.x == [0.0, 1e5] and curve.labels[curve.chosen] == str(best)
+    assert curve.val == pytest.approx([mean(by_lam[lam], "val_acc") for lam in (0.0, 1e5)])
+    assert curve.test == pytest.approx([mean(by_lam[lam], "acc") for lam in (0.0, 1e5)])
     (row,) = list(csv.DictReader(out.with_suffix(".csv").open()))
     assert row["picked (by val ACC)"] == f"learner.lam={best}"
     assert float(row["ACC mean"]) == pytest.approx(mean(by_lam[best], "acc"))
