@@ -54,6 +54,28 @@ def test_page_of_a_partial_reproduction_says_what_is_missing(tmp_path):
     assert "(stopped learning)" in ewc
     assert next(line for line in text.splitlines() if line.startswith("| fine-tuning |")).startswith(
         "| fine-tuning | **74.0** | 1 |")
+    assert "![" not in text  # no figure asked for
+
+    figure = tmp_path / "grids.png"
+    assert s.grids_figure(opts, runs, figure) and figure.read_bytes()[:4] == b"\x89PNG"
+    assert "![Validation ACC of each grid point" in s.page(opts, runs, figure.name)
+
+
+def test_grids_figure_names_each_method_marks_an_open_grid_and_draws_the_paper(tmp_path, monkeypatch):
+    s = script()
+    runs = tmp_path / "protocol32"
+    base = s.rb.folder(runs, s.BENCH, s.SCENARIO, s.STEPS)
+    opts = s.settings([0, 1, 2], [0])
+    assert not s.grids_figure(opts, runs, tmp_path / "none.png")  # nothing run yet: no figure
+    for lam, val in (("0.05", 0.80), ("5.0", 0.93)):
+        _run(base, f"ewc_{lam}_s0", {"name": "ewc", "mode": "offline", "lam": float(lam)}, 0, val)
+    drawn = {}
+    monkeypatch.setattr("cltrain.plots.selection_png", lambda curves, path, reference, label: drawn.update(
+        curves=curves, reference=reference))
+    assert s.grids_figure(opts, runs, tmp_path / "grids.png")
+    (curve,) = drawn["curves"]
+    assert curve.method == "EWC (grid so far: 2 of 4 points)" and curve.labels == ["0.05", "5.0"]
+    assert drawn["reference"] == {curve.method: s.rb.PAPER[(s.BENCH, s.SCENARIO)]["EWC"]}
 
 
 def test_count_follows_the_plan_not_the_folders(tmp_path):
