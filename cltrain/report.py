@@ -177,20 +177,7 @@ def report(paths: Iterable[str | Path]) -> tuple[list[str], list[list[Any]], lis
 def cmd_report(args: argparse.Namespace) -> int:
     curves = None
     if args.select == "val":
-        from cltrain.selection import grid_curves, select, selection_table
-
-        tune = [k.strip() for k in (args.tune or "").split(",") if k.strip()]
-        if not tune:
-            raise ConfigError("bad value None for '--tune'; valid with --select val: the comma-separated config keys "
-                              "that were searched, e.g. --tune learner.lam,learner.c")
-        seeds = _seeds(args.tune_seeds)
-        _check_plot_path(args.plot)
-        picks = select(group_runs(find_runs(args.runs)), tune, seeds)
-        header, rows = selection_table(picks, COLUMNS)
-        curves = grid_curves(picks, seeds) if args.plot else None
-        if args.plot and not curves:
-            raise ConfigError(f"bad value {args.plot!r} for '--plot': no method has two or more grid points to "
-                              "plot; valid: runs in which a --tune key takes two or more values")
+        header, rows, curves = _selected(args)
     elif args.tune or args.tune_seeds or args.plot:
         key, value = next((k, v) for k, v in (("--tune", args.tune), ("--tune-seeds", args.tune_seeds),
                                                ("--plot", args.plot)) if v)
@@ -212,6 +199,24 @@ def cmd_report(args: argparse.Namespace) -> int:
         out.with_suffix(".csv").write_text(csv_text(header, rows))
         print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.csv')}")
     return 0
+
+
+def _selected(args: argparse.Namespace) -> tuple[list[str], list[list[Any]], list | None]:
+    """--select val: the picks' table, and with --plot their grids; every argument checked before any output."""
+    from cltrain.selection import grid_curves, select, selection_table
+
+    tune = [k.strip() for k in (args.tune or "").split(",") if k.strip()]
+    if not tune:
+        raise ConfigError("bad value None for '--tune'; valid with --select val: the comma-separated config keys "
+                          "that were searched, e.g. --tune learner.lam,learner.c")
+    seeds = _seeds(args.tune_seeds)
+    _check_plot_path(args.plot)
+    picks = select(group_runs(find_runs(args.runs)), tune, seeds)
+    curves = grid_curves(picks, seeds) if args.plot else None
+    if args.plot and not curves:
+        raise ConfigError(f"bad value {args.plot!r} for '--plot': no method has two or more grid points to "
+                          "plot; valid: runs in which a --tune key takes two or more values")
+    return (*selection_table(picks, COLUMNS), curves)
 
 
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")
