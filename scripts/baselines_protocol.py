@@ -65,27 +65,9 @@ def missing(runs: Path, args) -> tuple[int, int, list[str], dict[str, str]]:
 
 
 def grids_figure(args, runs: Path, path: Path) -> bool:
-    """Each tuned method's validation grid on the tune seeds, its pick, and the paper's number (cltrain report
-    --select val --plot, with the paper as reference); False when no grid has two points yet."""
-    from cltrain.plots import selection_png
-    from cltrain.selection import grid_curves
-
-    base = rb.folder(runs, BENCH, SCENARIO, STEPS)
-    if not base.is_dir():
-        return False
-    open_grids = missing(runs, args)[3]
-
-    def name(pick) -> str:
-        method = rb.method_of(dict(pick.method.key))
-        return method + (f" (grid so far: {open_grids[method]} points)" if method in open_grids else "")
-
-    curves = grid_curves(rb.picks(base, args.tune_seeds), set(args.tune_seeds), name)
-    if not curves:
-        return False
-    paper = rb.PAPER.get((BENCH, SCENARIO), {})
-    reference = {c.method: paper[c.method.split(" (")[0]] for c in curves if c.method.split(" (")[0] in paper}
-    selection_png(curves, path, reference, "paper: test ACC ± SEM (20 seeds, the authors' setting)")
-    return True
+    """The grids as a figure (reproduce_baselines.grid_figure), unfinished ones titled so."""
+    open_grids = missing(runs, args)[3] if rb.folder(runs, BENCH, SCENARIO, STEPS).is_dir() else {}
+    return rb.grid_figure(runs, (BENCH, SCENARIO, STEPS), args.tune_seeds, path, open_grids)
 
 
 def page(args, runs: Path, figure: str | None = None) -> str:
@@ -104,16 +86,10 @@ def page(args, runs: Path, figure: str | None = None) -> str:
                  "points run so far, which may change. " if open_grids else ""))
     differ_line = ("Differs from the paper by more than both spreads (`*`): " + ", ".join(differ) + "."
                    if differ else "No mean differs from the paper's by more than both spreads.")
-    shown = (f"\n\n![Validation ACC of each grid point on the tune seeds, the pick and its test ACC, the "
-             f"paper's number]({figure})\n\n{FIGURE_NOTE}" if figure else "")
+    shown = (f"\n\n{rb.figure_link(figure, 'The grids')}\n\nThe grids (written beside this page by the same "
+             f"command). {rb.GRID_FIGURE_NOTE}" if figure else "")
     return (head + f"\n{status.strip()}\n\n" + rb.HEADER + "\n".join(rows) + shown
             + f"\n\n{rb.divergence_line(base)} {rb.wall_line(base)}\n\n{differ_line}\n")
-
-
-FIGURE_NOTE = ("The grids (written beside this page by the same command): validation ACC of every point on the tune "
-               "seeds chose the pick (ringed); the dashed line is the test ACC of the same runs, drawn and never "
-               "used, to show whether validation ranked the points as test would; the black diamond is the pick's "
-               "test ACC over all its seeds; the grey band is the paper's number at the authors' setting.")
 
 
 def mark_open_grid(row: str, open_grids: dict[str, str]) -> str:

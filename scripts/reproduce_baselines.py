@@ -296,6 +296,43 @@ def table(runs: Path, bench: str, scenario: str, steps: int, tune_seeds: list[in
     return rows, differ
 
 
+def grid_figure(runs: Path, target: tuple[str, str, int], tune_seeds: list[int], path: Path,
+                open_grids: dict[str, str] | None = None) -> bool:
+    """Each tuned method's validation grid on the tune seeds, its pick and the paper's number, drawn to `path`
+    (what `cltrain report --select val --plot` draws, with the paper as reference); a method in `open_grids`
+    (name -> "k of n") is titled as unfinished. False, and nothing drawn, when no grid has two points."""
+    from cltrain.plots import selection_png
+    from cltrain.selection import grid_curves
+
+    bench, scenario, steps = target
+    base = folder(runs, bench, scenario, steps)
+    if not base.is_dir():
+        return False
+    open_grids = open_grids or {}
+
+    def name(pick) -> str:
+        method = method_of(dict(pick.method.key))
+        return method + (f" (grid so far: {open_grids[method]} points)" if method in open_grids else "")
+
+    curves = grid_curves(picks(base, tune_seeds), set(tune_seeds), name)
+    if not curves:
+        return False
+    paper = PAPER.get((bench, scenario), {})
+    reference = {c.method: paper[c.method.split(" (")[0]] for c in curves if c.method.split(" (")[0] in paper}
+    selection_png(curves, path, reference, "paper: test ACC ± SEM (20 seeds, the authors' setting)")
+    return True
+
+
+GRID_FIGURE_NOTE = ("Validation ACC of every grid point on the tune seeds chose the pick (ringed); the dashed line is "
+                    "the test ACC of the same runs, drawn and never used, to show whether validation ranked the points "
+                    "as test would; the black diamond is the pick's test ACC over all its seeds; the grey band is the "
+                    "paper's number at the authors' setting.")
+
+
+def figure_link(name: str, what: str) -> str:
+    return f"![{what}: validation ACC of each grid point, the pick and its test ACC, the paper's number]({name})"
+
+
 def method_of(key: dict[str, str]) -> str:
     name, mode = key.get("learner.name"), key.get("learner.mode")
     if name == "ewc":
@@ -576,7 +613,10 @@ def write_doc(args, runs: Path, out: Path) -> None:
             continue
         rows, differ = table(runs, bench, scenario, steps, args.tune_seeds)
         all_differ += [f"{title}: {m}" for m in differ]
-        sections.append(f"\n### {title} ({steps} iterations per task)\n\n" + HEADER + "\n".join(rows)
+        figure = out.with_name(f"{out.stem}_{bench}_{scenario}_grids.png")
+        grids = (f"\n\n{figure_link(figure.name, title)}\n\n{GRID_FIGURE_NOTE}"
+                 if grid_figure(runs, (bench, scenario, steps), args.tune_seeds, figure) else "")
+        sections.append(f"\n### {title} ({steps} iterations per task)\n\n" + HEADER + "\n".join(rows) + grids
                         + f"\n\n{divergence_line(base)} {wall_line(base)}\n")
     head = DOC_HEAD.format(split=args.split_steps, pmnist=args.pmnist_steps, seeds=", ".join(map(str, args.seeds)),
                            n=len(args.seeds), tune=",".join(map(str, args.tune_seeds)),

@@ -58,7 +58,7 @@ def test_page_of_a_partial_reproduction_says_what_is_missing(tmp_path):
 
     figure = tmp_path / "grids.png"
     assert s.grids_figure(opts, runs, figure) and figure.read_bytes()[:4] == b"\x89PNG"
-    assert "![Validation ACC of each grid point" in s.page(opts, runs, figure.name)
+    assert "![The grids: validation ACC of each grid point" in s.page(opts, runs, figure.name)
 
 
 def test_grids_figure_names_each_method_marks_an_open_grid_and_draws_the_paper(tmp_path, monkeypatch):

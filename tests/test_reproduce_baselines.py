@@ -36,3 +36,33 @@ def test_variants_pair_runs_of_the_same_seed_on_32x32_inputs(tmp_path):
     assert cells[3] == "0, 1"  # seeds paired
     assert cells[4].startswith("95.5 ± 0.7") and cells[5].startswith("94.0 ± 1.4")
     assert cells[6] == "-1.5"  # mean of the per-seed differences (-2, -1)
+
+
+def _grid_run(base, name, learner, seed, val, acc):
+    run = base / name
+    run.mkdir(parents=True)
+    cfg = {"name": "baselines/split_mnist", "seed": seed, "learner": learner, "stream": {"val_fraction": 0.1}}
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (run / "metrics.json").write_text(json.dumps({
+        "acc": acc, "val_acc": val, "acc_matrix": [[0.9, 0.1], [0.8, 0.95]], "val_acc_matrix": [[0.9, 0.1], [0.8, 0.9]],
+        "val_acc_init": [0.1, 0.1], "wall_time_s": 100.0}))
+
+
+def test_doc_draws_each_scenarios_grids_beside_its_table(tmp_path):
+    s = script()
+    runs, out = tmp_path / "runs", tmp_path / "docs" / "baselines.md"
+    out.parent.mkdir()
+    base = s.folder(runs, "split_mnist", "task_incremental", 2000)
+    _grid_run(base, "finetuning_s0", {"name": "finetune"}, 0, 0.80, 0.79)
+    for lam, val in ((1.0, 0.90), (100.0, 0.95)):
+        _grid_run(base, f"ewc_{lam}_s0", {"name": "ewc", "mode": "offline", "lam": lam}, 0, val, val - 0.01)
+    args = SimpleNamespace(split_steps=2000, pmnist_steps=5000, seeds=[0], tune_seeds=[0], pmnist_test=None,
+                           benchmarks=["split_mnist"], standardised_runs=None, padded_runs=None, check_steps=5000,
+                           check=[])
+    s.write_doc(args, runs, out)
+    figure = out.parent / "baselines_split_mnist_task_incremental_grids.png"
+    assert figure.read_bytes()[:4] == b"\x89PNG"
+    assert not list(out.parent.glob("*domain_incremental_grids.png"))  # a scenario not run has no figure
+    text = out.read_text()
+    section = text.split("### Split MNIST, Task-IL")[1].split("###")[0]
+    assert f"]({figure.name})" in section and "learner.lam=100.0" in section
