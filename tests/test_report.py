@@ -300,3 +300,19 @@ def test_plot_of_runs_without_a_grid_is_refused_before_anything_is_written(tmp_p
                  "--plot", str(plot)]) == 2
     captured = capsys.readouterr()
     assert "two or more grid points" in captured.err and not captured.out and not plot.exists()
+
+
+def test_plot_of_a_grid_over_two_keys_names_each_point_on_a_category_axis(tmp_path):
+    from cltrain.plots import selection_figure
+    from cltrain.report import find_runs, group_runs
+    from cltrain.selection import grid_curves, select
+
+    points = {(10.0, 0.9): 0.7, (10.0, 1.0): 0.8, (100.0, 0.9): 0.75}
+    for (lam, gamma), val in points.items():
+        _tuned_run(tmp_path / f"{lam}_{gamma}", {"name": "ewc", "lam": lam, "gamma": gamma}, 0, val, val)
+    (curve,) = grid_curves(select(group_runs(find_runs([tmp_path])), ["learner.lam", "learner.gamma"]))
+    assert curve.x is None and not curve.log_x
+    assert curve.key == "learner.gamma, learner.lam"  # the x label names the keys in the labels' order
+    assert curve.labels == ["0.9, 10.0", "0.9, 100.0", "1.0, 10.0"] and curve.labels[curve.chosen] == "1.0, 10.0"
+    (ax,) = [ax for ax in selection_figure([curve]).axes if ax.get_visible()]
+    assert [t.get_text() for t in ax.get_xticklabels()] == curve.labels
