@@ -314,7 +314,8 @@ def grid_figure(runs: Path, target: tuple[str, str, int], tune_seeds: list[int],
         method = method_of(dict(pick.method.key))
         return method + (f" (grid so far: {open_grids[method]} points)" if method in open_grids else "")
 
-    curves = grid_curves(picks(base, tune_seeds), set(tune_seeds), name)
+    in_table_order = sorted(picks(base, tune_seeds), key=lambda p: order(method_of(dict(p.method.key))))
+    curves = grid_curves(in_table_order, set(tune_seeds), name)
     if not curves:
         return False
     paper = PAPER.get((bench, scenario), {})

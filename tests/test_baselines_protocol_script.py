@@ -72,10 +72,14 @@ def test_grids_figure_names_each_method_marks_an_open_grid_and_draws_the_paper(t
     drawn = {}
     monkeypatch.setattr("cltrain.plots.selection_png", lambda curves, path, reference, label: drawn.update(
         curves=curves, reference=reference))
+    for c, val in (("0.05", 0.85), ("5.0", 0.95)):
+        _run(base, f"si_{c}_s0", {"name": "si", "c": float(c)}, 0, val)
     assert s.grids_figure(opts, runs, tmp_path / "grids.png")
-    (curve,) = drawn["curves"]
+    curve, si = drawn["curves"]  # in the table's order
     assert curve.method == "EWC (grid so far: 2 of 4 points)" and curve.labels == ["0.05", "5.0"]
-    assert drawn["reference"] == {curve.method: s.rb.PAPER[(s.BENCH, s.SCENARIO)]["EWC"]}
+    assert si.method == "SI (grid so far: 2 of 4 points)"
+    paper = s.rb.PAPER[(s.BENCH, s.SCENARIO)]
+    assert drawn["reference"] == {curve.method: paper["EWC"], si.method: paper["SI"]}
 
 
 def test_count_follows_the_plan_not_the_folders(tmp_path):
