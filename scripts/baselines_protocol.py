@@ -60,7 +60,9 @@ def missing(runs: Path, args) -> tuple[int, int, list[str], dict[str, str]]:
         pick = rb.picked(runs, BENCH, SCENARIO, STEPS, method, args.tune_seeds) if points_done == len(points) else None
         count("runs of the picks on the other seeds", method, pick, others)
     done, total = (sum(c[k] for c in counts.values()) for k in (0, 1))
-    left = [f"{planned - n} {what}" for what, (n, planned) in counts.items() if n < planned]
+    singular = lambda what: what.replace("runs ", "run ", 1).replace("points ", "point ", 1)  # noqa: E731
+    left = [f"{planned - n} {what if planned - n > 1 else singular(what)}" for what, (n, planned) in counts.items()
+            if n < planned]
     return done, total, left, open_grids
 
 

@@ -100,3 +100,13 @@ def test_count_follows_the_plan_not_the_folders(tmp_path):
                     "3 runs of the picks on the other seeds"]
     _run(base, "ewc_5.0_s2", {"name": "ewc", "mode": "offline", "lam": 5.0}, 2, 0.93)  # the pick, on seed 2
     assert s.missing(runs, s.settings([0, 1, 2], [0, 1]))[0] == 10
+
+
+def test_one_run_left_is_said_in_the_singular(tmp_path):
+    s = script()
+    runs = tmp_path / "protocol32"
+    base = s.rb.folder(runs, s.BENCH, s.SCENARIO, s.STEPS)
+    for name, learner in (("finetuning", {"name": "finetune"}), ("joint", {"name": "joint"})):
+        _run(base, f"{name}_s0", learner, 0, 0.75)
+    left = s.missing(runs, s.settings([0], [0]))[2]
+    assert left[0] == "1 run of the plain methods" and left[1] == "12 grid points on the tune seeds"
