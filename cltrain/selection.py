@@ -74,8 +74,13 @@ def _val_score(group: Group, seeds: Optional[Collection[int]] = None) -> Optiona
         if metrics.get(CRITERION) is None:
             raise ConfigError(f"run {run} has no '{CRITERION}' in metrics.json; valid for --select val: runs "
                               "made with stream.val_fraction > 0")
-    scored = [m for run, m in zip(group.runs, group.metrics) if seeds is None or run_seed(run) in seeds]
+    scored = _on_seeds(group, seeds)
     return mean_sd([m[CRITERION] for m in scored])[0] if scored else None
+
+
+def _on_seeds(group: Group, seeds: Optional[Collection[int]]) -> list[dict]:
+    """The metrics of the group's runs on `seeds` (all its runs without them)."""
+    return [m for run, m in zip(group.runs, group.metrics) if seeds is None or run_seed(run) in seeds]
 
 
 def _scored(pick: Pick, seeds: Optional[Collection[int]]) -> list[tuple[Group, float]]:
@@ -182,16 +187,17 @@ def grid_curves(picks: list[Pick], seeds: Optional[Collection[int]] = None,
     curves = []
     plotted = [pick for pick in picks if len(pick.candidates) >= 2]
     names = [name(p) for p in plotted] if name else _short_names([dict(p.method.key) for p in plotted])
-    for pick, name in zip(plotted, names):
+    for pick, title in zip(plotted, names):
         keys = list(pick.grid)
         points = sorted(pick.candidates, key=lambda c: [_numeric_first(dict(c[0].key)[k]) for k in keys])
         labels = [", ".join(dict(group.key)[k] for k in keys) for group, _ in points]
         numeric = len(keys) == 1 and all(_numeric_first(v)[0] == 0 for v in labels)
         chosen = pick.chosen
         curves.append(GridCurve(
-            method=name, key=", ".join(keys), labels=labels,
+            method=title, key=", ".join(keys), labels=labels,
             x=[float(v) for v in labels] if numeric else None,
-            val=[score for _, score in points], test=[_mean_on(group, "acc", seeds) for group, _ in points],
+            val=[score for _, score in points],
+            test=[mean_sd([m.get("acc") for m in _on_seeds(group, seeds)])[0] for group, _ in points],
             stalled=[group.key in pick.stalled for group, _ in points],
             chosen=[group.key for group, _ in points].index(chosen.key),
             chosen_test=mean_sd([m.get("acc") for m in chosen.metrics]), n_chosen=len(chosen.runs)))
@@ -205,8 +211,3 @@ def _short_names(methods: list[dict[str, str]]) -> list[str]:
     return [", ".join([m.get("learner.name", "")] * ("learner.name" in m) + [f"{k}={m.get(k)}" for k in varying])
             or "all runs" for m in methods]
 
-
-def _mean_on(group: Group, metric: str, seeds: Optional[Collection[int]]) -> float:
-    """Mean of a metric over the group's runs on `seeds` (all its runs without them): the runs _val_score used."""
-    return mean_sd([m.get(metric) for run, m in zip(group.runs, group.metrics)
-                    if seeds is None or run_seed(run) in seeds])[0]

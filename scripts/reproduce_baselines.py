@@ -319,7 +319,8 @@ def grid_figure(runs: Path, target: tuple[str, str, int], tune_seeds: list[int],
     if not curves:
         return False
     paper = PAPER.get((bench, scenario), {})
-    reference = {c.method: paper[c.method.split(" (")[0]] for c in curves if c.method.split(" (")[0] in paper}
+    reference = {name(p): paper[method_of(dict(p.method.key))] for p in in_table_order
+                 if method_of(dict(p.method.key)) in paper}
     selection_png(curves, path, reference, "paper: test ACC ± SEM (20 seeds, the authors' setting)")
     return True
 
