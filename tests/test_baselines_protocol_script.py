@@ -110,3 +110,15 @@ def test_one_run_left_is_said_in_the_singular(tmp_path):
         _run(base, f"{name}_s0", learner, 0, 0.75)
     left = s.missing(runs, s.settings([0], [0]))[2]
     assert left[0] == "1 run of the plain methods" and left[1] == "12 grid points on the tune seeds"
+
+
+def test_hand_written_notes_are_appended_to_the_page(tmp_path):
+    s = script()
+    runs = tmp_path / "protocol32"
+    base = s.rb.folder(runs, s.BENCH, s.SCENARIO, s.STEPS)
+    _run(base, "finetuning_s0", {"name": "finetune"}, 0, 0.75, acc=0.74)
+    opts, notes = s.settings([0, 1, 2], [0]), tmp_path / "page_notes.md"
+    assert "## Why" not in s.page(opts, runs, notes=notes)  # no notes file: nothing appended
+    notes.write_text("## Why the means differ\n\nmeasured cause\n")
+    text = s.page(opts, runs, notes=notes)
+    assert text.index("| fine-tuning |") < text.index("## Why the means differ") and text.endswith("measured cause\n")
