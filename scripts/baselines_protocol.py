@@ -72,9 +72,9 @@ def grids_figure(args, runs: Path, path: Path) -> bool:
     return rb.grid_figure(runs, (BENCH, SCENARIO, STEPS), args.tune_seeds, path, open_grids)
 
 
-def page(args, runs: Path, figure: str | None = None, notes: Path | None = None) -> str:
-    """The page from the finished runs; `notes` (hand-written, e.g. why a mean differs from the paper's) is
-    appended when it exists, kept in a file of its own so the tables regenerate."""
+def page(args, runs: Path, figure: str | None = None, out: Path | None = None) -> str:
+    """The page from the finished runs; written to `out`, it ends with the hand-written notes beside it
+    (<out>_notes.md, e.g. why a mean differs from the paper's) when they exist."""
     base = rb.folder(runs, BENCH, SCENARIO, STEPS)
     done, total, left, open_grids = missing(runs, args) if base.is_dir() else (0, 0, [], {})
     head = HEAD.format(seeds=" ".join(map(str, args.seeds)), tune=" ".join(map(str, args.tune_seeds)),
@@ -92,9 +92,9 @@ def page(args, runs: Path, figure: str | None = None, notes: Path | None = None)
                    if differ else "No mean differs from the paper's by more than both spreads.")
     shown = (f"\n\n{rb.figure_link(figure, 'The grids')}\n\nThe grids (written beside this page by the same "
              f"command). {rb.GRID_FIGURE_NOTE}" if figure else "")
-    written = "\n" + notes.read_text() if notes is not None and notes.exists() else ""
     return (head + f"\n{status.strip()}\n\n" + rb.HEADER + "\n".join(rows) + shown
-            + f"\n\n{rb.divergence_line(base)} {rb.wall_line(base)}\n\n{differ_line}\n" + written)
+            + f"\n\n{rb.divergence_line(base)} {rb.wall_line(base)}\n\n{differ_line}\n"
+            + (rb.notes_beside(out) if out is not None else ""))
 
 
 def mark_open_grid(row: str, open_grids: dict[str, str]) -> str:
@@ -151,7 +151,7 @@ def main() -> int:
     out = Path(args.out)
     figure = out.with_name(out.stem + "_grids.png")
     drawn = grids_figure(opts, runs, figure)
-    out.write_text(page(opts, runs, figure.name if drawn else None, out.with_name(out.stem + "_notes.md")))
+    out.write_text(page(opts, runs, figure.name if drawn else None, out))
     print(f"wrote {out}" + (f" and {figure}" if drawn else ""))
     return 0
 

@@ -635,13 +635,14 @@ def write_doc(args, runs: Path, out: Path) -> None:
         sections.append(pad_section(args, runs, padded))
         sections.append(variants_section(args, padded, runs / "variants"))
     differ = "\n".join(f"- {d}" for d in all_differ) or "- none"
-    out.write_text(head + "".join(sections) + DOC_DIFFER.format(differ=differ) + notes_section() + DOC_TAIL)
+    out.write_text(head + "".join(sections) + DOC_DIFFER.format(differ=differ) + notes_beside(out) + DOC_TAIL)
     print(f"wrote {out}")
 
 
-def notes_section() -> str:
-    """The hand-written analysis (docs/results/baselines_notes.md): kept apart so the tables regenerate."""
-    notes = REPO / "docs" / "results" / "baselines_notes.md"
+def notes_beside(page: Path) -> str:
+    """The hand-written reading of a page's tables (<page>_notes.md beside it, e.g. baselines_notes.md), to append
+    to the page: kept apart so the tables regenerate. Empty when there is none."""
+    notes = page.with_name(page.stem + "_notes.md")
     return "\n" + notes.read_text() if notes.exists() else ""
 
 

@@ -25,8 +25,8 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from reproduce_baselines import (BENCHMARKS, PAPER, REPO, SHORT, TUNED, fit, paper_cell, paper_gap,  # noqa: E402
-                                 point_name, run_all, shown)
+from reproduce_baselines import (BENCHMARKS, PAPER, REPO, SHORT, TUNED, fit, notes_beside, paper_cell,  # noqa: E402
+                                 paper_gap, point_name, run_all, shown)
 
 # The validation picks of docs/results/baselines.md's split-MNIST tables (`cltrain report --select val` over
 # seed 0's grid, label order, standardised pixels), per scenario: (method, value of its tuned key); a plain
@@ -198,9 +198,7 @@ def write_doc(factor: Factor, name: str, runs: Path, out: Path) -> None:
         text.append(f"\n## {SHORT[scenario]}\n\n| method | setting | seeds | {first} | {second} | shift | "
                     f"per seed ({first} → {second}) | {first} − paper | {second} − paper | paper (± sd) |\n"
                     f"|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
-    notes = out.with_name(out.stem + "_notes.md")
-    if notes.exists():  # the hand-written reading of the tables, kept apart so the tables regenerate
-        text.append("\n" + notes.read_text())
+    text.append(notes_beside(out))
     out.write_text("".join(text))
     print(f"wrote {out}")
 

@@ -117,8 +117,8 @@ def test_hand_written_notes_are_appended_to_the_page(tmp_path):
     runs = tmp_path / "protocol32"
     base = s.rb.folder(runs, s.BENCH, s.SCENARIO, s.STEPS)
     _run(base, "finetuning_s0", {"name": "finetune"}, 0, 0.75, acc=0.74)
-    opts, notes = s.settings([0, 1, 2], [0]), tmp_path / "page_notes.md"
-    assert "## Why" not in s.page(opts, runs, notes=notes)  # no notes file: nothing appended
-    notes.write_text("## Why the means differ\n\nmeasured cause\n")
-    text = s.page(opts, runs, notes=notes)
+    opts, out = s.settings([0, 1, 2], [0]), tmp_path / "page.md"
+    assert "## Why" not in s.page(opts, runs, out=out)  # no notes file: nothing appended
+    (tmp_path / "page_notes.md").write_text("## Why the means differ\n\nmeasured cause\n")
+    text = s.page(opts, runs, out=out)
     assert text.index("| fine-tuning |") < text.index("## Why the means differ") and text.endswith("measured cause\n")
