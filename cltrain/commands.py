@@ -1,5 +1,5 @@
 """Subcommands beyond fit/list: each entry adds its parser to the CLI's subparsers."""
-from cltrain import ibcl_model, merge_command, report
+from cltrain import ibcl_model, keep, merge_command, report
 from cltrain.launch import sweep
 
-COMMANDS = [report.register, sweep.register, ibcl_model.register, merge_command.register]
+COMMANDS = [report.register, sweep.register, ibcl_model.register, merge_command.register, keep.register]

@@ -660,9 +660,10 @@ MLP 784-400-400, Adam lr 1e-3 (β 0.9, 0.999), batch 128, 2000 iterations per ta
 class-incremental (one 10-way head, no task id) scenarios. Permuted MNIST — 10 tasks (the first the identity),
 MLP 1024-1000-1000, Adam lr 1e-4, batch 128, 5000 iterations
 per task, domain-incremental (one 10-way head, no task id), on MNIST padded to 32×32 and permuted over all
-1,024 positions. The authors' code feeds pixels in [0, 1], not standardised; so do the permuted-MNIST runs here
-(`stream.pixels=unit`, experiments/baselines/pmnist.yaml). The tables' permuted runs have 28×28 inputs (below);
-the protocol-length checks run both sizes.
+1,024 positions. The authors' code feeds pixels in [0, 1], not standardised; so do the runs here
+(`stream.pixels=unit` in experiments/baselines/*.yaml; split MNIST's grids ran on standardised inputs before
+2026-11-30: docs/results/baselines_pixels.md compares the two scales at those earlier picks). The tables' permuted
+runs have 28×28 inputs (below); the protocol-length checks run both sizes.
 
 **Where this run departs from the protocol** (each changes the numbers):
 - Iterations per task here: split MNIST {split}, permuted MNIST {pmnist} (protocol: 2000 and 5000).{test_cut} docs/results/baselines_protocol.md tunes permuted MNIST the same way on the full protocol (5000
@@ -691,17 +692,11 @@ the protocol-length checks run both sizes.
 - Seeds: the authors' code keeps task 0 unpermuted and split MNIST's digits in order ({{0,1}}, {{2,3}}, …) on
   seed 0 only; every other seed permutes task 0 too and deals the digits to the tasks in a random order. Here
   every seed keeps the identity first task (to an MLP, which sees no pixel order, one fixed permutation is like
-  another) and the digits in order. docs/results/baselines_class_order.md runs the split-MNIST picks with the
-  digits dealt as the authors' other seeds deal them (`stream.class_order=shuffled`, seeds 1–5 in Task- and
+  another) and the digits in order. docs/results/baselines_class_order.md runs the earlier split-MNIST picks (made
+  and run on standardised inputs) with the digits dealt as the authors' other seeds deal them (`stream.class_order=shuffled`, seeds 1–5 in Task- and
   Domain-IL, 1–3 in Class-IL): the Domain-IL spread of fine-tuning, EWC and online EWC grows from ± 1–2 to
   ± 6–8 points, the size of the paper's (± 7.2–7.4), so the split-MNIST spreads here understate the
   protocol's, and their means rise by 6–7 points on average (on four seeds of five); Class-IL does not move.
-- Split MNIST's inputs are standardised ((x/255 − 0.1307) / 0.3081, cltrain's default) where the authors feed
-  pixels in [0, 1]: its grids ran before the input scale was found to matter on permuted MNIST (section
-  "Permuted MNIST: standardised against unit pixels") and were not run again. docs/results/baselines_pixels.md
-  runs the picks with the authors' pixels (`stream.pixels=unit`, seeds 1–5 in Task- and Domain-IL, 1–3 in
-  Class-IL): Domain-IL EWC and online EWC gain 5.1 and 3.9 points (higher on every seed), Task-IL's
-  regularisers lose about 1, fine-tuning and Class-IL do not move; picks were not made again on [0, 1].
 - Experience replay: cltrain's reservoir buffer of 2000 samples, replayed alongside each batch; the paper's
   table has no exact-replay row.
 

@@ -21,8 +21,9 @@ def test_jobs_run_each_pick_both_ways_with_the_pages_run_names(tmp_path):
     dirs = {job[5].relative_to(tmp_path).as_posix(): job for job in jobs}
     ewc = dirs["domain_incremental/class_order-shuffled/ewc_1e7_s2"]
     assert ewc[3] == ["learner.name=ewc", "learner.mode=offline", "learner.lam=1e7"] and ewc[4] == 2
-    assert ewc[6] == ("stream.class_order=shuffled",) and ewc[2] == 2000
-    assert dirs["domain_incremental/reference/ewc_1e7_s2"][6] == ()  # the page's values: no override
+    # the picks' inputs on both sides (the baselines yaml has since moved to [0, 1])
+    assert ewc[6] == ("stream.pixels=standardised", "stream.class_order=shuffled") and ewc[2] == 2000
+    assert dirs["domain_incremental/reference/ewc_1e7_s2"][6] == ("stream.pixels=standardised",)
     with pytest.raises(ValueError, match="not a grid point"):
         sf.grid_point("SI", "3.0")
 
@@ -32,9 +33,10 @@ def test_factors_share_the_reference_runs(tmp_path):
     args = SimpleNamespace(seeds=[1], scenarios=list(sf.PICKS))
     by_factor = {name: {job[5]: job[6] for job in sf.jobs(factor, args, tmp_path)}
                  for name, factor in sf.FACTORS.items()}
-    reference = [{d for d, extra in jobs.items() if not extra} for jobs in by_factor.values()]
+    reference = [{d for d, extra in jobs.items() if d.parent.name == "reference"} for jobs in by_factor.values()]
     assert reference[0] == reference[1] and len(reference[0]) == 3 * 4
-    unit = {d: extra for d, extra in by_factor["pixels"].items() if extra}
+    assert {by_factor["pixels"][d] for d in reference[1]} == {("stream.pixels=standardised",)}
+    unit = {d: extra for d, extra in by_factor["pixels"].items() if d.parent.name != "reference"}
     assert set(unit.values()) == {("stream.pixels=unit",)}
     assert all(d.parent.name == "pixels-unit" for d in unit)
 

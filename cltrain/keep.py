@@ -1,0 +1,73 @@
+"""`cltrain keep SRC... --to DEST`: copy the records of finished runs, so results outlive the machine that made them.
+
+A run folder's records are its top-level text files (RECORDS: config.yaml, metrics.json, metrics.csv and what a
+method adds, e.g. schedule_counts.csv): what `cltrain report`, `--select val` and the results pages read. They
+are a few KB a run, where its checkpoints are MBs, so a reproduction that spans machines or sessions commits
+them (e.g. under docs/results/runs/) and any later machine rewrites its pages from them, or copies them back
+into its runs folder (`cltrain keep docs/results/runs/X --to runs/X`) so the reproduction reuses them instead of
+running them again. Each run keeps its path relative to the SRC it was found under (a run given itself: its
+name); checkpoints, logs and plots stay behind. A run kept before with other records is a conflict: nothing is
+copied and the command names it.
+"""
+from __future__ import annotations
+
+import argparse
+import filecmp
+import shutil
+from pathlib import Path
+
+from cltrain.errors import ConfigError
+
+RECORDS = (".json", ".yaml", ".csv")  # a run folder's top-level files of these kinds
+
+
+def records(run: Path) -> list[Path]:
+    return sorted(p for p in run.iterdir() if p.is_file() and p.suffix in RECORDS)
+
+
+def plan(sources: list[Path], dest: Path) -> list[tuple[Path, Path]]:
+    """(record, its copy) for every record not kept yet; ConfigError, before anything is copied, for a source
+    that is not a folder, a destination inside a source (or the other way round), and records kept before that
+    differ from the run's."""
+    from cltrain.report import find_runs
+
+    for src in sources:
+        if not src.is_dir():
+            raise ConfigError(f"keep: {src} is not a folder; give folders of finished runs (holding metrics.json)")
+        if dest.resolve().is_relative_to(src.resolve()) or src.resolve().is_relative_to(dest.resolve()):
+            raise ConfigError(f"keep: --to {dest} and {src} contain one another; give a destination outside the "
+                              "runs (e.g. docs/results/runs/NAME)")
+    copies, conflicts = [], []
+    for src in sources:
+        base = src.parent if (src / "metrics.json").exists() else src  # a run given itself keeps its own name
+        for run in find_runs([src]):
+            for record in records(run):
+                copy = dest / record.relative_to(base)
+                if not copy.exists():
+                    copies.append((record, copy))
+                elif not filecmp.cmp(record, copy, shallow=False):
+                    conflicts.append(str(copy))
+    if conflicts:
+        raise ConfigError(f"keep: {len(conflicts)} records under {dest} differ from the runs' (e.g. {conflicts[0]}):"
+                          " another run of the same name was kept there; move it away or keep to another --to")
+    return copies
+
+
+def cmd_keep(args: argparse.Namespace) -> int:
+    sources, dest = [Path(s) for s in args.runs], Path(args.to)
+    copies = plan(sources, dest)
+    for record, copy in copies:
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(record, copy)
+    runs = len({copy.parent for _, copy in copies})
+    print(f"kept {len(copies)} records of {runs} run{'s' * (runs != 1)} under {dest}" if copies else f"nothing new to keep under {dest}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("keep", help="copy the records of finished runs (config, metrics; no checkpoints) to "
+                            "another folder, e.g. one that is committed")
+    parser.add_argument("runs", nargs="+", help="run folders, or folders containing run folders")
+    parser.add_argument("--to", required=True, help="where the records go; each run keeps its path relative to "
+                        "the folder it was found under")
+    parser.set_defaults(func=cmd_keep)

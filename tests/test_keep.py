@@ -1,0 +1,78 @@
+"""`cltrain keep`: a finished run's records, copied without its checkpoints, are enough to report it and for a
+reproduction to reuse it (a real 3-task MNIST run through the real CLI), and a conflicting copy stops the command
+before anything is written."""
+import json
+import shutil
+
+import pytest
+
+from cltrain.cli import main
+from conftest import QUICK, load_script, run_cli
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    run = runs / "pmnist" / "finetune_s0"
+    done = run_cli("fit", "baselines/pmnist", *QUICK, "trainer.steps_per_task=30", "stream.test_per_task=200",
+                   f"run_dir={run}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    return runs, run
+
+
+def test_kept_records_report_and_are_reused_like_the_run(finished, tmp_path, capsys):
+    runs, run = finished
+    kept = tmp_path / "kept"
+    assert main(["keep", str(runs), "--to", str(kept)]) == 0
+    copy = kept / "pmnist" / "finetune_s0"
+    texts = sorted(p.name for p in run.iterdir() if p.suffix in (".json", ".yaml", ".csv"))
+    assert {"config.yaml", "metrics.csv", "metrics.json"} <= set(texts) and (run / "checkpoints").is_dir()
+    assert f"kept {len(texts)} records of 1 run under" in capsys.readouterr().out
+    assert sorted(p.name for p in copy.iterdir()) == texts  # no checkpoints, logs or plots
+    assert json.loads((copy / "metrics.json").read_text()) == json.loads((run / "metrics.json").read_text())
+
+    # the report over the records alone is the report over the run
+    assert main(["report", str(run), "--select", "val", "--tune", "optim.lr"]) == 0
+    from_run = capsys.readouterr().out
+    assert main(["report", str(copy), "--select", "val", "--tune", "optim.lr"]) == 0
+    assert capsys.readouterr().out == from_run and "ACC" in from_run
+
+    # brought back to a fresh runs folder, the reproduction takes it as finished with the same config
+    fresh = tmp_path / "fresh"
+    assert main(["keep", str(kept), "--to", str(fresh)]) == 0
+    rb = load_script("reproduce_baselines")
+    keys = [*QUICK, "trainer.steps_per_task=30", "stream.test_per_task=200", "seed=0"]
+    assert rb.finished_elsewise("baselines/pmnist", keys, fresh / "pmnist" / "finetune_s0") == []
+    assert rb.finished_elsewise("baselines/pmnist", [*keys, "optim.lr=0.5"], fresh / "pmnist" / "finetune_s0")
+
+
+def test_keeping_again_copies_nothing_and_a_conflict_copies_nothing(finished, tmp_path, capsys):
+    runs, run = finished
+    kept = tmp_path / "kept"
+    assert main(["keep", str(run), "--to", str(kept)]) == 0  # a run given itself keeps its name
+    assert (kept / "finetune_s0" / "metrics.json").exists()
+    capsys.readouterr()
+    assert main(["keep", str(run), "--to", str(kept)]) == 0
+    assert "nothing new to keep" in capsys.readouterr().out
+
+    other = tmp_path / "other" / "finetune_s0"
+    shutil.copytree(run, other, ignore=shutil.ignore_patterns("checkpoints", "logs"))
+    (other / "metrics.csv").unlink()
+    metrics = json.loads((other / "metrics.json").read_text())
+    (other / "metrics.json").write_text(json.dumps({**metrics, "acc": 0.5}))
+    assert main(["keep", str(other), "--to", str(kept)]) == 2
+    err = capsys.readouterr().err
+    assert "differ from the runs'" in err and "finetune_s0/metrics.json" in err
+    assert json.loads((kept / "finetune_s0" / "metrics.json").read_text())["acc"] == metrics["acc"]
+
+
+def test_bad_places_are_usage_errors(finished, tmp_path, capsys):
+    runs, _ = finished
+    assert main(["keep", str(tmp_path / "nope"), "--to", str(tmp_path / "kept")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    assert main(["keep", str(runs), "--to", str(runs / "kept")]) == 2
+    assert "contain one another" in capsys.readouterr().err
+    assert not (runs / "kept").exists()
+    (tmp_path / "empty").mkdir()
+    assert main(["keep", str(tmp_path / "empty"), "--to", str(tmp_path / "kept")]) == 2
+    assert "no finished runs" in capsys.readouterr().err
