@@ -53,14 +53,30 @@ def plan(sources: list[Path], dest: Path) -> list[tuple[Path, Path]]:
     return copies
 
 
-def cmd_keep(args: argparse.Namespace) -> int:
-    sources, dest = [Path(s) for s in args.runs], Path(args.to)
+def keep(sources: list[Path], dest: Path) -> int:
+    """Copy the records not kept yet (after `plan`'s checks); the number of runs that gained some."""
     copies = plan(sources, dest)
     for record, copy in copies:
         copy.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(record, copy)
-    runs = len({copy.parent for _, copy in copies})
-    print(f"kept {len(copies)} records of {runs} run{'s' * (runs != 1)} under {dest}" if copies else f"nothing new to keep under {dest}")
+    return len({copy.parent for _, copy in copies})
+
+
+def keep_beside(run: Path, runs: Path, kept: Path) -> None:
+    """A reproduction's finished run (under `runs`) kept at the same place under `kept`, as soon as it finishes:
+    a session that ends before anyone runs `cltrain keep` still leaves it in the working tree."""
+    keep([run], kept / run.parent.relative_to(runs))
+
+
+def bring_back(kept: Path, runs: Path) -> int:
+    """Kept runs copied back into a reproduction's runs folder, which then reuses them; 0 when none are kept."""
+    return keep([kept], runs) if any(kept.rglob("metrics.json")) else 0
+
+
+def cmd_keep(args: argparse.Namespace) -> int:
+    dest = Path(args.to)
+    runs = keep([Path(s) for s in args.runs], dest)
+    print(f"kept the records of {runs} run{'s' * (runs != 1)} under {dest}" if runs else f"nothing new to keep under {dest}")
     return 0
 
 

@@ -11,6 +11,7 @@ spans sessions: finished runs are reused, and the page says what is still missin
 
     CLTRAIN_DATA=../shared/data python scripts/baselines_protocol.py --jobs 2
         [--runs runs/baselines/protocol32] [--seeds 0 1 2] [--tune-seeds 0] [--doc-only]
+        [--keep docs/results/runs/baselines/protocol32]
 """
 from __future__ import annotations
 
@@ -137,6 +138,7 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--doc-only", action="store_true", help="only rewrite the page from finished runs")
     parser.add_argument("--out", default=str(REPO / "docs" / "results" / "baselines_protocol.md"))
+    rb.add_keep(parser)
     args = parser.parse_args()
     if not set(args.tune_seeds) <= set(args.seeds):
         parser.error(f"--tune-seeds {args.tune_seeds} must be among --seeds {args.seeds}")
@@ -145,9 +147,10 @@ def main() -> int:
         parser.error("--runs: give a folder of its own (e.g. runs/baselines/protocol32), not the 500-iteration "
                      "tables' runs/baselines")
     opts, target = settings(args.seeds, args.tune_seeds), (BENCH, SCENARIO, STEPS)
+    kept = rb.kept_runs(parser, args, runs)
     if not args.doc_only:
-        rb.run_all(rb.first_round(opts, runs, target), args.jobs)
-        rb.run_all(rb.second_round(opts, runs, target), args.jobs)
+        rb.run_all(rb.first_round(opts, runs, target), args.jobs, kept)
+        rb.run_all(rb.second_round(opts, runs, target), args.jobs, kept)
     out = Path(args.out)
     figure = out.with_name(out.stem + "_grids.png")
     drawn = grids_figure(opts, runs, figure)

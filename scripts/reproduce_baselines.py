@@ -3,7 +3,7 @@ validation data, beside the authors' published table; writes docs/results/baseli
 
     CLTRAIN_DATA=../shared/data python scripts/reproduce_baselines.py --jobs 2
         [--runs runs/baselines] [--split-steps 2000] [--pmnist-steps 5000] [--seeds 0 1 2] [--tune-seeds 0]
-        [--benchmarks split_mnist pmnist] [--doc-only]
+        [--benchmarks split_mnist pmnist] [--doc-only] [--keep docs/results/runs/baselines]
 
 Every run is one `cltrain fit` subprocess of experiments/baselines/{split_mnist,pmnist}.yaml; a run whose
 metrics.json exists is skipped, so an interrupted reproduction continues where it stopped. Per scenario, two
@@ -261,10 +261,47 @@ def targets(args) -> list[tuple[str, str, int]]:
     return [(b, s, steps[b]) for b in args.benchmarks for s in BENCHMARKS[b].scenarios]
 
 
-def run_all(jobs: list[tuple], n: int) -> None:
+def run_all(jobs: list[tuple], n: int, kept: tuple[Path, Path] | None = None) -> None:
+    """The jobs, n at a time; with kept = (runs, folder), each finished run's records are kept at its place under
+    the folder as soon as it finishes (cltrain keep)."""
+    from cltrain.errors import ConfigError
+    from cltrain.keep import keep_beside
+
+    def one(job: tuple) -> str:
+        line = fit(*job)
+        if kept is not None:
+            try:
+                keep_beside(job[5], *kept)
+            except ConfigError as exc:  # a different run of that name kept before: stop, nothing overwritten
+                raise SystemExit(str(exc)) from None
+        return line
+
     with ThreadPoolExecutor(n) as pool:
-        for line in pool.map(lambda job: fit(*job), jobs):
+        for line in pool.map(one, jobs):
             print(f"[baselines] {line}", flush=True)
+
+
+def add_keep(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--keep", metavar="DIR", help="keep each finished run's records (config, metrics) under DIR "
+                        "as it finishes, e.g. a folder under docs/results/runs/ that is committed; runs kept there "
+                        "before are first copied back into --runs and reused (cltrain keep)")
+
+
+def kept_runs(parser: argparse.ArgumentParser, args, runs: Path) -> tuple[Path, Path] | None:
+    """--keep: the runs kept there brought back into `runs`; (runs, the folder) for run_all."""
+    from cltrain.errors import ConfigError
+    from cltrain.keep import bring_back
+
+    if not args.keep:
+        return None
+    kept = Path(args.keep).resolve()
+    try:
+        back = bring_back(kept, runs)
+    except ConfigError as exc:
+        parser.error(f"--keep {args.keep}: {exc}")
+    if back:
+        print(f"[baselines] {back} runs kept under {kept} brought back into {runs}", flush=True)
+    return runs, kept
 
 
 # ---------------------------------------------------------------------------------------------------- the doc
@@ -784,6 +821,7 @@ def main() -> int:
     parser.add_argument("--only-checks", action="store_true",
                         help="run only the --check points at --check-steps: not the tables' grids, nor the points at "
                              "--pmnist-steps")
+    add_keep(parser)
     args = parser.parse_args()
     if not set(args.tune_seeds) <= set(args.seeds):
         parser.error(f"--tune-seeds {args.tune_seeds} must be among --seeds {args.seeds}")
@@ -813,13 +851,14 @@ def main() -> int:
     if args.padded_runs and not Path(args.padded_runs).is_dir():
         parser.error(f"--padded-runs {args.padded_runs}: not a folder; valid: a --runs folder of permuted-MNIST "
                      "check runs made with --pad 2")
+    kept = kept_runs(parser, args, runs)
     if not args.doc_only:
         # scenario by scenario: a stopped reproduction leaves whole tables
         for target in targets(args) if not args.only_checks else []:
-            run_all(first_round(args, runs, target), args.jobs)
-            run_all(second_round(args, runs, target), args.jobs)
+            run_all(first_round(args, runs, target), args.jobs, kept)
+            run_all(second_round(args, runs, target), args.jobs, kept)
         if checks:
-            run_all(check_jobs(args, runs, checks), args.jobs)
+            run_all(check_jobs(args, runs, checks), args.jobs, kept)
     if args.out is None and (args.pixels or args.pad is not None or args.variant):
         print("--pixels/--pad/--variant: runs made for a comparison section; no page written (pass --out to write "
               "one)")

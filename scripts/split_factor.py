@@ -2,6 +2,7 @@
 
     CLTRAIN_DATA=../shared/data python scripts/split_factor.py FACTOR [--seeds 1 2 3] [--scenarios task_incremental
         domain_incremental class_incremental] [--jobs 2] [--runs runs/baselines/factors] [--doc-only]
+        [--keep docs/results/runs/baselines/factors]
 
 FACTOR is one of FACTORS: `class_order` (the digits paired in label order, or dealt to the tasks by the seed as van
 de Ven & Tolias's code does on every seed but its first) or `pixels` (inputs standardised, cltrain's default, or in
@@ -26,8 +27,8 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from reproduce_baselines import (BENCHMARKS, PAPER, REPO, SHORT, TUNED, fit, notes_beside, paper_cell,  # noqa: E402
-                                 paper_gap, point_name, run_all, shown)
+from reproduce_baselines import (BENCHMARKS, PAPER, REPO, SHORT, TUNED, add_keep, fit, kept_runs,  # noqa: E402
+                                 notes_beside, paper_cell, paper_gap, point_name, run_all, shown)
 
 # The validation picks of docs/results/baselines.md's split-MNIST tables (`cltrain report --select val` over
 # seed 0's grid, label order, standardised pixels), per scenario: (method, value of its tuned key); a plain
@@ -220,11 +221,13 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--doc-only", action="store_true", help="only rewrite the page from the finished runs")
     parser.add_argument("--out", default=None, help="the page (default docs/results/<the factor's page>.md)")
+    add_keep(parser)
     args = parser.parse_args()
     factor = FACTORS[args.factor]
     runs = Path(args.runs).resolve()
+    kept = kept_runs(parser, args, runs)
     if not args.doc_only:
-        run_all(jobs(factor, args, runs), args.jobs)
+        run_all(jobs(factor, args, runs), args.jobs, kept)
     out = Path(args.out) if args.out else REPO / "docs" / "results" / f"{factor.page}.md"
     write_doc(factor, args.factor, runs, out)
     return 0
