@@ -73,10 +73,18 @@ def bring_back(kept: Path, runs: Path) -> int:
     return keep([kept], runs) if any(kept.rglob("metrics.json")) else 0
 
 
+def add_option(parser: argparse.ArgumentParser, example: str) -> None:
+    """A reproduction script's --keep DIR (bring_back at its start, keep_beside after each run)."""
+    parser.add_argument("--keep", metavar="DIR", help=f"keep each finished run's records (config, metrics) under DIR "
+                        f"as it finishes, e.g. {example} (committed); runs kept there before are first copied back "
+                        "into the runs folder and reused (cltrain keep)")
+
+
 def cmd_keep(args: argparse.Namespace) -> int:
     dest = Path(args.to)
     runs = keep([Path(s) for s in args.runs], dest)
-    print(f"kept the records of {runs} run{'s' * (runs != 1)} under {dest}" if runs else f"nothing new to keep under {dest}")
+    print(f"kept the records of {runs} run{'s' * (runs != 1)} under {dest}" if runs
+          else f"nothing new to keep under {dest}")
     return 0
 
 

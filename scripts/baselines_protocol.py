@@ -138,7 +138,7 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--doc-only", action="store_true", help="only rewrite the page from finished runs")
     parser.add_argument("--out", default=str(REPO / "docs" / "results" / "baselines_protocol.md"))
-    rb.add_keep(parser)
+    rb.add_keep(parser, "docs/results/runs/baselines/protocol32")
     args = parser.parse_args()
     if not set(args.tune_seeds) <= set(args.seeds):
         parser.error(f"--tune-seeds {args.tune_seeds} must be among --seeds {args.seeds}")

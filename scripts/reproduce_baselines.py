@@ -281,10 +281,10 @@ def run_all(jobs: list[tuple], n: int, kept: tuple[Path, Path] | None = None) ->
             print(f"[baselines] {line}", flush=True)
 
 
-def add_keep(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--keep", metavar="DIR", help="keep each finished run's records (config, metrics) under DIR "
-                        "as it finishes, e.g. a folder under docs/results/runs/ that is committed; runs kept there "
-                        "before are first copied back into --runs and reused (cltrain keep)")
+def add_keep(parser: argparse.ArgumentParser, example: str = "docs/results/runs/baselines") -> None:
+    from cltrain.keep import add_option
+
+    add_option(parser, example)
 
 
 def kept_runs(parser: argparse.ArgumentParser, args, runs: Path) -> tuple[Path, Path] | None:

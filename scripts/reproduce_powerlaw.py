@@ -25,6 +25,7 @@ sys.path.insert(0, str(REPO))
 from cltrain.cli import _quiet_lightning  # noqa: E402
 from cltrain.config import load_config  # noqa: E402
 from cltrain.errors import CltrainError  # noqa: E402
+from cltrain.keep import add_option as add_keep_option, bring_back, keep_beside  # noqa: E402
 from cltrain.experiment import run_experiment  # noqa: E402
 
 CONDITIONS = {  # the paper's comparison on permuted MNIST: environment x learner
@@ -107,6 +108,7 @@ def main() -> int:
     parser.add_argument("--shard", default="0/1", help="i/n: run jobs i, i+n, ... (n processes in parallel); "
                         "the page is written by whichever shard is run last with --report-only or n=1")
     parser.add_argument("--out", default=str(REPO / "docs" / "results" / "powerlaw.md"))
+    add_keep_option(parser, "docs/results/runs/powerlaw")
     args = parser.parse_args()
     args.seeds = args.seeds or (5 if args.full else 3)
     if not os.environ.get("CLTRAIN_DATA"):
@@ -118,6 +120,13 @@ def main() -> int:
     torch.set_num_threads(1)
     shard, n_shards = (int(v) for v in args.shard.split("/"))
     jobs = plan(args)
+    root = REPO / "runs" / ("powerlaw_full" if args.full else "powerlaw")
+    kept = Path(args.keep).resolve() if args.keep else None
+    if kept is not None:
+        try:
+            print(f"{bring_back(kept, root)} kept runs brought back from {kept}", flush=True)
+        except CltrainError as exc:  # a different run of the same name in the runs folder: nothing copied
+            parser.error(f"--keep {args.keep}: {exc}")
     if not args.report_only:
         for i, (section, experiment, overrides, run_dir) in enumerate(jobs, 1):
             if (i - 1) % n_shards != shard:
@@ -125,13 +134,15 @@ def main() -> int:
             print(f"[{i}/{len(jobs)}] {section}: {experiment} {' '.join(overrides)}", flush=True)
             try:
                 run_one(experiment, overrides, run_dir)
+                if kept is not None:
+                    keep_beside(run_dir, root, kept)
             except CltrainError as exc:  # missing data, a bad override: one line, as `cltrain fit` would say it
                 print(f"reproduce_powerlaw: error: {exc} (finished runs are kept; rerun to continue)", file=sys.stderr)
                 return exc.exit_code
     from powerlaw_doc import write_doc  # noqa: E402  (scripts/ is on sys.path when run as a script)
 
     if n_shards == 1 or args.report_only:
-        write_doc(Path(args.out), REPO / "runs" / ("powerlaw_full" if args.full else "powerlaw"), args)
+        write_doc(Path(args.out), root, args)
         print(f"wrote {args.out}")
     return 0
 

@@ -27,7 +27,7 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from reproduce_baselines import (BENCHMARKS, PAPER, REPO, SHORT, TUNED, add_keep, fit, kept_runs,  # noqa: E402
+from reproduce_baselines import (BENCHMARKS, PAPER, REPO, SHORT, TUNED, add_keep, kept_runs,  # noqa: E402
                                  notes_beside, paper_cell, paper_gap, point_name, run_all, shown)
 
 # The validation picks of docs/results/baselines.md's split-MNIST tables (`cltrain report --select val` over
@@ -221,7 +221,7 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--doc-only", action="store_true", help="only rewrite the page from the finished runs")
     parser.add_argument("--out", default=None, help="the page (default docs/results/<the factor's page>.md)")
-    add_keep(parser)
+    add_keep(parser, "docs/results/runs/baselines/factors")
     args = parser.parse_args()
     factor = FACTORS[args.factor]
     runs = Path(args.runs).resolve()
