@@ -151,6 +151,7 @@ def main() -> int:
     if not args.doc_only:
         rb.run_all(rb.first_round(opts, runs, target), args.jobs, kept)
         rb.run_all(rb.second_round(opts, runs, target), args.jobs, kept)
+    rb.refuse_empty_page(parser, runs, "docs/results/runs/baselines/protocol32")
     out = Path(args.out)
     figure = out.with_name(out.stem + "_grids.png")
     drawn = grids_figure(opts, runs, figure)

@@ -287,6 +287,14 @@ def add_keep(parser: argparse.ArgumentParser, example: str = "docs/results/runs/
     add_option(parser, example)
 
 
+def refuse_empty_page(parser: argparse.ArgumentParser, runs: Path, keep_example: str) -> None:
+    """Usage error, before a page is written, when its runs folder holds no finished run: on a new machine a
+    `--doc-only` would otherwise replace a committed page's results with empty tables."""
+    if not runs.is_dir() or not any(runs.rglob("metrics.json")):
+        parser.error(f"no finished runs under {runs}, so the page is left as it is; bring kept runs back with "
+                     f"--keep {keep_example} (docs/results/runs/README.md), or run the reproduction")
+
+
 def kept_runs(parser: argparse.ArgumentParser, args, runs: Path) -> tuple[Path, Path] | None:
     """--keep: the runs kept there brought back into `runs`; (runs, the folder) for run_all."""
     from cltrain.errors import ConfigError
@@ -863,6 +871,7 @@ def main() -> int:
         print("--pixels/--pad/--variant: runs made for a comparison section; no page written (pass --out to write "
               "one)")
         return 0
+    refuse_empty_page(parser, runs, "docs/results/runs/baselines")
     write_doc(args, runs, Path(args.out or REPO / "docs" / "results" / "baselines.md"))
     return 0
 

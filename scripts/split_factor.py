@@ -28,7 +28,8 @@ from typing import Callable
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from reproduce_baselines import (BENCHMARKS, PAPER, REPO, SHORT, TUNED, add_keep, kept_runs,  # noqa: E402
-                                 notes_beside, paper_cell, paper_gap, point_name, run_all, shown)
+                                 notes_beside, paper_cell, paper_gap, point_name, refuse_empty_page, run_all,
+                                 shown)
 
 # The validation picks of docs/results/baselines.md's split-MNIST tables (`cltrain report --select val` over
 # seed 0's grid, label order, standardised pixels), per scenario: (method, value of its tuned key); a plain
@@ -228,6 +229,7 @@ def main() -> int:
     kept = kept_runs(parser, args, runs)
     if not args.doc_only:
         run_all(jobs(factor, args, runs), args.jobs, kept)
+    refuse_empty_page(parser, runs, "docs/results/runs/baselines/factors")
     out = Path(args.out) if args.out else REPO / "docs" / "results" / f"{factor.page}.md"
     write_doc(factor, args.factor, runs, out)
     return 0

@@ -4,12 +4,14 @@ before anything is written."""
 import argparse
 import json
 import shutil
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
 
 from cltrain.cli import main
-from conftest import QUICK, load_script, run_cli
+from conftest import QUICK, REPO, load_script, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +102,20 @@ def test_a_reproduction_keeps_each_run_as_it_finishes_and_reuses_kept_ones(tmp_p
     assert rb.fit(*job) == "finetuning_s0: done before"
     assert not (run / "checkpoints").exists()  # reused, not run again
     assert rb.kept_runs(argparse.ArgumentParser(), SimpleNamespace(keep=None), runs) is None
+
+
+@pytest.mark.parametrize("script, args", [
+    ("reproduce_baselines.py", ["--doc-only"]),
+    ("baselines_protocol.py", ["--doc-only"]),
+    ("split_factor.py", ["pixels", "--doc-only"]),
+])
+def test_a_page_is_never_rewritten_from_no_runs(tmp_path, script, args):
+    """On a new machine (no runs) a --doc-only leaves the committed page as it is and says how to bring kept runs
+    back, instead of replacing the page's results with empty tables."""
+    page = tmp_path / "page.md"
+    page.write_text("the committed results\n")
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / script), *args, "--runs", str(tmp_path / "runs"),
+                           "--out", str(page)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "no finished runs under" in done.stderr and "--keep docs/results/runs/" in done.stderr
+    assert page.read_text() == "the committed results\n"
