@@ -48,8 +48,9 @@ def plan(sources: list[Path], dest: Path) -> list[tuple[Path, Path]]:
                 elif not filecmp.cmp(record, copy, shallow=False):
                     conflicts.append(str(copy))
     if conflicts:
-        raise ConfigError(f"keep: {len(conflicts)} records under {dest} differ from the runs' (e.g. {conflicts[0]}):"
-                          " another run of the same name was kept there; move it away or keep to another --to")
+        raise ConfigError(f"keep: {len(conflicts)} records under {dest} differ from the runs' being kept (e.g. "
+                          f"{conflicts[0]}): a different run of the same name is there; move one of them away, or "
+                          "keep to another --to")
     return copies
 
 
@@ -71,6 +72,21 @@ def keep_beside(run: Path, runs: Path, kept: Path) -> None:
 def bring_back(kept: Path, runs: Path) -> int:
     """Kept runs copied back into a reproduction's runs folder, which then reuses them; 0 when none are kept."""
     return keep([kept], runs) if any(kept.rglob("metrics.json")) else 0
+
+
+def from_option(parser: argparse.ArgumentParser, keep: str | None, runs: Path) -> Path | None:
+    """A script's --keep DIR: None when not given, else DIR, whose kept runs are first brought back into `runs`
+    (a conflict is the script's usage error: exit 2, nothing copied)."""
+    if not keep:
+        return None
+    kept = Path(keep).resolve()
+    try:
+        back = bring_back(kept, runs)
+    except ConfigError as exc:
+        parser.error(f"--keep {keep}: {exc}")
+    if back:
+        print(f"{back} runs kept under {kept} brought back into {runs}", flush=True)
+    return kept
 
 
 def add_option(parser: argparse.ArgumentParser, example: str) -> None:

@@ -296,20 +296,11 @@ def refuse_empty_page(parser: argparse.ArgumentParser, runs: Path, keep_example:
 
 
 def kept_runs(parser: argparse.ArgumentParser, args, runs: Path) -> tuple[Path, Path] | None:
-    """--keep: the runs kept there brought back into `runs`; (runs, the folder) for run_all."""
-    from cltrain.errors import ConfigError
-    from cltrain.keep import bring_back
+    """--keep: (runs, the folder) for run_all, the runs kept there brought back into `runs` first."""
+    from cltrain.keep import from_option
 
-    if not args.keep:
-        return None
-    kept = Path(args.keep).resolve()
-    try:
-        back = bring_back(kept, runs)
-    except ConfigError as exc:
-        parser.error(f"--keep {args.keep}: {exc}")
-    if back:
-        print(f"[baselines] {back} runs kept under {kept} brought back into {runs}", flush=True)
-    return runs, kept
+    kept = from_option(parser, args.keep, runs)
+    return (runs, kept) if kept is not None else None
 
 
 # ---------------------------------------------------------------------------------------------------- the doc

@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 from cltrain.cli import _quiet_lightning  # noqa: E402
 from cltrain.config import load_config  # noqa: E402
 from cltrain.errors import CltrainError  # noqa: E402
-from cltrain.keep import add_option as add_keep_option, bring_back, keep_beside  # noqa: E402
+from cltrain.keep import add_option as add_keep_option, from_option, keep_beside  # noqa: E402
 from cltrain.experiment import run_experiment  # noqa: E402
 
 CONDITIONS = {  # the paper's comparison on permuted MNIST: environment x learner
@@ -121,12 +121,7 @@ def main() -> int:
     shard, n_shards = (int(v) for v in args.shard.split("/"))
     jobs = plan(args)
     root = REPO / "runs" / ("powerlaw_full" if args.full else "powerlaw")
-    kept = Path(args.keep).resolve() if args.keep else None
-    if kept is not None:
-        try:
-            print(f"{bring_back(kept, root)} kept runs brought back from {kept}", flush=True)
-        except CltrainError as exc:  # a different run of the same name in the runs folder: nothing copied
-            parser.error(f"--keep {args.keep}: {exc}")
+    kept = from_option(parser, args.keep, root)
     if not args.report_only:
         for i, (section, experiment, overrides, run_dir) in enumerate(jobs, 1):
             if (i - 1) % n_shards != shard:

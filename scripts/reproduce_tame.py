@@ -631,8 +631,7 @@ def write_doc(root: Path, path: Path) -> None:
 
 
 def main() -> None:
-    from cltrain.errors import ConfigError
-    from cltrain.keep import add_option as add_keep_option, bring_back
+    from cltrain.keep import add_option as add_keep_option, from_option
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default="runs/tame_repro", help="folder holding one run folder per run")
@@ -643,12 +642,7 @@ def main() -> None:
     args = parser.parse_args()
     root = (REPO / args.runs).resolve() if not Path(args.runs).is_absolute() else Path(args.runs)
     root.mkdir(parents=True, exist_ok=True)
-    kept = Path(args.keep).resolve() if args.keep else None
-    if kept is not None:
-        try:
-            print(f"[reproduce] {bring_back(kept, root)} kept runs brought back from {kept}", flush=True)
-        except ConfigError as exc:  # a different run of the same name in the runs folder: nothing copied
-            parser.error(f"--keep {args.keep}: {exc}")
+    kept = from_option(parser, args.keep, root)
     if not args.no_run:
         for name in args.only or RUNS:
             run_one(name, root, kept)

@@ -523,8 +523,7 @@ def replace_section(doc: Path, name: str, lines: list[str]) -> None:
 
 
 def main() -> None:
-    from cltrain.errors import ConfigError
-    from cltrain.keep import add_option as add_keep_option, bring_back
+    from cltrain.keep import add_option as add_keep_option, from_option
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("study", choices=list(STUDIES))
@@ -541,12 +540,7 @@ def main() -> None:
     seeds = args.seeds or DEFAULT_SEEDS[args.study]
     root = Path(os.path.abspath(REPO / args.runs))  # symlinks kept: the page shows the path as given
     root.mkdir(parents=True, exist_ok=True)
-    kept = Path(args.keep).resolve() if args.keep else None
-    if kept is not None:
-        try:
-            print(f"[studies] {bring_back(kept, root)} kept runs brought back from {kept}", flush=True)
-        except ConfigError as exc:  # a different run of the same name in the runs folder: nothing copied
-            parser.error(f"--keep {args.keep}: {exc}")
+    kept = from_option(parser, args.keep, root)
     if not args.no_run:
         with ThreadPoolExecutor(args.jobs) as pool:
             runs = runs_of(seeds)

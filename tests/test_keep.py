@@ -119,3 +119,20 @@ def test_a_page_is_never_rewritten_from_no_runs(tmp_path, script, args):
     assert done.returncode == 2, done.stderr
     assert "no finished runs under" in done.stderr and "--keep docs/results/runs/" in done.stderr
     assert page.read_text() == "the committed results\n"
+
+
+def test_a_script_whose_runs_folder_holds_another_run_of_a_kept_name_stops_with_exit_2(finished, tmp_path, capsys):
+    """--keep (cltrain.keep.from_option) brings nothing back over a different run: a usage error, both untouched."""
+    from cltrain.keep import from_option
+
+    runs, run = finished
+    kept = tmp_path / "kept"
+    assert main(["keep", str(runs), "--to", str(kept)]) == 0
+    here = tmp_path / "runs" / "pmnist" / "finetune_s0"
+    here.mkdir(parents=True)
+    (here / "config.yaml").write_text("seed: 7\n")  # an unfinished run of another config under the same name
+    with pytest.raises(SystemExit) as stop:
+        from_option(argparse.ArgumentParser(), str(kept), tmp_path / "runs")
+    assert stop.value.code == 2 and "differ from the runs'" in capsys.readouterr().err
+    assert (here / "config.yaml").read_text() == "seed: 7\n" and not (here / "metrics.json").exists()
+    assert from_option(argparse.ArgumentParser(), None, tmp_path / "runs") is None
