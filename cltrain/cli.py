@@ -96,11 +96,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cltrain: interrupted; finished phases are kept in the run folder", file=sys.stderr)
         return 130
-    except Exception:  # a failed run: show the cause, keep what finished
-        traceback.print_exc()
-        print("cltrain: error: the run failed (traceback above); finished phases are kept in the run folder",
-              file=sys.stderr)
-        return 1
+    except OSError as exc:
+        if args.command == "fit" or exc.filename is None:
+            return _failed(args.command)
+        # report, keep, merge, ...: a path given to them that cannot be read or written (a file where a folder
+        # should be, a folder that does not exist) is bad usage, said in one line
+        print(f"cltrain: error: cannot use {exc.filename}: {exc.strerror}; give a path to a folder that exists "
+              "(or can be made) and a file that can be written", file=sys.stderr)
+        return 2
+    except Exception:
+        return _failed(args.command)
+
+
+def _failed(command: str) -> int:
+    """An unexpected failure: the cause, and what is kept (a run keeps its finished phases)."""
+    traceback.print_exc()
+    kept = "finished phases are kept in the run folder" if command == "fit" else "nothing it read was changed"
+    print(f"cltrain: error: `cltrain {command}` failed (traceback above); {kept}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -39,6 +39,13 @@ def _check_options(args: argparse.Namespace) -> None:
         raise ConfigError(f"bad value {args.alpha!r} for '--alpha'; valid: a number in (0, 1) (region level 1 - alpha)")
     if args.samples < 1:
         raise ConfigError(f"bad value {args.samples!r} for '--samples'; valid: an integer >= 1")
+    if not 0 <= args.seed < 2**32:
+        raise ConfigError(f"bad value {args.seed!r} for '--seed'; valid: an integer in [0, 2^32)")
+    out = Path(args.out) if args.out else None
+    # the record goes beside the model as <name>.json, so a .json model would be overwritten by it
+    if out is not None and (out.suffix != ".pt2" or not out.parent.is_dir() or out.is_dir()):
+        raise ConfigError(f"bad value {args.out!r} for '--out'; valid: a file name ending in .pt2 in an existing "
+                          "folder (its record is written beside it as .json)")
 
 
 def cmd_ibcl_model(args: argparse.Namespace) -> int:

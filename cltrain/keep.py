@@ -29,7 +29,7 @@ def plan(sources: list[Path], dest: Path) -> list[tuple[Path, Path]]:
     """(record, its copy) for every record not kept yet; ConfigError, before anything is copied, for a source
     that is not a folder, a destination inside a source (or the other way round), and records kept before that
     differ from the run's."""
-    from cltrain.report import find_runs
+    from cltrain.report import find_runs, read_record
 
     for src in sources:
         if not src.is_dir():
@@ -37,12 +37,17 @@ def plan(sources: list[Path], dest: Path) -> list[tuple[Path, Path]]:
         if dest.resolve().is_relative_to(src.resolve()) or src.resolve().is_relative_to(dest.resolve()):
             raise ConfigError(f"keep: --to {dest} and {src} contain one another; give a destination outside the "
                               "runs (e.g. docs/results/runs/NAME)")
-    copies, conflicts = [], []
+    copies, conflicts, found = [], [], {}
     for src in sources:
         base = src.parent if (src / "metrics.json").exists() else src  # a run given itself keeps its own name
         for run in find_runs([src]):
+            read_record(run / "metrics.json")  # a record cut short is refused, not kept
+            place = dest / run.relative_to(base)
+            if found.setdefault(place, run) != run:
+                raise ConfigError(f"keep: {found[place]} and {run} would both be kept as {place}; keep them in two "
+                                  "commands with different --to")
             for record in records(run):
-                copy = dest / record.relative_to(base)
+                copy = place / record.name
                 if not copy.exists():
                     copies.append((record, copy))
                 elif not filecmp.cmp(record, copy, shallow=False):

@@ -71,13 +71,14 @@ def check_request(run_dir: Path, overrides: list[str]) -> tuple[MergeRunConfig, 
     from omegaconf import OmegaConf
 
     from cltrain.catalog import lookup
+    from cltrain.report import read_record
 
     if not (run_dir / "config.yaml").is_file() or not (run_dir / "checkpoints" / "last.pt").is_file():
         raise ConfigError(f"{run_dir} is not a run folder with a checkpoint (config.yaml, checkpoints/last.pt); "
                           f"valid: the run_dir of a finished `cltrain fit`")
     req: MergeRunConfig = OmegaConf.to_object(merge_checked(MergeRunConfig, parse_overrides(overrides)))
     check_fields(req, "")
-    run = OmegaConf.load(run_dir / "config.yaml")
+    run = OmegaConf.create(read_record(run_dir / "config.yaml"))
     learner = run.get("learner", {})
     req.source = pick_source(run_dir, str(learner.get("name")), req.source)
     if req.base is not None and not lookup("SOURCES", req.source).takes_base:
@@ -101,6 +102,9 @@ def check_request(run_dir: Path, overrides: list[str]) -> tuple[MergeRunConfig, 
 def check_choices(req: MergeRunConfig, merger: Any) -> None:
     """Options the request would silently ignore."""
     reads = {f.name for f in fields(merger.Config)} if merger.Config is not None else set()
+    for key in ("lam_grid", "density_grid"):  # an empty grid has no point to choose
+        if getattr(req, key) == []:
+            raise bad(key, [], f"a non-empty list ({'null, or ' if key == 'density_grid' else ''}e.g. [0.5, 1.0])")
     if merger.learns_scale and req.lam is not None:
         raise bad("lam", req.lam, f"null (method={req.method!r} learns its own coefficients)")
     if req.lam is not None and req.lam_grid != MergeRunConfig().lam_grid:

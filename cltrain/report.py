@@ -41,6 +41,18 @@ class Group:
     metrics: list[dict[str, Any]] = field(default_factory=list)
 
 
+def read_record(path: Path) -> Any:
+    """A run's or sweep's JSON or YAML record (metrics.json, config.yaml, sweep.json). One that no longer parses
+    (cut short by a full disk, edited by hand) is a ConfigError naming it, not a parser's traceback."""
+    kind = "JSON" if path.suffix == ".json" else "YAML"
+    try:
+        text = path.read_text()
+        return json.loads(text) if kind == "JSON" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ConfigError(f"{path} is not valid {kind} ({str(exc).splitlines()[0]}): a record cut short or edited "
+                          "by hand; move its folder away, or make that run again") from None
+
+
 def find_runs(paths: Iterable[str | Path]) -> list[Path]:
     """Run folders (holding metrics.json) at or below the given paths, sorted."""
     found: set[Path] = set()
@@ -98,7 +110,7 @@ def run_defaults(flat: dict[str, Any]) -> dict[str, Any]:
 
 def group_runs(runs: list[Path]) -> list[Group]:
     groups: dict[tuple, Group] = {}
-    saved = [flatten(yaml.safe_load((run / "config.yaml").read_text())) for run in runs]
+    saved = [flatten(read_record(run / "config.yaml")) for run in runs]
     written = {k for flat in saved for k in flat}
     for run, flat in zip(runs, saved):
         # fill in keys added since the run was made, or a sweep extended after an upgrade would split one
@@ -108,7 +120,7 @@ def group_runs(runs: list[Path]) -> list[Group]:
         key = _config_key({**defaults, **flat})
         group = groups.setdefault(key, Group(key))
         group.runs.append(run)
-        group.metrics.append(json.loads((run / "metrics.json").read_text()))
+        group.metrics.append(read_record(run / "metrics.json"))
     _label(list(groups.values()))
     return list(groups.values())
 

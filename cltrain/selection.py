@@ -16,10 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Collection, Optional
 
-import yaml
-
 from cltrain.errors import ConfigError
-from cltrain.report import Group, _label, mean_sd
+from cltrain.report import Group, _label, mean_sd, read_record
 
 CRITERION = "val_acc"  # mean accuracy over all tasks after the last phase, on the validation splits
 
@@ -117,7 +115,7 @@ def learns_every_task(metrics: dict) -> bool:
 
 
 def run_seed(run: Path) -> int:
-    return int(yaml.safe_load((run / "config.yaml").read_text())["seed"])
+    return int(read_record(run / "config.yaml")["seed"])
 
 
 def select(groups: list[Group], tune: list[str], seeds: Optional[Collection[int]] = None) -> list[Pick]:

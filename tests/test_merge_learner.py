@@ -139,6 +139,8 @@ def test_bad_cltrain_merge_requests_get_one_line_and_exit_2(ties_run, tmp_path, 
         ([str(ties_run), "lam=nan"], "lam"),
         ([str(ties_run), "bogus=1"], "bogus"),
         ([str(ties_run), "method=adamerging", "lam=1"], "lam"),  # it learns its own coefficients
+        ([str(ties_run), "lam_grid=[]"], "lam_grid"),  # no point to choose
+        ([str(ties_run), "method=ties", "density_grid=[]"], "density_grid"),
         ([str(tmp_path / "nothing")], "run folder"),
     ]
     for args, key in cases:

@@ -99,6 +99,9 @@ def test_runs_with_nothing_to_merge_or_no_validation_split_get_one_line_and_exit
     assert "phase_start" in _one_line(main, capsys, ["merge", str(plain), "source=phases"])
     assert "tame" in _one_line(main, capsys, ["merge", str(finetune_run), "source=tame"])
     assert "base" in _one_line(main, capsys, ["merge", str(finetune_run), "base=/no/such.pt"])
+    not_weights = tmp_path / "notes.txt"
+    not_weights.write_text("not a state dict")
+    assert "state dict" in _one_line(main, capsys, ["merge", str(finetune_run), "lam=1", f"base={not_weights}"])
     assert "density_grid" in _one_line(main, capsys, ["merge", str(finetune_run), "method=average",
                                                       "density_grid=[0.2]"])
     assert "val_per_task" in _one_line(main, capsys, ["merge", str(finetune_run), "lam=1", "val_per_task=7"])

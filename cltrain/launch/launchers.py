@@ -11,7 +11,7 @@ from typing import Any
 
 from cltrain import strict_json
 from cltrain.config import ExperimentConfig
-from cltrain.errors import CltrainError
+from cltrain.errors import CltrainError, ConfigError
 from cltrain.launch.grid import Point
 from cltrain.registry import Registry
 
@@ -25,6 +25,9 @@ class Launcher:
     def describe(self) -> str:
         return "\n".join(f"{self.root / p.name}: cltrain fit {self.experiment} {' '.join(p.overrides)}"
                          for p in self.points)
+
+    def check(self) -> None:
+        """What this launcher needs from the machine, checked before the sweep folder is written."""
 
     def launch(self, meta: dict[str, Any]) -> int:
         raise NotImplementedError
@@ -112,16 +115,20 @@ exit $code
     def describe(self) -> str:
         return super().describe() + "\n\n" + self.script()
 
-    def launch(self, meta: dict[str, Any]) -> int:
+    def check(self) -> None:
         if shutil.which("sbatch") is None:
-            raise CltrainError("--launcher slurm needs sbatch on PATH (no SLURM here); try --launcher local")
+            raise ConfigError("bad value 'slurm' for '--launcher': sbatch is not on PATH (no SLURM here); valid here: "
+                              "--launcher local")
+
+    def launch(self, meta: dict[str, Any]) -> int:
         # points.tsv holds shell-quoted overrides, read back by the job script with eval
         (self.root / "points.tsv").write_text("".join(
             f"{self.root / p.name}\t{shlex.join(p.overrides)}\n" for p in self.points))
         (self.root / "job.sh").write_text(self.script())
         proc = subprocess.run(["sbatch", "--parsable", str(self.root / "job.sh")], capture_output=True, text=True)
-        if proc.returncode:
-            raise CltrainError(f"sbatch failed: {proc.stderr.strip()}")
+        if proc.returncode:  # nothing submitted: the folder is not a sweep yet, so the same command can retry
+            (self.root / "sweep.json").unlink()
+            raise CltrainError(f"sbatch failed: {proc.stderr.strip()} (nothing was submitted)")
         job_id = proc.stdout.strip().split(";")[0]
         meta["slurm_job_id"] = job_id
         (self.root / "sweep.json").write_text(strict_json.dumps(meta, indent=2))

@@ -10,7 +10,6 @@ Sweep folder layout (`run_dir`, default runs/sweeps/<experiment>/<timestamp>):
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from cltrain.config import ExperimentConfig, load_config
 from cltrain.errors import ConfigError
 from cltrain.launch.grid import Point, expand
 from cltrain.launch.launchers import LAUNCHERS, point_state
+from cltrain.report import read_record
 from cltrain.resolve import check_config
 
 
@@ -56,7 +56,7 @@ def status(root: Path) -> int:
     meta_path = root / "sweep.json"
     if not meta_path.exists():
         raise ConfigError(f"{root} is not a sweep folder (no sweep.json)")
-    meta = json.loads(meta_path.read_text())
+    meta = read_record(meta_path)
     states = point_state(root, meta)
     counts: dict[str, int] = {}
     for point, state in zip(meta["points"], states):
@@ -78,6 +78,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(launcher.describe())
         return 0
+    launcher.check()
     meta = write_sweep(root, args.experiment, points, args.launcher)
     print(f"sweep of {len(points)} points in {root}")
     return launcher.launch(meta)

@@ -26,6 +26,19 @@ def phase_files(run_dir: Path) -> list[Path]:
     return files
 
 
+def read_state(path: Path, key: str) -> dict:
+    """A state dict saved with torch.save; anything else is bad input for `key`, said in one line."""
+    try:
+        state = torch.load(path, map_location="cpu")
+    except Exception as exc:  # torch.load raises many kinds (UnpicklingError, KeyError, RuntimeError) on a bad file
+        raise ConfigError(f"bad value {str(path)!r} for '{key}'; valid: a state dict saved with torch.save "
+                          f"(torch.load failed: {type(exc).__name__})") from None
+    if not isinstance(state, dict):
+        raise ConfigError(f"bad value {str(path)!r} for '{key}'; valid: a state dict saved with torch.save (it "
+                          f"holds a {type(state).__name__})")
+    return state
+
+
 @SOURCES.register("phases")
 class PhaseWeights(Source):
     needs_files = ("checkpoints/phase_start.pt",)
@@ -33,7 +46,7 @@ class PhaseWeights(Source):
 
     def load(self, run: RunView) -> Experts:
         base_file = Path(run.base).expanduser() if run.base else run.path / "checkpoints" / "phase_start.pt"
-        base = torch.load(base_file, map_location="cpu")
+        base = read_state(base_file, "base")
         files = phase_files(run.path)
         if not files:
             raise ConfigError(f"{run.path} kept no phase's weights (checkpoints/phase_0.pt is missing: the run "

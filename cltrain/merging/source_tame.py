@@ -10,12 +10,11 @@ minus the initialisation.
 """
 from __future__ import annotations
 
-import json
-
 import torch
 
 from cltrain.merging.base import task_vector
 from cltrain.merging.sources import SOURCES, Experts, RunView, Source, network_weights
+from cltrain.report import read_record
 
 
 @SOURCES.register("tame")
@@ -25,7 +24,7 @@ class TameExperts(Source):
 
     def load(self, run: RunView) -> Experts:
         learner = torch.load(run.path / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)["learner"]
-        owners = json.loads((run.path / "metrics.json").read_text())["task_to_expert"]
+        owners = read_record(run.path / "metrics.json")["task_to_expert"]
         n_experts = 1 + max(int(k.split(".")[1]) for k in learner if k.startswith("experts."))
         inits = [run.build(j).state_dict() for j in range(n_experts)]
         experts = [network_weights(learner, f"experts.{j}.") for j in range(n_experts)]
