@@ -61,7 +61,11 @@ def cmd_ibcl_model(args: argparse.Namespace) -> int:
     cfg, stream, learner = load_run(run_dir)
     last = len(learner.kb.phase_tasks) - 1
     tasks = sorted(learner.kb.extremes_at(last))
-    w = torch.tensor(parse_preference(args.preference, len(tasks)), dtype=torch.float64)
+    try:
+        w = torch.tensor(parse_preference(args.preference, len(tasks)), dtype=torch.float64)
+    except ConfigError as exc:  # say what the length comes from: a killed run has seen fewer tasks
+        unfinished = "" if (run_dir / "metrics.json").exists() else "; the run has not finished"
+        raise ConfigError(f"{exc} (its last checkpoint has seen tasks {tasks}{unfinished})") from None
     gen = generator(args.seed, "ibcl_region_samples", last)  # the same draws as the run's own evaluation
     shot = zero_shot(learner, TaskData(stream, cfg.trainer.eval_batch_size), last, tasks, w, args.alpha,
                      args.samples, gen)

@@ -217,10 +217,10 @@ def _selected(args: argparse.Namespace) -> tuple[list[str], list[list[Any]], lis
     """--select val: the picks' table, and with --plot their grids; every argument checked before any output."""
     from cltrain.selection import grid_curves, select, selection_table
 
-    tune = [k.strip() for k in (args.tune or "").split(",") if k.strip()]
-    if not tune:
-        raise ConfigError("bad value None for '--tune'; valid with --select val: the comma-separated config keys "
-                          "that were searched, e.g. --tune learner.lam,learner.c")
+    tune = [k.strip() for k in (args.tune or "").split(",")]
+    if not all(tune) or len(set(tune)) != len(tune):
+        raise ConfigError(f"bad value {args.tune!r} for '--tune'; valid with --select val: the comma-separated "
+                          "config keys that were searched, each once, e.g. --tune learner.lam,learner.c")
     seeds = _seeds(args.tune_seeds)
     _check_plot_path(args.plot)
     picks = select(group_runs(find_runs(args.runs)), tune, seeds)
@@ -244,11 +244,12 @@ def _seeds(text: str | None) -> set[int] | None:
     if text is None:
         return None
     try:
-        seeds = {int(v) for v in text.split(",") if v.strip()}
+        given = [int(v) for v in text.split(",")]  # an empty item ("0,,1") is a ValueError too
     except ValueError:
-        seeds = set()
-    if not seeds:
-        raise ConfigError(f"bad value {text!r} for '--tune-seeds'; valid: comma-separated integer seeds, e.g. 0 or 0,1")
+        given = []
+    seeds = set(given)
+    if not seeds or len(seeds) != len(given):
+        raise ConfigError(f"bad value {text!r} for '--tune-seeds'; valid: comma-separated distinct integer seeds, e.g. 0 or 0,1")
     return seeds
 
 

@@ -75,3 +75,17 @@ def test_ibcl_model_out_must_be_a_pt2_file_in_a_folder_that_exists(tmp_path, cap
 
 def test_ibcl_model_seed_in_range(tmp_path, capsys):
     assert "'--seed'" in _one_line(capsys, ["ibcl-model", str(tmp_path), "--preference", "1", "--seed", "-1"])
+
+
+def test_report_and_sweep_lists_with_an_empty_or_repeated_item_are_refused(tmp_path, capsys):
+    """Values that were silently dropped or overridden: '0,,1' read as 0,1; seed=0,1 seed=2 ran seed 2 twice."""
+    runs = tmp_path / "runs"
+    _run(runs / "a")
+    for option, value in (("--tune-seeds", "0,,1"), ("--tune-seeds", "0,0"), ("--tune", "learner.lam,"),
+                          ("--tune", "learner.lam,learner.lam")):
+        extra = ["--tune", "learner.lam"] if option == "--tune-seeds" else []
+        line = _one_line(capsys, ["report", str(runs), "--select", "val", *extra, option, value])
+        assert f"'{option}'" in line and repr(value) in line
+    root = tmp_path / "sweep"
+    line = _one_line(capsys, ["sweep", "bench/pmnist_naive", "seed=0,1", "seed=2", f"run_dir={root}", "--dry-run"])
+    assert "sets the swept key 'seed' again" in line and not root.exists()

@@ -141,6 +141,8 @@ def test_ibcl_model_refuses_bad_input_with_one_line_and_exit_2(pairs_run, tmp_pa
         assert main(["ibcl-model", str(pairs_run), *args]) == 2, args
         err = capsys.readouterr().err
         assert key in err and len(err.strip().splitlines()) == 1, (args, err)
+    assert main(["ibcl-model", str(pairs_run), "--preference=0.5,0.5"]) == 2
+    assert "has seen tasks [0, 1, 2]" in capsys.readouterr().err  # what the length comes from
     assert main(["ibcl-model", str(tmp_path), "--preference=1"]) == 2
     assert "not a run folder" in capsys.readouterr().err
     assert not list(pairs_run.glob("ibcl_model_*"))  # nothing written for refused input

@@ -44,7 +44,13 @@ def axes(overrides: list[str]) -> list[tuple[str, list[str]]]:
         values = split_values(value)
         if any(v == "" for v in values):
             raise ConfigError(f"sweep override {item!r} has an empty value")
-        out.append((key, values))
+        before = next((vs for k, vs in out if k == key), None)
+        # a later single value overrides an earlier one, as in `cltrain fit`; a swept key set twice would have
+        # its last setting silently win on every point
+        if before is not None and (len(before) > 1 or len(values) > 1):
+            raise ConfigError(f"sweep override {item!r} sets the swept key {key!r} again; give it once, its values "
+                              "comma-separated (e.g. seed=0,1,2)")
+        out = [(k, vs) for k, vs in out if k != key] + [(key, values)]
     return out
 
 
