@@ -13,6 +13,7 @@ import argparse
 import logging
 import sys
 import traceback
+import typing
 import warnings
 from typing import Sequence
 
@@ -64,8 +65,15 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors in one line, like every other refusal (exit 2), with where to read the usage instead of it."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (usage: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cltrain", description="Continual multi-task training on Lightning.")
+    parser = OneLineParser(prog="cltrain", description="Continual multi-task training on Lightning.")
     sub = parser.add_subparsers(dest="command", required=True)
     fit = sub.add_parser("fit", help="run an experiment")
     fit.add_argument("experiment", help="a name under experiments/ without .yaml (e.g. bench/pmnist_naive) or a path")

@@ -89,3 +89,12 @@ def test_report_and_sweep_lists_with_an_empty_or_repeated_item_are_refused(tmp_p
     root = tmp_path / "sweep"
     line = _one_line(capsys, ["sweep", "bench/pmnist_naive", "seed=0,1", "seed=2", f"run_dir={root}", "--dry-run"])
     assert "sets the swept key 'seed' again" in line and not root.exists()
+
+
+@pytest.mark.parametrize("args", [["report"], ["report", "x", "--select", "test"], ["bogus"], ["keep", "x"],
+                                  ["report", "x", "--selct", "val"]])
+def test_usage_errors_are_one_line_naming_the_help(args, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert stop.value.code == 2 and len(lines) == 1 and "--help)" in lines[0], lines
