@@ -110,8 +110,9 @@ def mark_open_grid(row: str, open_grids: dict[str, str]) -> str:
 HEAD = """# Permuted MNIST on the full protocol (van de Ven & Tolias), tuned on validation data
 
 Regenerate: `CLTRAIN_DATA=<data> python scripts/baselines_protocol.py --jobs 2 --seeds {seeds} --tune-seeds {tune}`
-(runs under `{runs}/`; finished runs are reused; `--doc-only` rewrites this page from them). Every number in the
-*ours* columns is measured by that command.
+(runs under `{runs}/`; finished runs are reused; `--keep docs/results/runs/baselines/protocol32` also reuses the
+runs kept there and keeps new ones: docs/results/runs/README.md; `--doc-only` rewrites this page from them). Every
+number in the *ours* columns is measured by that command.
 
 **Protocol** (experiments/baselines/pmnist.yaml with `stream.pad=2`): 10 tasks, the first the identity; MNIST
 padded to 32×32 and permuted over all 1,024 positions, pixels in [0, 1]; MLP 1024-1000-1000 with one 10-way

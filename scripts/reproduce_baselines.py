@@ -688,7 +688,8 @@ HEADER = ("| method | test ACC (%) | seeds | paper (± SEM, 20 seeds) | ours −
 DOC_HEAD = """# Baselines on the standard protocol (van de Ven & Tolias), tuned on validation data
 
 Regenerate: `CLTRAIN_DATA=<data> python scripts/reproduce_baselines.py --jobs 2 --split-steps {split} --pmnist-steps {pmnist}{test_arg}`
-(runs under `{runs}/`; finished runs are reused). Every number in the *ours* columns is measured by that command.
+(runs under `{runs}/`; finished runs are reused; `--keep docs/results/runs/baselines` also reuses the runs kept there
+and keeps new ones: docs/results/runs/README.md). Every number in the *ours* columns is measured by that command.
 
 **Protocol** (experiments/baselines/*.yaml, as in van de Ven & Tolias): split MNIST — 5 tasks of two digits,
 MLP 784-400-400, Adam lr 1e-3 (β 0.9, 0.999), batch 128, 2000 iterations per task, in the task-incremental

@@ -189,8 +189,9 @@ def write_doc(factor: Factor, name: str, runs: Path, out: Path) -> None:
     first, second = factor.labels
     text = [f"# {factor.title}\n\n"
             f"Regenerate: {commands(name, seeds_of)} (runs under `{shown(runs)}/`; finished runs are reused, and "
-            f"each command rewrites this page from every finished pair there). Every number here is measured by "
-            f"those commands.\n\n"
+            f"each command rewrites this page from every finished pair there; `--keep "
+            f"docs/results/runs/baselines/factors` also reuses the runs kept there and keeps new ones: "
+            f"docs/results/runs/README.md). Every number here is measured by those commands.\n\n"
             + f"{factor.about} Here each method runs at that page's validation pick, on seeds "
               f"{', '.join(map(str, every))} (each row's *seeds* says which), once with the page's values ({first}) "
               f"and once with `{factor.override}` ({factor.same}), {STEPS} iterations per task, everything else as "
