@@ -59,12 +59,13 @@ PLAIN = {  # methods without a tuned key: every seed, no grid
 # param_values.py: split MNIST EWC 1e6-1e8, online EWC 1e8-1e9, SI c 0.5-500; permuted MNIST EWC 500, online
 # EWC 1000, SI c 5), so a pick at an edge shows; then widened twice, one point beyond each edge a scenario
 # picked (split EWC 1e11, online EWC 1e4 and 1e12, SI 0.005 and 5e5; permuted EWC 0.05, SI 5e4; then split
-# online EWC 1e2, SI 5e7; 1e12 is the top of learner.lam's range; with unit pixels permuted online EWC 0.1).
+# online EWC 1e2, SI 5e7; 1e12 is the top of learner.lam's range; with unit pixels permuted online EWC 0.1, and
+# split EWC 1e12, the top of the range, where its Task-IL pick on [0, 1] pixels stayed at the 1e11 edge).
 # Online EWC keeps gamma = 1 (not tuned here; the authors' gamma: see VARIANTS).
 BENCHMARKS = {
     "split_mnist": Benchmark("baselines/split_mnist", SPLIT_SCENARIOS, {
         **PLAIN,
-        "EWC": grid(["learner.name=ewc", "learner.mode=offline"], "learner.lam", ("1e5", "1e7", "1e9", "1e11")),
+        "EWC": grid(["learner.name=ewc", "learner.mode=offline"], "learner.lam", ("1e5", "1e7", "1e9", "1e11", "1e12")),
         "online EWC": grid(["learner.name=ewc", "learner.mode=online"], "learner.lam",
                            ("1e2", "1e4", "1e6", "1e8", "1e10", "1e12")),
         "SI": grid(["learner.name=si"], "learner.c", ("0.005", "0.5", "50.0", "5000.0", "500000.0", "5e7")),
@@ -713,7 +714,7 @@ runs have 28×28 inputs (below); the protocol-length checks run both sizes.
   --tune-seeds {tune}`) then runs on every seed. The test set never takes part in the choice. The grids began
   two decades apart around the authors' values and were widened by one point beyond each edge that some
   scenario picked, then once more where a pick stayed at the edge; a pick still marked *(grid edge)* sits at the
-  top of the key's range (online EWC's λ ≤ 1e12). A point that stopped learning is never picked (`cltrain report
+  top of the key's range (EWC's and online EWC's λ ≤ 1e12). A point that stopped learning is never picked (`cltrain report
   --select val`): in one of its runs (any seed) a task's validation accuracy right after its own phase was no
   higher than the untrained network's; the grid column marks such points *(stopped learning)*. In the class-incremental
   scenario every learning point scores within a point or so of 20 %, the last task alone, so its picks follow
