@@ -141,6 +141,7 @@ def main() -> int:
     parser.add_argument("--out", default=str(REPO / "docs" / "results" / "baselines_protocol.md"))
     rb.add_keep(parser, "docs/results/runs/baselines/protocol32")
     args = parser.parse_args()
+    rb.check_page_path(parser, args.out)
     if not set(args.tune_seeds) <= set(args.seeds):
         parser.error(f"--tune-seeds {args.tune_seeds} must be among --seeds {args.seeds}")
     runs = Path(args.runs).resolve()

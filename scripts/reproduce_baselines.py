@@ -288,6 +288,12 @@ def add_keep(parser: argparse.ArgumentParser, example: str = "docs/results/runs/
     add_option(parser, example)
 
 
+def check_page_path(parser: argparse.ArgumentParser, out: str | None) -> None:
+    """--out, checked before any run: the page and its figures are written beside it once the runs are done."""
+    if out is not None and (Path(out).suffix != ".md" or not Path(out).resolve().parent.is_dir()):
+        parser.error(f"--out {out}: give a .md file in a folder that exists (its figures are written beside it)")
+
+
 def refuse_empty_page(parser: argparse.ArgumentParser, runs: Path, keep_example: str) -> None:
     """Usage error, before a page is written, when its runs folder holds no finished run: on a new machine a
     `--doc-only` would otherwise replace a committed page's results with empty tables."""
@@ -824,6 +830,7 @@ def main() -> int:
                              "--pmnist-steps")
     add_keep(parser)
     args = parser.parse_args()
+    check_page_path(parser, args.out)
     if not set(args.tune_seeds) <= set(args.seeds):
         parser.error(f"--tune-seeds {args.tune_seeds} must be among --seeds {args.seeds}")
     try:

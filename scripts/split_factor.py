@@ -27,9 +27,9 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from reproduce_baselines import (BENCHMARKS, PAPER, REPO, SHORT, TUNED, add_keep, kept_runs,  # noqa: E402
-                                 notes_beside, paper_cell, paper_gap, point_name, refuse_empty_page, run_all,
-                                 shown)
+from reproduce_baselines import (BENCHMARKS, PAPER, REPO, SHORT, TUNED, add_keep, check_page_path,  # noqa: E402
+                                 kept_runs, notes_beside, paper_cell, paper_gap, point_name, refuse_empty_page,
+                                 run_all, shown)
 
 # The validation picks of docs/results/baselines.md's split-MNIST tables (`cltrain report --select val` over
 # seed 0's grid, label order, standardised pixels), per scenario: (method, value of its tuned key); a plain
@@ -225,6 +225,7 @@ def main() -> int:
     parser.add_argument("--out", default=None, help="the page (default docs/results/<the factor's page>.md)")
     add_keep(parser, "docs/results/runs/baselines/factors")
     args = parser.parse_args()
+    check_page_path(parser, args.out)
     factor = FACTORS[args.factor]
     runs = Path(args.runs).resolve()
     kept = kept_runs(parser, args, runs)

@@ -119,6 +119,10 @@ def test_a_page_is_never_rewritten_from_no_runs(tmp_path, script, args):
     assert done.returncode == 2, done.stderr
     assert "no finished runs under" in done.stderr and "--keep docs/results/runs/" in done.stderr
     assert page.read_text() == "the committed results\n"
+    nowhere = subprocess.run([sys.executable, str(REPO / "scripts" / script), *args, "--runs", str(tmp_path / "runs"),
+                              "--out", str(tmp_path / "no_such" / "page.md")], cwd=REPO, capture_output=True, text=True,
+                             timeout=120)
+    assert nowhere.returncode == 2 and "a folder that exists" in nowhere.stderr  # said before any run, not after
 
 
 def test_a_script_whose_runs_folder_holds_another_run_of_a_kept_name_stops_with_exit_2(finished, tmp_path, capsys):
