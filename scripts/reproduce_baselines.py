@@ -669,17 +669,46 @@ def write_doc(args, runs: Path, out: Path) -> None:
                            test_cut=(f" Permuted MNIST is tested on {args.pmnist_test:,} of the 10,000 test images per "
                                      "task (a seeded subset, the same for every method at a given seed).") if args.pmnist_test else "",
                            runs=shown(runs))
-    sections.append(check_section(args, runs))
+    checks = check_section(args, runs)
+    sections.append(checks)
     other = Path(args.standardised_runs).resolve() if args.standardised_runs else runs / "standardised"
+    padded = Path(args.padded_runs).resolve() if args.padded_runs else runs / "padded"
     if "pmnist" in args.benchmarks and other.is_dir():
         sections.append(pixels_section(args, runs, other))
-    padded = Path(args.padded_runs).resolve() if args.padded_runs else runs / "padded"
     if "pmnist" in args.benchmarks and padded.is_dir():
         sections.append(pad_section(args, runs, padded))
         sections.append(variants_section(args, padded, runs / "variants"))
+    if "pmnist" in args.benchmarks:
+        sections.append(absent_sections(runs, {"checks": bool(checks), "standardised": other.is_dir(),
+                                               "padded": padded.is_dir()}))
     differ = "\n".join(f"- {d}" for d in all_differ) or "- none"
     out.write_text(head + "".join(sections) + DOC_DIFFER.format(differ=differ) + notes_beside(out) + DOC_TAIL)
     print(f"wrote {out}")
+
+
+# The page's permuted-MNIST comparison sections, each written only when its runs are here: what it shows, where
+# its runs go (under --runs) and the options that make them.
+OPTIONAL_SECTIONS = {
+    "checks": ("grid points at the protocol's 5,000 iterations", "pmnist_5000_check/",
+               "--check-steps 5000 --check-seeds SEEDS --check METHOD[=VALUE] ..."),
+    "standardised": ("the same grids with standardised pixels", "standardised/",
+                     "--benchmarks pmnist --pixels standardised --runs <runs>/standardised"),
+    "padded": ("28×28 against the authors' 32×32 inputs, and EWC with the authors' remaining choices",
+               "padded/ and variants/NAME/", "--only-checks --pad 2 --runs <runs>/padded --check-steps 5000 "
+               "--check METHOD[=VALUE] ..., then --variant NAME --runs <runs>/variants/NAME"),
+}
+
+
+def absent_sections(runs: Path, present: dict[str, bool]) -> str:
+    """A line for each comparison section left out because its runs are not under `runs`, so a page rewritten on
+    a machine without them says what it lacks instead of silently dropping it."""
+    missing = [f"{what} (runs under `{where}`, made with `{how}`)"
+               for name, (what, where, how) in OPTIONAL_SECTIONS.items() if not present[name]]
+    if not missing:
+        return ""
+    return (f"\n### Sections not in this reproduction\n\nTheir runs are not under `{shown(runs)}/`: "
+            + "; ".join(missing) + ". The page as last written with them is in this file's git history; "
+            "docs/results/runs/README.md says how kept runs are brought back.\n")
 
 
 def notes_beside(page: Path) -> str:

@@ -66,3 +66,14 @@ def test_doc_draws_each_scenarios_grids_beside_its_table(tmp_path):
     text = out.read_text()
     section = text.split("### Split MNIST, Task-IL")[1].split("###")[0]
     assert f"]({figure.name})" in section and "learner.lam=100.0" in section
+
+
+def test_a_page_without_a_sections_runs_says_so_instead_of_dropping_it(tmp_path):
+    """Rewritten where only the tables' runs are (a new machine, kept records), the page names each comparison
+    section it could not write and how its runs are made."""
+    rb = load_script("reproduce_baselines")
+    text = rb.absent_sections(tmp_path / "runs", {"checks": True, "standardised": False, "padded": False})
+    assert "Sections not in this reproduction" in text
+    assert "standardised pixels" in text and "--pixels standardised" in text and "--pad 2" in text
+    assert "5,000 iterations" not in text  # the checks are here
+    assert rb.absent_sections(tmp_path / "runs", dict.fromkeys(rb.OPTIONAL_SECTIONS, True)) == ""
