@@ -11,11 +11,15 @@ spans sessions: finished runs are reused, and the page says what is still missin
 
     CLTRAIN_DATA=../shared/data python scripts/baselines_protocol.py --jobs 2
         [--runs runs/baselines/protocol32] [--seeds 0 1 2] [--tune-seeds 0] [--doc-only]
-        [--keep docs/results/runs/baselines/protocol32]
+        [--keep docs/results/runs/baselines/protocol32] [--variants authors_fisher gamma_0.9 authors_online_ewc]
+
+--variants also runs each pick with the authors' remaining choices (their Fisher, online EWC's gamma 0.9) on every
+seed, so the page measures on its own protocol what they change (a section after the table).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -67,6 +71,65 @@ def missing(runs: Path, args) -> tuple[int, int, list[str], dict[str, str]]:
     return done, total, left, open_grids
 
 
+def variant_jobs(args, runs: Path, names: list[str]) -> list[tuple]:
+    """--variants: each tuned method's pick with a variant's keys (reproduce_baselines.VARIANTS: the authors'
+    Fisher, online EWC's gamma 0.9, both) on every seed, under <runs>/variants/NAME/; none for a method whose
+    grid is not finished (its pick is not known yet)."""
+    picks = finished_picks(runs, args)
+    jobs = []
+    for name in names:
+        variant = rb.VARIANTS[name]
+        for method in (m for m in variant.methods if m in picks):
+            base = rb.folder(runs / "variants" / name, BENCH, SCENARIO, STEPS)
+            jobs += [(BENCH, SCENARIO, STEPS, picks[method], seed, base / rb.point_name(method, picks[method], seed),
+                      (*rb.extra(args, BENCH), *variant.overrides)) for seed in args.seeds]
+    return jobs
+
+
+def finished_picks(runs: Path, args) -> dict[str, list[str]]:
+    """method -> its pick's overrides, for the tuned methods whose grid has finished on the tune seeds."""
+    if not rb.folder(runs, BENCH, SCENARIO, STEPS).is_dir():
+        return {}
+    open_grids = missing(runs, args)[3]
+    return {method: rb.picked(runs, BENCH, SCENARIO, STEPS, method, args.tune_seeds)
+            for method, points in rb.BENCHMARKS[BENCH].methods.items() if len(points) > 1 and method not in open_grids}
+
+
+def variants_section(args, runs: Path) -> str:
+    """The picks with each variant beside the same picks as the table ran them, on the seeds both have."""
+    paper, rows = rb.PAPER[(BENCH, SCENARIO)], []
+    base = rb.folder(runs, BENCH, SCENARIO, STEPS)
+    for name, variant in rb.VARIANTS.items():
+        for method, overrides in finished_picks(runs, args).items():
+            if method not in variant.methods:
+                continue
+            theirs = rb.seed_runs(rb.folder(runs / "variants" / name, BENCH, SCENARIO, STEPS), method, overrides)
+            pairs = [(base / p.parent.name / "metrics.json", p) for p in theirs
+                     if (base / p.parent.name / "metrics.json").exists()]
+            if not pairs:
+                continue
+            acc = lambda path: json.loads(path.read_text())["acc"] * 100  # noqa: E731
+            shift = [acc(b) - acc(a) for a, b in pairs]
+            setting = " ".join(o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] in rb.TUNED)
+            rows.append(f"| {method} | {setting} | {variant.what}: {' '.join(f'`{o}`' for o in variant.overrides)} "
+                        f"| {', '.join(p.parent.name.rsplit('_s', 1)[1] for _, p in pairs)} | "
+                        f"{rb.check_cell([a for a, _ in pairs])} | {rb.check_cell([b for _, b in pairs])} | "
+                        f"{sum(shift) / len(shift):+.1f} [{min(shift):+.1f}, {max(shift):+.1f}] | "
+                        f"{rb.paper_gap([b for _, b in pairs], paper.get(method))} | "
+                        f"{rb.paper_cell(paper.get(method))} |")
+    if not rows:
+        return ""
+    return ("\n## The picks with the authors' remaining choices\n\n"
+            "Each pick run again on the same seeds with one of the authors' choices that the table does not make "
+            "(`--variants NAME ...`, runs under `" + str(rb.shown(runs)) + "/variants/NAME/`): their Fisher, the "
+            "log-likelihood of the model's own arg-max prediction over every training image (cltrain's default: "
+            "the true label, 500 images), and online EWC's γ = 0.9 (`param_values.py`; the table: γ = 1). Test ACC "
+            "% after the last task (the just-trained last task in brackets); *shift*: the variant minus the pick, "
+            "mean [min, max] of the per-seed differences; *− paper* as in the table.\n\n"
+            "| method | setting | variant | seeds | pick | variant | shift | variant − paper | paper (± sd) |\n"
+            "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+
+
 def grids_figure(args, runs: Path, path: Path) -> bool:
     """The grids as a figure (reproduce_baselines.grid_figure), unfinished ones titled so."""
     open_grids = missing(runs, args)[3] if rb.folder(runs, BENCH, SCENARIO, STEPS).is_dir() else {}
@@ -95,7 +158,7 @@ def page(args, runs: Path, figure: str | None = None, out: Path | None = None) -
              f"command). {rb.GRID_FIGURE_NOTE}" if figure else "")
     return (head + f"\n{status.strip()}\n\n" + rb.HEADER + "\n".join(rows) + shown
             + f"\n\n{rb.divergence_line(base)} {rb.wall_line(base)}\n\n{differ_line}\n"
-            + (rb.notes_beside(out) if out is not None else ""))
+            + variants_section(args, runs) + (rb.notes_beside(out) if out is not None else ""))
 
 
 def mark_open_grid(row: str, open_grids: dict[str, str]) -> str:
@@ -138,6 +201,9 @@ def main() -> int:
     parser.add_argument("--tune-seeds", type=int, nargs="+", default=[0], help="seeds the grids run on")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--doc-only", action="store_true", help="only rewrite the page from finished runs")
+    parser.add_argument("--variants", nargs="+", default=[], choices=list(rb.VARIANTS), metavar="NAME",
+                        help="also run each finished pick with the authors' choices on every seed: "
+                             f"{', '.join(rb.VARIANTS)} (the page adds a section)")
     parser.add_argument("--out", default=str(REPO / "docs" / "results" / "baselines_protocol.md"))
     rb.add_keep(parser, "docs/results/runs/baselines/protocol32")
     args = parser.parse_args()
@@ -153,6 +219,7 @@ def main() -> int:
     if not args.doc_only:
         rb.run_all(rb.first_round(opts, runs, target), args.jobs, kept)
         rb.run_all(rb.second_round(opts, runs, target), args.jobs, kept)
+        rb.run_all(variant_jobs(opts, runs, args.variants), args.jobs, kept)
     rb.refuse_empty_page(parser, runs, "docs/results/runs/baselines/protocol32")
     out = Path(args.out)
     figure = out.with_name(out.stem + "_grids.png")

@@ -122,3 +122,26 @@ def test_hand_written_notes_are_appended_to_the_page(tmp_path):
     (tmp_path / "page_notes.md").write_text("## Why the means differ\n\nmeasured cause\n")
     text = s.page(opts, runs, out=out)
     assert text.index("| fine-tuning |") < text.index("## Why the means differ") and text.endswith("measured cause\n")
+
+
+def test_variants_run_each_finished_pick_and_the_page_pairs_them_by_seed(tmp_path):
+    """--variants: the pick of a finished grid with the authors' choices on every seed; the section pairs each
+    variant run with the table's run of the same seed."""
+    s = script()
+    runs = tmp_path / "protocol32"
+    base = s.rb.folder(runs, s.BENCH, s.SCENARIO, s.STEPS)
+    opts = s.settings([0, 1, 2], [0])
+    ewc = {"name": "ewc", "mode": "offline"}
+    for lam, val in (("0.05", 0.80), ("5.0", 0.90), ("500.0", 0.95), ("50000.0", 0.85)):
+        _run(base, f"ewc_{lam}_s0", {**ewc, "lam": float(lam)}, 0, val, acc=0.95)
+    jobs = s.variant_jobs(opts, runs, ["authors_fisher", "gamma_0.9"])
+    # EWC's grid is done (online EWC's is not, and gamma_0.9 is online EWC's only): its pick on the 3 seeds
+    assert [job[5].relative_to(runs).as_posix() for job in jobs] == [
+        f"variants/authors_fisher/pmnist_5000/domain_incremental/ewc_500.0_s{seed}" for seed in (0, 1, 2)]
+    assert all(job[3][-1] == "learner.lam=500.0" and job[6] == ("stream.pad=2", *s.rb.AUTHORS_FISHER) for job in jobs)
+
+    assert "authors' remaining choices" not in s.page(opts, runs)  # no variant run yet: no section
+    _run(jobs[0][5].parent, jobs[0][5].name, {**ewc, "lam": 500.0}, 0, 0.94, acc=0.942)
+    _run(jobs[1][5].parent, jobs[1][5].name, {**ewc, "lam": 500.0}, 1, 0.94, acc=0.93)  # no table run of seed 1
+    row = next(line for line in s.page(opts, runs).splitlines() if line.startswith("| EWC | 500.0 |"))
+    assert "the authors' Fisher" in row and "| 0 |" in row and "| -0.8 [-0.8, -0.8] |" in row
