@@ -15,6 +15,7 @@ import sys
 import traceback
 import typing
 import warnings
+from pathlib import Path
 from typing import Sequence
 
 from cltrain.errors import CltrainError, ConfigError
@@ -105,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("cltrain: interrupted; finished phases are kept in the run folder", file=sys.stderr)
         return 130
     except OSError as exc:
-        if args.command == "fit" or exc.filename is None:
+        if args.command == "fit" or not _on_given_path(exc, args):
             return _failed(args.command)
         # report, keep, merge, ...: a path given to them that cannot be read or written (a file where a folder
         # should be, a folder that does not exist) is bad usage, said in one line
@@ -114,6 +115,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except Exception:
         return _failed(args.command)
+
+
+def _on_given_path(exc: OSError, args: argparse.Namespace) -> bool:
+    """Whether the failing path is one the command line gave (or lies under one): bad usage. Any other (a file
+    missing from a run folder, a cache) is a failure of the command, shown with its traceback."""
+    if exc.filename is None:
+        return False
+    given = [v for value in vars(args).values() for v in (value if isinstance(value, list) else [value])
+             if isinstance(v, str) and v]
+    paths = [Path(v.split("=", 1)[1] if "=" in v else v).absolute() for v in given]
+    failing = Path(str(exc.filename)).absolute()
+    # under a given path, a file named from it (report --out T writes T.md), or a folder on the way to it
+    return any(str(failing).startswith(str(p)) or p.is_relative_to(failing) for p in paths)
 
 
 def _failed(command: str) -> int:

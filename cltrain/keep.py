@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import os
 import shutil
 from pathlib import Path
 
@@ -38,7 +39,7 @@ def plan(sources: list[Path], dest: Path) -> list[tuple[Path, Path]]:
             raise ConfigError(f"keep: --to {dest} and {src} contain one another; give a destination outside the "
                               "runs (e.g. docs/results/runs/NAME)")
     copies, conflicts, found = [], [], {}
-    for src in sources:
+    for src in (s.absolute() for s in sources):  # "." keeps its folder's name, as the folder given by name would
         base = src.parent if (src / "metrics.json").exists() else src  # a run given itself keeps its own name
         for run in find_runs([src]):
             read_record(run / "metrics.json")  # a record cut short is refused, not kept
@@ -64,14 +65,20 @@ def keep(sources: list[Path], dest: Path) -> int:
     copies = plan(sources, dest)
     for record, copy in copies:
         copy.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(record, copy)
+        # whole or not at all: another process keeping or bringing back the same runs never reads half a file
+        part = copy.with_name(f".{copy.name}.{os.getpid()}.part")
+        shutil.copy2(record, part)
+        os.replace(part, copy)
     return len({copy.parent for _, copy in copies})
 
 
 def keep_beside(run: Path, runs: Path, kept: Path) -> None:
     """A reproduction's finished run (under `runs`) kept at the same place under `kept`, as soon as it finishes:
     a session that ends before anyone runs `cltrain keep` still leaves it in the working tree."""
-    keep([run], kept / run.parent.relative_to(runs))
+    try:
+        keep([run], kept / run.parent.relative_to(runs))
+    except OSError as exc:  # the folder became unwritable mid-reproduction: say so in one line, runs stay
+        raise ConfigError(f"keep: cannot keep {run} under {kept}: {exc.strerror} ({exc.filename})") from None
 
 
 def bring_back(kept: Path, runs: Path) -> int:
@@ -85,6 +92,11 @@ def from_option(parser: argparse.ArgumentParser, keep: str | None, runs: Path) -
     if not keep:
         return None
     kept = Path(keep).resolve()
+    if kept.name != runs.name:  # comparison runs (--runs .../padded) kept with the page's folder would mix in
+        parser.error(f"--keep {keep}: give a folder named like the runs folder {runs.name!r} (each runs folder has "
+                     f"its own kept folder, e.g. docs/results/runs/.../{runs.name})")
+    if kept.exists() and not kept.is_dir():
+        parser.error(f"--keep {keep}: a file; give a folder (made when missing)")
     try:
         back = bring_back(kept, runs)
     except ConfigError as exc:

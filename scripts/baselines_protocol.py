@@ -220,7 +220,7 @@ def main() -> int:
         rb.run_all(rb.first_round(opts, runs, target), args.jobs, kept)
         rb.run_all(rb.second_round(opts, runs, target), args.jobs, kept)
         rb.run_all(variant_jobs(opts, runs, args.variants), args.jobs, kept)
-    rb.refuse_empty_page(parser, runs, "docs/results/runs/baselines/protocol32")
+    rb.refuse_empty_page(parser, [rb.folder(runs, BENCH, SCENARIO, STEPS)], "docs/results/runs/baselines/protocol32")
     out = Path(args.out)
     figure = out.with_name(out.stem + "_grids.png")
     drawn = grids_figure(opts, runs, figure)

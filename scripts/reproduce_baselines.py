@@ -294,12 +294,14 @@ def check_page_path(parser: argparse.ArgumentParser, out: str | None) -> None:
         parser.error(f"--out {out}: give a .md file in a folder that exists (its figures are written beside it)")
 
 
-def refuse_empty_page(parser: argparse.ArgumentParser, runs: Path, keep_example: str) -> None:
-    """Usage error, before a page is written, when its runs folder holds no finished run: on a new machine a
-    `--doc-only` would otherwise replace a committed page's results with empty tables."""
-    if not runs.is_dir() or not any(runs.rglob("metrics.json")):
-        parser.error(f"no finished runs under {runs}, so the page is left as it is; bring kept runs back with "
-                     f"--keep {keep_example} (docs/results/runs/README.md), or run the reproduction")
+def refuse_empty_page(parser: argparse.ArgumentParser, folders: list[Path], keep_example: str) -> None:
+    """Usage error, before a page is written, when none of the folders its tables read holds a finished run: on a
+    new machine a `--doc-only` would otherwise replace a committed page's results with empty tables. The page's
+    own folders, not all of --runs: other scripts' runs (factors/, protocol32/, ...) may lie under it."""
+    if not any(folder.is_dir() and any(folder.rglob("metrics.json")) for folder in folders):
+        parser.error(f"no finished runs under {', '.join(map(str, folders))}, so the page is left as it is; bring "
+                     f"kept runs back with --keep {keep_example} (docs/results/runs/README.md), or run the "
+                     "reproduction")
 
 
 def kept_runs(parser: argparse.ArgumentParser, args, runs: Path) -> tuple[Path, Path] | None:
@@ -900,7 +902,7 @@ def main() -> int:
         print("--pixels/--pad/--variant: runs made for a comparison section; no page written (pass --out to write "
               "one)")
         return 0
-    refuse_empty_page(parser, runs, "docs/results/runs/baselines")
+    refuse_empty_page(parser, [folder(runs, *target) for target in targets(args)], "docs/results/runs/baselines")
     write_doc(args, runs, Path(args.out or REPO / "docs" / "results" / "baselines.md"))
     return 0
 

@@ -95,8 +95,7 @@ def command(name: str, run_dir: Path) -> list[str]:
     return [".venv/bin/cltrain", "fit", experiment, *extra, *COMMON, f"run_dir={run_dir}"]
 
 
-def run_one(name: str, root: Path, kept: Path | None = None) -> None:
-    """One run, skipped when finished; with `kept`, its records kept there as soon as it finishes."""
+def run_one(name: str, root: Path) -> None:
     run_dir = root / name
     if (run_dir / "metrics.json").exists():
         print(f"[reproduce] {name}: done already, skipped", flush=True)
@@ -113,10 +112,6 @@ def run_one(name: str, root: Path, kept: Path | None = None) -> None:
         raise SystemExit(f"[reproduce] {name} failed (exit {proc.returncode}); see {root / (name + '.log')}")
     (run_dir / "wall_clock.json").write_text(json.dumps({"seconds": seconds, "command": " ".join(cmd)}))
     print(f"[reproduce] {name}: {seconds:.0f} s", flush=True)
-    if kept is not None:
-        from cltrain.keep import keep_beside
-
-        keep_beside(run_dir, root, kept)
 
 
 def load(root: Path, name: str) -> dict | None:
@@ -631,21 +626,17 @@ def write_doc(root: Path, path: Path) -> None:
 
 
 def main() -> None:
-    from cltrain.keep import add_option as add_keep_option, from_option
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default="runs/tame_repro", help="folder holding one run folder per run")
     parser.add_argument("--only", nargs="*", default=None, help=f"run only these: {', '.join(RUNS)}")
     parser.add_argument("--doc", default="docs/results/tame.md")
     parser.add_argument("--no-run", action="store_true", help="only rewrite the document from finished runs")
-    add_keep_option(parser, "docs/results/runs/tame_repro")
     args = parser.parse_args()
     root = (REPO / args.runs).resolve() if not Path(args.runs).is_absolute() else Path(args.runs)
     root.mkdir(parents=True, exist_ok=True)
-    kept = from_option(parser, args.keep, root)
     if not args.no_run:
         for name in args.only or RUNS:
-            run_one(name, root, kept)
+            run_one(name, root)
     write_doc(root, REPO / args.doc)
 
 

@@ -231,7 +231,8 @@ def main() -> int:
     kept = kept_runs(parser, args, runs)
     if not args.doc_only:
         run_all(jobs(factor, args, runs), args.jobs, kept)
-    refuse_empty_page(parser, runs, "docs/results/runs/baselines/factors")
+    refuse_empty_page(parser, [runs / scenario / factor.folder for scenario in PICKS],
+                      "docs/results/runs/baselines/factors")
     out = Path(args.out) if args.out else REPO / "docs" / "results" / f"{factor.page}.md"
     write_doc(factor, args.factor, runs, out)
     return 0

@@ -169,8 +169,7 @@ def shown(root: Path) -> Path:
     return root.relative_to(REPO) if root.is_relative_to(REPO) else root
 
 
-def run_one(run: Run, root: Path, kept: Path | None = None) -> None:
-    """One run, skipped when finished or in progress; with `kept`, its records kept there once it finishes."""
+def run_one(run: Run, root: Path) -> None:
     run_dir = root / run[0]
     lock = root / f"{run[0]}.running"  # a second invocation (--reverse) leaves a run in progress alone
     if (run_dir / "metrics.json").exists() or lock.exists():
@@ -182,10 +181,6 @@ def run_one(run: Run, root: Path, kept: Path | None = None) -> None:
                               stderr=subprocess.STDOUT)
     lock.unlink()
     print(f"[studies] {run[0]}: exit {proc.returncode}", flush=True)
-    if kept is not None and proc.returncode == 0:
-        from cltrain.keep import keep_beside
-
-        keep_beside(run_dir, root, kept)
 
 
 def load(root: Path, name: str) -> dict | None:
@@ -523,8 +518,6 @@ def replace_section(doc: Path, name: str, lines: list[str]) -> None:
 
 
 def main() -> None:
-    from cltrain.keep import add_option as add_keep_option, from_option
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("study", choices=list(STUDIES))
     parser.add_argument("--runs", default="runs/tame_studies")
@@ -534,17 +527,15 @@ def main() -> None:
     parser.add_argument("--no-run", action="store_true", help="only rewrite the section from finished runs")
     parser.add_argument("--reverse", action="store_true", help="take the runs from the last (a second invocation "
                         "on the same folder then meets the first one in the middle)")
-    add_keep_option(parser, "docs/results/runs/tame_studies")
     args = parser.parse_args()
     runs_of, section = STUDIES[args.study]
     seeds = args.seeds or DEFAULT_SEEDS[args.study]
     root = Path(os.path.abspath(REPO / args.runs))  # symlinks kept: the page shows the path as given
     root.mkdir(parents=True, exist_ok=True)
-    kept = from_option(parser, args.keep, root)
     if not args.no_run:
         with ThreadPoolExecutor(args.jobs) as pool:
             runs = runs_of(seeds)
-            list(pool.map(lambda r: run_one(r, root, kept), runs[::-1] if args.reverse else runs))
+            list(pool.map(lambda r: run_one(r, root), runs[::-1] if args.reverse else runs))
     lines = section(root, seeds)
     print("\n".join(lines))
     replace_section(REPO / args.doc, args.study, lines)

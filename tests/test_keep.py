@@ -87,7 +87,7 @@ def test_a_reproduction_keeps_each_run_as_it_finishes_and_reuses_kept_ones(tmp_p
     script's own job runner, its records kept; on a 'new machine' (the runs folder gone) they come back and the
     run is not made again."""
     rb = load_script("reproduce_baselines")
-    runs, kept = tmp_path / "runs", tmp_path / "kept"
+    runs, kept = tmp_path / "machine" / "baselines", tmp_path / "kept" / "baselines"  # a kept folder per runs folder
     run = runs / "pmnist_30" / "domain_incremental" / "finetuning_s0"
     job = ("pmnist", "domain_incremental", 30, rb.BENCHMARKS["pmnist"].methods["fine-tuning"][0], 0, run,
            (*QUICK, "stream.test_per_task=200"))
@@ -114,6 +114,9 @@ def test_a_page_is_never_rewritten_from_no_runs(tmp_path, script, args):
     back, instead of replacing the page's results with empty tables."""
     page = tmp_path / "page.md"
     page.write_text("the committed results\n")
+    other = tmp_path / "runs" / "other_script" / "x"  # another script's runs under the same --runs do not count
+    other.mkdir(parents=True)
+    (other / "metrics.json").write_text("{}")
     done = subprocess.run([sys.executable, str(REPO / "scripts" / script), *args, "--runs", str(tmp_path / "runs"),
                            "--out", str(page)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
@@ -130,7 +133,7 @@ def test_a_script_whose_runs_folder_holds_another_run_of_a_kept_name_stops_with_
     from cltrain.keep import from_option
 
     runs, run = finished
-    kept = tmp_path / "kept"
+    kept = tmp_path / "kept" / "runs"
     assert main(["keep", str(runs), "--to", str(kept)]) == 0
     here = tmp_path / "runs" / "pmnist" / "finetune_s0"
     here.mkdir(parents=True)
@@ -140,3 +143,14 @@ def test_a_script_whose_runs_folder_holds_another_run_of_a_kept_name_stops_with_
     assert stop.value.code == 2 and "differ from the runs'" in capsys.readouterr().err
     assert (here / "config.yaml").read_text() == "seed: 7\n" and not (here / "metrics.json").exists()
     assert from_option(argparse.ArgumentParser(), None, tmp_path / "runs") is None
+    # comparison runs (--runs .../padded) kept into the page's folder would be mixed into it, then brought back
+    with pytest.raises(SystemExit) as stop:
+        from_option(argparse.ArgumentParser(), str(kept), tmp_path / "padded")
+    assert stop.value.code == 2 and "named like the runs folder 'padded'" in capsys.readouterr().err
+
+
+def test_dot_keeps_its_folders_name(finished, tmp_path, monkeypatch):
+    runs, run = finished
+    monkeypatch.chdir(run)
+    assert main(["keep", ".", "--to", str(tmp_path / "k")]) == 0
+    assert (tmp_path / "k" / "finetune_s0" / "metrics.json").exists()

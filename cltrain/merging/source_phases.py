@@ -26,17 +26,19 @@ def phase_files(run_dir: Path) -> list[Path]:
     return files
 
 
-def read_state(path: Path, key: str) -> dict:
-    """A state dict saved with torch.save; anything else is bad input for `key`, said in one line."""
+def read_state(path: Path, given: bool) -> dict:
+    """A state dict saved with torch.save, in one line when it is not: bad input for `base` when the user gave the
+    path, a damaged run folder when it is the run's own file."""
     try:
         state = torch.load(path, map_location="cpu")
+        problem = None if isinstance(state, dict) else f"it holds a {type(state).__name__}"
     except Exception as exc:  # torch.load raises many kinds (UnpicklingError, KeyError, RuntimeError) on a bad file
-        raise ConfigError(f"bad value {str(path)!r} for '{key}'; valid: a state dict saved with torch.save "
-                          f"(torch.load failed: {type(exc).__name__})") from None
-    if not isinstance(state, dict):
-        raise ConfigError(f"bad value {str(path)!r} for '{key}'; valid: a state dict saved with torch.save (it "
-                          f"holds a {type(state).__name__})")
-    return state
+        problem = f"torch.load failed: {type(exc).__name__}"
+    if problem is None:
+        return state
+    if given:
+        raise ConfigError(f"bad value {str(path)!r} for 'base'; valid: a state dict saved with torch.save ({problem})")
+    raise ConfigError(f"{path} is not a state dict ({problem}): the run folder is damaged; make the run again")
 
 
 @SOURCES.register("phases")
@@ -46,7 +48,7 @@ class PhaseWeights(Source):
 
     def load(self, run: RunView) -> Experts:
         base_file = Path(run.base).expanduser() if run.base else run.path / "checkpoints" / "phase_start.pt"
-        base = read_state(base_file, "base")
+        base = read_state(base_file, given=bool(run.base))
         files = phase_files(run.path)
         if not files:
             raise ConfigError(f"{run.path} kept no phase's weights (checkpoints/phase_0.pt is missing: the run "
