@@ -5,7 +5,6 @@ import yaml
 
 from conftest import QUICK, run_cli
 
-TIMING = ("wall_time_s", "phase_wall_time_s")
 
 
 def test_fit_writes_every_run_folder_file(tmp_path):

@@ -6,17 +6,14 @@ import signal
 import pytest
 import torch
 
-from conftest import kill_after, run_cli, signal_mid_phase
+from conftest import kill_after, results, run_cli, signal_mid_phase
 
 QUICK_IBCL = ["stream.train_per_task=2000", "stream.test_per_task=500", "trainer.progress_bar=false",
               "logger.wandb.mode=disabled"]
 # d = 0: with 64 steps a task, posteriors of different tasks can lie within the default d (substitution: below)
 PAIRS3 = ("fit", "ibcl/mnist_pairs", *QUICK_IBCL, "stream.n_tasks=3", "learner.d=0")
-TIMING = {"wall_time_s", "phase_wall_time_s"}
-
-
 def _metrics(run):
-    return {k: v for k, v in json.loads((run / "metrics.json").read_text()).items() if k not in TIMING}
+    return results(run)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import kill_after, run_cli
+from conftest import kill_after, results, run_cli
 from cltrain.config import OptimConfig
 from cltrain.learners.l2m import L2M, L2MConfig
 from cltrain.learners.l2p import L2P, L2PConfig
@@ -270,8 +270,7 @@ def test_action_accuracy_scores_held_out_noise_free_episodes(cache):
 
 
 def _metrics(run):
-    data = json.loads((run / "metrics.json").read_text())
-    return {k: v for k, v in data.items() if k not in {"wall_time_s", "phase_wall_time_s"}}
+    return results(run)
 
 
 def test_kill_and_resume_of_an_l2m_run_gives_identical_metrics(tmp_path, cache, pretrained):

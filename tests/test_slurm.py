@@ -6,11 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import QUICK, REPO, run_cli
+from conftest import QUICK, REPO, results, run_cli
 
 SHORT = [*QUICK, "stream.n_tasks=2", "stream.train_per_task=1000", "model.hidden=[100,100]",
          "slurm.cpus_per_task=1"]
-TIMING = {"wall_time_s", "phase_wall_time_s"}
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +43,7 @@ def sweep(root, *overrides):
 
 
 def metrics(run):
-    return {k: v for k, v in json.loads((Path(run) / "metrics.json").read_text()).items() if k not in TIMING}
+    return results(Path(run))
 
 
 def test_array_sweep_completes_every_point(slurm, tmp_path):
