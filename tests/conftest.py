@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -87,7 +88,9 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subpro
 
 
 def signal_mid_phase(args: list[str], sig: int, after: str = "phase 1/3") -> tuple[int, str]:
-    """Start `cltrain <args>`, send `sig` to it shortly after it prints `after` (inside the next phase)."""
+    """Start `cltrain <args>`, send `sig` to it shortly after it prints `after` (inside the next phase): after
+    half the time the finished phase took (its line ends "| 0.5 s"), at most 0.5 s. A fixed 0.5 s outlasted a
+    whole next phase on a quiet machine, where the signal then met a phase boundary instead."""
     env = {**os.environ, **CLI_ENV}
     proc = subprocess.Popen([sys.executable, "-m", "cltrain.cli", *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -96,7 +99,8 @@ def signal_mid_phase(args: list[str], sig: int, after: str = "phase 1/3") -> tup
         out.append(line)
         if after in line:
             break
-    time.sleep(0.5)
+    took = re.search(r"\| ([\d.]+) s\s*$", out[-1] if out else "")
+    time.sleep(min(0.5, max(0.05, 0.5 * float(took.group(1)))) if took else 0.5)
     proc.send_signal(sig)
     out.append(proc.stdout.read())
     proc.wait(timeout=120)
