@@ -86,21 +86,21 @@ def bring_back(kept: Path, runs: Path) -> int:
     return keep([kept], runs) if any(kept.rglob("metrics.json")) else 0
 
 
-def from_option(parser: argparse.ArgumentParser, keep: str | None, runs: Path) -> Path | None:
+def from_option(parser: argparse.ArgumentParser, option: str | None, runs: Path) -> Path | None:
     """A script's --keep DIR: None when not given, else DIR, whose kept runs are first brought back into `runs`
     (a conflict is the script's usage error: exit 2, nothing copied)."""
-    if not keep:
+    if not option:
         return None
-    kept = Path(keep).resolve()
+    kept = Path(option).resolve()
     if kept.name != runs.name:  # comparison runs (--runs .../padded) kept with the page's folder would mix in
-        parser.error(f"--keep {keep}: give a folder named like the runs folder {runs.name!r} (each runs folder has "
+        parser.error(f"--keep {option}: give a folder named like the runs folder {runs.name!r} (each runs folder has "
                      f"its own kept folder, e.g. docs/results/runs/.../{runs.name})")
     if kept.exists() and not kept.is_dir():
-        parser.error(f"--keep {keep}: a file; give a folder (made when missing)")
+        parser.error(f"--keep {option}: a file; give a folder (made when missing)")
     try:
         back = bring_back(kept, runs)
     except ConfigError as exc:
-        parser.error(f"--keep {keep}: {exc}")
+        parser.error(f"--keep {option}: {exc}")
     if back:
         print(f"{back} runs kept under {kept} brought back into {runs}", flush=True)
     return kept

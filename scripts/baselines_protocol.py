@@ -29,6 +29,7 @@ import reproduce_baselines as rb  # noqa: E402  (the grids, the rounds and the t
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH, SCENARIO, STEPS, PAD = "pmnist", "domain_incremental", 5000, 2
+KEPT = "docs/results/runs/baselines/protocol32"  # where --keep puts this page's runs (docs/results/runs/README.md)
 
 
 def settings(seeds: list[int], tune_seeds: list[int]) -> SimpleNamespace:
@@ -78,9 +79,8 @@ def variant_jobs(args, runs: Path, names: list[str]) -> list[tuple]:
     picks = finished_picks(runs, args)
     jobs = []
     for name in names:
-        variant = rb.VARIANTS[name]
+        variant, base = rb.VARIANTS[name], rb.folder(runs / "variants" / name, BENCH, SCENARIO, STEPS)
         for method in (m for m in variant.methods if m in picks):
-            base = rb.folder(runs / "variants" / name, BENCH, SCENARIO, STEPS)
             jobs += [(BENCH, SCENARIO, STEPS, picks[method], seed, base / rb.point_name(method, picks[method], seed),
                       (*rb.extra(args, BENCH), *variant.overrides)) for seed in args.seeds]
     return jobs
@@ -99,8 +99,10 @@ def variants_section(args, runs: Path) -> str:
     """The picks with each variant beside the same picks as the table ran them, on the seeds both have."""
     paper, rows = rb.PAPER[(BENCH, SCENARIO)], []
     base = rb.folder(runs, BENCH, SCENARIO, STEPS)
+    picks = finished_picks(runs, args)  # once: it reads every run of the grids
+    acc = lambda path: json.loads(path.read_text())["acc"] * 100  # noqa: E731
     for name, variant in rb.VARIANTS.items():
-        for method, overrides in finished_picks(runs, args).items():
+        for method, overrides in picks.items():
             if method not in variant.methods:
                 continue
             theirs = rb.seed_runs(rb.folder(runs / "variants" / name, BENCH, SCENARIO, STEPS), method, overrides)
@@ -108,7 +110,6 @@ def variants_section(args, runs: Path) -> str:
                      if (base / p.parent.name / "metrics.json").exists()]
             if not pairs:
                 continue
-            acc = lambda path: json.loads(path.read_text())["acc"] * 100  # noqa: E731
             shift = [acc(b) - acc(a) for a, b in pairs]
             setting = " ".join(o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] in rb.TUNED)
             rows.append(f"| {method} | {setting} | {variant.what}: {' '.join(f'`{o}`' for o in variant.overrides)} "
@@ -205,7 +206,7 @@ def main() -> int:
                         help="also run each finished pick with the authors' choices on every seed: "
                              f"{', '.join(rb.VARIANTS)} (the page adds a section)")
     parser.add_argument("--out", default=str(REPO / "docs" / "results" / "baselines_protocol.md"))
-    rb.add_keep(parser, "docs/results/runs/baselines/protocol32")
+    rb.add_keep(parser, KEPT)
     args = parser.parse_args()
     rb.check_page_path(parser, args.out)
     if not set(args.tune_seeds) <= set(args.seeds):
@@ -220,7 +221,7 @@ def main() -> int:
         rb.run_all(rb.first_round(opts, runs, target), args.jobs, kept)
         rb.run_all(rb.second_round(opts, runs, target), args.jobs, kept)
         rb.run_all(variant_jobs(opts, runs, args.variants), args.jobs, kept)
-    rb.refuse_empty_page(parser, [rb.folder(runs, BENCH, SCENARIO, STEPS)], "docs/results/runs/baselines/protocol32")
+    rb.refuse_empty_page(parser, [rb.folder(runs, BENCH, SCENARIO, STEPS)], KEPT)
     out = Path(args.out)
     figure = out.with_name(out.stem + "_grids.png")
     drawn = grids_figure(opts, runs, figure)

@@ -282,7 +282,10 @@ def run_all(jobs: list[tuple], n: int, kept: tuple[Path, Path] | None = None) ->
             print(f"[baselines] {line}", flush=True)
 
 
-def add_keep(parser: argparse.ArgumentParser, example: str = "docs/results/runs/baselines") -> None:
+KEPT = "docs/results/runs/baselines"  # where --keep puts this page's runs (docs/results/runs/README.md)
+
+
+def add_keep(parser: argparse.ArgumentParser, example: str = KEPT) -> None:
     from cltrain.keep import add_option
 
     add_option(parser, example)
@@ -902,7 +905,7 @@ def main() -> int:
         print("--pixels/--pad/--variant: runs made for a comparison section; no page written (pass --out to write "
               "one)")
         return 0
-    refuse_empty_page(parser, [folder(runs, *target) for target in targets(args)], "docs/results/runs/baselines")
+    refuse_empty_page(parser, [folder(runs, *target) for target in targets(args)], KEPT)
     write_doc(args, runs, Path(args.out or REPO / "docs" / "results" / "baselines.md"))
     return 0
 

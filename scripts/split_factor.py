@@ -41,6 +41,7 @@ PICKS = {
 }
 STEPS = 2000  # the protocol's iterations per task, as the page's split-MNIST tables
 REFERENCE = "reference"  # the folder of the runs with the page's values (every factor's reference side)
+KEPT = "docs/results/runs/baselines/factors"  # where --keep puts these pages' runs (docs/results/runs/README.md)
 # The page's values the picks were made with, which experiments/baselines/split_mnist.yaml no longer has: its
 # split-MNIST tables fed standardised inputs then and [0, 1] since (the authors' scale). Both sides keep them,
 # but for the factor's own key, so the comparisons stay those their pages report.
@@ -101,8 +102,8 @@ FACTORS = {
         title="Split MNIST: standardised inputs or pixels in [0, 1]",
         about="docs/results/baselines.md's split-MNIST tables fed standardised inputs ((x/255 − 0.1307) / 0.3081, "
               "cltrain's default, `stream.pixels=standardised`) when they were picked; van de Ven & Tolias's code "
-              "feeds the pixels in [0, 1] (`ToTensor`, no normalisation), as that page's tables do since. With [0, 1] a blank "
-              "pixel is 0, so its first-layer weights get no gradient, no Fisher and no SI importance on a task; "
+              "feeds the pixels in [0, 1] (`ToTensor`, no normalisation), as that page's tables do since. With [0, 1] "
+              "a blank pixel is 0, so its first-layer weights get no gradient, no Fisher and no SI importance on a task; "
               "standardised, it is −0.42 and they get all three.",
         same="the same initial weights, batches and every other draw"),
 }
@@ -189,9 +190,9 @@ def write_doc(factor: Factor, name: str, runs: Path, out: Path) -> None:
     first, second = factor.labels
     text = [f"# {factor.title}\n\n"
             f"Regenerate: {commands(name, seeds_of)} (runs under `{shown(runs)}/`; finished runs are reused, and "
-            f"each command rewrites this page from every finished pair there; `--keep "
-            f"docs/results/runs/baselines/factors` also reuses the runs kept there and keeps new ones: "
-            f"docs/results/runs/README.md). Every number here is measured by those commands.\n\n"
+            f"each command rewrites this page from every finished pair there; `--keep {KEPT}` also reuses the runs "
+            f"kept there and keeps new ones: docs/results/runs/README.md). Every number here is measured by those "
+            f"commands.\n\n"
             + f"{factor.about} Here each method runs at that page's validation pick, on seeds "
               f"{', '.join(map(str, every))} (each row's *seeds* says which), once with the page's values ({first}) "
               f"and once with `{factor.override}` ({factor.same}), {STEPS} iterations per task, everything else as "
@@ -223,7 +224,7 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--doc-only", action="store_true", help="only rewrite the page from the finished runs")
     parser.add_argument("--out", default=None, help="the page (default docs/results/<the factor's page>.md)")
-    add_keep(parser, "docs/results/runs/baselines/factors")
+    add_keep(parser, KEPT)
     args = parser.parse_args()
     check_page_path(parser, args.out)
     factor = FACTORS[args.factor]
@@ -231,8 +232,7 @@ def main() -> int:
     kept = kept_runs(parser, args, runs)
     if not args.doc_only:
         run_all(jobs(factor, args, runs), args.jobs, kept)
-    refuse_empty_page(parser, [runs / scenario / factor.folder for scenario in PICKS],
-                      "docs/results/runs/baselines/factors")
+    refuse_empty_page(parser, [runs / scenario / factor.folder for scenario in PICKS], KEPT)
     out = Path(args.out) if args.out else REPO / "docs" / "results" / f"{factor.page}.md"
     write_doc(factor, args.factor, runs, out)
     return 0
