@@ -278,6 +278,9 @@ class ContinualTrainer:
             "n_phases": self.stream.n_phases,
             "phase_wall_time_s": p.phase_times,
             "wall_time_s": p.setup_time + sum(p.phase_times),
+            # when, not how long: results pages date their runs by it (a file's time is the checkout's once a
+            # run's records are kept in git)
+            "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "steps": p.steps,
         }
         if p.val_rows:  # the same figures on validation data, to choose hyperparameters by (report --select val)

@@ -196,7 +196,7 @@ cltrain's reservoir of 2,000 samples (no such row in the paper).
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", default="runs/baselines/protocol32")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--tune-seeds", type=int, nargs="+", default=[0], help="seeds the grids run on")

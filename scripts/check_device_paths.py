@@ -79,7 +79,7 @@ def run_check(device: torch.device) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda")
     device = torch.device(parser.parse_args().device)
     from cltrain.cli import _quiet_lightning

@@ -41,7 +41,7 @@ CASES = {
                                         "learner.prune_capacity=1000", "learner.selector_epochs=3",
                                         "learner.eval_selector_epochs=1", "learner.expert_prune_epochs=3"]),
 }
-TIMING = {"wall_time_s", "phase_wall_time_s", "detection_plot"}
+TIMING = {"wall_time_s", "phase_wall_time_s", "finished_utc", "detection_plot"}
 
 
 def run(checkout: Path, experiment: str, overrides: list[str], run_dir: Path) -> dict:
@@ -55,7 +55,7 @@ def run(checkout: Path, experiment: str, overrides: list[str], run_dir: Path) ->
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", type=Path, required=True, help="checkout of the reference code (e.g. main)")
     parser.add_argument("--head", type=Path, default=Path("."), help="checkout under test")
     parser.add_argument("--out", type=Path, default=None, help="keep the run folders here")

@@ -33,7 +33,7 @@ def walk(node, prefix=""):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--lr", type=float, required=True)
     parser.add_argument("--lam", type=float, required=True)

@@ -86,7 +86,7 @@ def print_tail(learner, samples, n: int, task: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path, help="a finished run with learner.name=ewc, learner.mode=offline")
     parser.add_argument("--tasks", type=int, nargs="*", default=None,
                         help="task ids (default: every task; none: only --tail)")

@@ -281,7 +281,7 @@ def environment() -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--accelerator", default="gpu")
     parser.add_argument("--tiny", action="store_true", help="tiny runs (a CPU dry run of the checks)")
     parser.add_argument("--out", default=os.environ.get("OUT", "runs/gpu_check"))

@@ -35,7 +35,7 @@ def overlap(experiment: str, pad: int, images: int, seed: int) -> tuple[int, int
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--experiment", default="baselines/pmnist")
     parser.add_argument("--pads", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--images", type=int, default=20000)

@@ -6,7 +6,6 @@ import json
 import math
 import os
 import platform
-import time
 from pathlib import Path
 
 import numpy as np
@@ -387,8 +386,14 @@ measured inside the mixed batches, so rehearsal dilutes them; the probe above do
 
 
 def _run_dates(root: Path) -> str:
-    stamps = [m.stat().st_mtime for m in root.rglob("metrics.json")]
+    # each run records when it finished (metrics.json `finished_utc`); a file's time would be the checkout's for
+    # runs brought back from git (docs/results/runs/)
+    stamps = [json.loads(m.read_text()).get("finished_utc") for m in root.rglob("metrics.json")]
     if not stamps:
         return "no runs yet"
-    first, last = (time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t)) for t in (min(stamps), max(stamps)))
-    return f"finished between {first} and {last}"
+    known = sorted(s for s in stamps if s)
+    if not known:
+        return "finish times not recorded (runs made before metrics.json had `finished_utc`)"
+    first, last = (t.replace("T", " ")[:16] + " UTC" for t in (known[0], known[-1]))
+    unknown = f" ({len(stamps) - len(known)} without a recorded time)" if len(known) < len(stamps) else ""
+    return f"finished between {first} and {last}{unknown}"

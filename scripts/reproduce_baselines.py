@@ -827,7 +827,7 @@ this bound and checked on 10 and 20 tasks (docs/results/tame.md, "Baselines for 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", default="runs/baselines")
     parser.add_argument("--split-steps", type=int, default=2000, help="iterations per task, split MNIST (paper 2000)")
     parser.add_argument("--pmnist-steps", type=int, default=5000, help="iterations per task, permuted MNIST (paper 5000)")

@@ -244,7 +244,7 @@ def write_doc(results: dict, out: Path, seeds: list[int], pareto_src: Path) -> N
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", default="runs/ibcl_repro")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", default=str(REPO / "docs" / "results" / "ibcl.md"))

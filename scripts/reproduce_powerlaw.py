@@ -73,8 +73,15 @@ def run_one(experiment: str, overrides: list[str], run_dir: Path) -> float:
     return time.perf_counter() - start
 
 
+SECTIONS = ("main", "tight", "split", "sweeps")  # the page's run folders under the runs root (plan)
+
+
+def runs_root(args) -> Path:
+    return Path(args.runs).resolve() if args.runs else REPO / "runs" / ("powerlaw_full" if args.full else "powerlaw")
+
+
 def plan(args) -> list[tuple[str, str, list[str], Path]]:
-    root = REPO / "runs" / ("powerlaw_full" if args.full else "powerlaw")
+    root = runs_root(args)
     pm = "powerlaw/pmnist_full" if args.full else "powerlaw/pmnist"
     jobs = []
     for names in (MATCHING, [n for n in CONDITIONS if n not in MATCHING]):
@@ -108,9 +115,13 @@ def main() -> int:
     parser.add_argument("--shard", default="0/1", help="i/n: run jobs i, i+n, ... (n processes in parallel); "
                         "the page is written by whichever shard is run last with --report-only or n=1")
     parser.add_argument("--out", default=str(REPO / "docs" / "results" / "powerlaw.md"))
+    parser.add_argument("--runs", default=None, help="where the runs go (default: runs/powerlaw, with --full "
+                        "runs/powerlaw_full)")
     add_keep_option(parser, "docs/results/runs/powerlaw")
     args = parser.parse_args()
     args.seeds = args.seeds or (5 if args.full else 3)
+    if Path(args.out).suffix != ".md" or not Path(args.out).resolve().parent.is_dir():  # before any run, not after
+        parser.error(f"--out {args.out}: give a .md file in a folder that exists")
     if not os.environ.get("CLTRAIN_DATA"):
         print("set CLTRAIN_DATA to the folder holding MNIST/raw", file=sys.stderr)
         return 2
@@ -120,7 +131,7 @@ def main() -> int:
     torch.set_num_threads(1)
     shard, n_shards = (int(v) for v in args.shard.split("/"))
     jobs = plan(args)
-    root = REPO / "runs" / ("powerlaw_full" if args.full else "powerlaw")
+    root = runs_root(args)
     kept = from_option(parser, args.keep, root)
     if not args.report_only:
         for i, (section, experiment, overrides, run_dir) in enumerate(jobs, 1):
@@ -137,6 +148,10 @@ def main() -> int:
     from powerlaw_doc import write_doc  # noqa: E402  (scripts/ is on sys.path when run as a script)
 
     if n_shards == 1 or args.report_only:
+        if not any(any(root.joinpath(section).rglob("metrics.json")) for section in SECTIONS):
+            # on a new machine --report-only would otherwise replace the committed page with empty tables
+            parser.error(f"no finished runs under {root}, so {args.out} is left as it is; bring kept runs back with "
+                         "--keep docs/results/runs/powerlaw (docs/results/runs/README.md), or run the reproduction")
         write_doc(Path(args.out), root, args)
         print(f"wrote {args.out}")
     return 0

@@ -626,7 +626,7 @@ def write_doc(root: Path, path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", default="runs/tame_repro", help="folder holding one run folder per run")
     parser.add_argument("--only", nargs="*", default=None, help=f"run only these: {', '.join(RUNS)}")
     parser.add_argument("--doc", default="docs/results/tame.md")

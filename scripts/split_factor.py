@@ -215,7 +215,7 @@ def write_doc(factor: Factor, name: str, runs: Path, out: Path) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("factor", choices=list(FACTORS))
     parser.add_argument("--runs", default="runs/baselines/factors")
     # what to run; the page always shows every finished pair under --runs, whichever seeds and scenarios made it

@@ -518,7 +518,7 @@ def replace_section(doc: Path, name: str, lines: list[str]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("study", choices=list(STUDIES))
     parser.add_argument("--runs", default="runs/tame_studies")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help=f"default: {DEFAULT_SEEDS}")

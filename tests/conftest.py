@@ -33,7 +33,7 @@ QUICK = [
 
 
 # metrics.json keys that measure time or name files, not results: left out when two runs are compared
-TIMING = frozenset({"wall_time_s", "phase_wall_time_s", "detection_plot"})
+TIMING = frozenset({"wall_time_s", "phase_wall_time_s", "finished_utc", "detection_plot"})
 
 
 def load_script(name: str):

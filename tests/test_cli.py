@@ -1,5 +1,7 @@
 """The CLI contract (DESIGN.md): run-folder files, exit codes, one-line errors. Real MNIST, real Lightning."""
+import calendar
 import json
+import time
 
 import yaml
 
@@ -9,6 +11,7 @@ from conftest import QUICK, run_cli
 
 def test_fit_writes_every_run_folder_file(tmp_path):
     run = tmp_path / "run"
+    started = time.time()
     proc = run_cli("fit", "bench/pmnist_naive", *QUICK, f"run_dir={run}", "logger.wandb.mode=offline")
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in ("config.yaml", "metrics.json", "metrics.csv", "acc_matrix.png", "retention.png",
@@ -19,6 +22,8 @@ def test_fit_writes_every_run_folder_file(tmp_path):
     for key in ("acc", "bwt", "fwt", "forgetting", "wall_time_s"):
         assert isinstance(metrics[key], float)
     assert metrics["acc_matrix"][0][0] > 0.5  # the first task was really learned (chance: 0.1)
+    finished = calendar.timegm(time.strptime(metrics["finished_utc"], "%Y-%m-%dT%H:%M:%SZ"))
+    assert started - 1 <= finished <= time.time() + 1  # when this run ended, in UTC
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["stream"]["n_tasks"] == 3 and config["learner"]["name"] == "finetune"
     assert config["run_dir"] == str(run)

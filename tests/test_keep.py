@@ -108,6 +108,7 @@ def test_a_reproduction_keeps_each_run_as_it_finishes_and_reuses_kept_ones(tmp_p
     ("reproduce_baselines.py", ["--doc-only"]),
     ("baselines_protocol.py", ["--doc-only"]),
     ("split_factor.py", ["pixels", "--doc-only"]),
+    ("reproduce_powerlaw.py", ["--report-only"]),
 ])
 def test_a_page_is_never_rewritten_from_no_runs(tmp_path, script, args):
     """On a new machine (no runs) a --doc-only leaves the committed page as it is and says how to bring kept runs
@@ -154,3 +155,18 @@ def test_dot_keeps_its_folders_name(finished, tmp_path, monkeypatch):
     monkeypatch.chdir(run)
     assert main(["keep", ".", "--to", str(tmp_path / "k")]) == 0
     assert (tmp_path / "k" / "finetune_s0" / "metrics.json").exists()
+
+
+def test_the_power_law_page_dates_runs_by_their_recorded_finish_not_by_file_time(tmp_path):
+    """Runs brought back from git have the checkout's file times; the page reads each run's `finished_utc`."""
+    doc = load_script("powerlaw_doc")
+    for name, finished in (("a", "2026-11-28T17:38:05Z"), ("b", "2026-11-29T01:20:59Z"), ("c", None)):
+        run = tmp_path / "main" / name
+        run.mkdir(parents=True)
+        record = {"acc": 0.5} if finished is None else {"acc": 0.5, "finished_utc": finished}
+        (run / "metrics.json").write_text(json.dumps(record))
+    assert doc._run_dates(tmp_path) == ("finished between 2026-11-28 17:38 UTC and 2026-11-29 01:20 UTC "
+                                        "(1 without a recorded time)")
+    (tmp_path / "main" / "a" / "metrics.json").write_text("{}")
+    (tmp_path / "main" / "b" / "metrics.json").write_text("{}")
+    assert doc._run_dates(tmp_path).startswith("finish times not recorded")
