@@ -450,8 +450,8 @@ def check_section(args, runs: Path) -> str:
     seeds = " ".join(sorted(found, key=int))  # the seeds on the page, whatever this invocation ran
     return (f"\n### Permuted MNIST at the protocol's {args.check_steps:,} iterations (checks)\n\n"
             f"Grid points run at {args.check_steps:,} iterations per task (validation split held out, same test "
-            f"subset, the table's input scale), beside the same point and seeds at {args.pmnist_steps:,} (the table "
-            f"above): whether the gap to the paper is the cut in iterations. The settings are the authors' λ and c, "
+            f"subset, the table's input scale), beside the same point and seeds at {args.pmnist_steps:,} "
+            f"(baselines.md's table): whether the gap to the paper is the cut in iterations. The settings are the authors' λ and c, "
             f"not picked on validation data at this length. Test ACC % after the last task, mean ± sd over the "
             f"seeds (the just-trained last task's own accuracy in brackets); the paper's column is its mean ± sd "
             f"(SEM × √{PAPER_SEEDS}). Command: `python scripts/reproduce_baselines.py --pmnist-steps "
@@ -498,7 +498,7 @@ def pixels_section(args, runs: Path, other: Path) -> str:
             f"default; runs under `{where}/`, made by `python scripts/reproduce_baselines.py --benchmarks pmnist "
             f"--pmnist-steps {args.pmnist_steps}{f' --pmnist-test {args.pmnist_test}' if args.pmnist_test else ''} "
             f"--pixels standardised --runs {where} --check EWC=500.0 'online EWC=1000.0' SI=500.0`) and in [0, 1] "
-            f"(`stream.pixels=unit`, the authors' code and this page's table). *last task*: its test accuracy right "
+            f"(`stream.pixels=unit`, the authors' code and baselines.md's table). *last task*: its test accuracy right "
             f"after its own phase (mean over the seeds), which shows whether the penalty still lets a new task be "
             f"learned.\n\n"
             f"| method | standardised: pick | test ACC (%) | last task (%) | unit: pick | test ACC (%) | last task (%) "
@@ -674,25 +674,40 @@ def write_doc(args, runs: Path, out: Path) -> None:
                            test_cut=(f" Permuted MNIST is tested on {args.pmnist_test:,} of the 10,000 test images per "
                                      "task (a seeded subset, the same for every method at a given seed).") if args.pmnist_test else "",
                            runs=shown(runs))
-    checks = check_section(args, runs)
-    sections.append(checks)
-    other = Path(args.standardised_runs).resolve() if args.standardised_runs else runs / "standardised"
-    padded = Path(args.padded_runs).resolve() if args.padded_runs else runs / "padded"
-    if "pmnist" in args.benchmarks and other.is_dir():
-        sections.append(pixels_section(args, runs, other))
-    if "pmnist" in args.benchmarks and padded.is_dir():
-        sections.append(pad_section(args, runs, padded))
-        sections.append(variants_section(args, padded, runs / "variants"))
-    if "pmnist" in args.benchmarks:
-        sections.append(absent_sections(runs, {"checks": bool(checks), "standardised": other.is_dir(),
-                                               "padded": padded.is_dir()}))
     differ = "\n".join(f"- {d}" for d in all_differ) or "- none"
     out.write_text(head + "".join(sections) + DOC_DIFFER.format(differ=differ) + notes_beside(out) + DOC_TAIL)
     print(f"wrote {out}")
+    if "pmnist" in args.benchmarks:
+        write_checks_doc(args, runs, checks_page(out))
 
 
-# The page's permuted-MNIST comparison sections, each written only when its runs are here: what it shows, where
-# its runs go (under --runs) and the options that make them.
+def checks_page(page: Path) -> Path:
+    """Where the permuted-MNIST comparisons go: beside the page, e.g. docs/results/baselines_pmnist_checks.md."""
+    return page.with_name(page.stem + "_pmnist_checks.md")
+
+
+def write_checks_doc(args, runs: Path, page: Path) -> None:
+    """The permuted-MNIST comparisons (5,000 iterations, input scale, input size, the authors' EWC choices) on a
+    page of their own, written whole or not at all: rewritten from some sections' runs it would lose the others'
+    results, so without every section's runs the page stays as it is and the missing runs are named."""
+    checks = check_section(args, runs)
+    other = Path(args.standardised_runs).resolve() if args.standardised_runs else runs / "standardised"
+    padded = Path(args.padded_runs).resolve() if args.padded_runs else runs / "padded"
+    missing = missing_sections({"checks": bool(checks), "standardised": other.is_dir(), "padded": padded.is_dir()})
+    if missing:
+        print(f"{page} not rewritten: no runs under {shown(runs)}/ for " + "; ".join(missing))
+        return
+    sections = [checks, pixels_section(args, runs, other), pad_section(args, runs, padded),
+                variants_section(args, padded, runs / "variants")]
+    head = CHECKS_HEAD.format(main=page.with_name(page.name.replace("_pmnist_checks", "")).name,
+                              pmnist=args.pmnist_steps, runs=shown(runs),
+                              test_arg=f" --pmnist-test {args.pmnist_test}" if args.pmnist_test else "")
+    page.write_text(head + "".join(sections) + notes_beside(page))
+    print(f"wrote {page}")
+
+
+# The permuted-MNIST comparison page's sections (write_checks_doc): what each shows, where its runs go (under --runs)
+# and the options that make them.
 OPTIONAL_SECTIONS = {
     "checks": ("grid points at the protocol's 5,000 iterations", "pmnist_5000_check/",
                "--check-steps 5000 --check-seeds SEEDS --check METHOD[=VALUE] ..."),
@@ -704,16 +719,11 @@ OPTIONAL_SECTIONS = {
 }
 
 
-def absent_sections(runs: Path, present: dict[str, bool]) -> str:
-    """A line for each comparison section left out because its runs are not under `runs`, so a page rewritten on
-    a machine without them says what it lacks instead of silently dropping it."""
-    missing = [f"{what} (runs under `{where}`, made with `{how}`)"
-               for name, (what, where, how) in OPTIONAL_SECTIONS.items() if not present[name]]
-    if not missing:
-        return ""
-    return (f"\n### Sections not in this reproduction\n\nTheir runs are not under `{shown(runs)}/`: "
-            + "; ".join(missing) + ". The page as last written with them is in this file's git history; "
-            "docs/results/runs/README.md says how kept runs are brought back.\n")
+def missing_sections(present: dict[str, bool]) -> list[str]:
+    """Each comparison section whose runs are not there: what it shows, where its runs go, the options that make
+    them."""
+    return [f"{what} (runs under `{where}`, made with `{how}`)"
+            for name, (what, where, how) in OPTIONAL_SECTIONS.items() if not present[name]]
 
 
 def notes_beside(page: Path) -> str:
@@ -739,9 +749,10 @@ class-incremental (one 10-way head, no task id) scenarios. Permuted MNIST — 10
 MLP 1024-1000-1000, Adam lr 1e-4, batch 128, 5000 iterations
 per task, domain-incremental (one 10-way head, no task id), on MNIST padded to 32×32 and permuted over all
 1,024 positions. The authors' code feeds pixels in [0, 1], not standardised; so do the runs here
-(`stream.pixels=unit` in experiments/baselines/*.yaml; split MNIST's grids ran on standardised inputs before
-2026-11-30: docs/results/baselines_pixels.md compares the two scales at those earlier picks). The tables' permuted
-runs have 28×28 inputs (below); the protocol-length checks run both sizes.
+(`stream.pixels=unit` in experiments/baselines/*.yaml; docs/results/baselines_pixels.md compares the two scales
+on split MNIST, at the picks of grids made on standardised inputs before 2026-11-30, and
+docs/results/baselines_pmnist_checks.md on permuted MNIST). The table's permuted runs have 28×28 inputs (below);
+docs/results/baselines_pmnist_checks.md runs both sizes at the protocol's 5,000 iterations.
 
 **Where this run departs from the protocol** (each changes the numbers):
 - Iterations per task here: split MNIST {split}, permuted MNIST {pmnist} (protocol: 2000 and 5000).{test_cut} docs/results/baselines_protocol.md tunes permuted MNIST the same way on the full protocol (5000
@@ -761,12 +772,14 @@ runs have 28×28 inputs (below); the protocol-length checks run both sizes.
   noise. Online EWC keeps γ = 1 (not searched; the authors' code uses 0.8 / 0.7 / 0.8 on split MNIST's Task- /
   Domain- / Class-IL and 0.9 on permuted MNIST). EWC's Fisher differentiates the true label on 500 training
   samples of each finished task; the authors' code, the model's arg-max prediction on every training sample
-  (section "Permuted MNIST: EWC with the authors' remaining choices" measures both differences).
+  (docs/results/baselines_pmnist_checks.md, section "Permuted MNIST: EWC with the authors' remaining choices",
+  measures both differences).
 - Permuted MNIST: domain-incremental only (the paper also reports task- and class-incremental).
 - Permuted MNIST's inputs are the 28×28 = 784 pixels. The authors pad the images to 32×32 and then permute all
   1,024 positions, border included, so each task scatters the digit's pixels over a different part of a wider
-  input layer (and the first layer's initial weights are U(±1/√1024), not U(±1/√784)). Section "Permuted MNIST:
-  28×28 against the authors' 32×32 inputs" measures what that does (`stream.pad=2`).
+  input layer (and the first layer's initial weights are U(±1/√1024), not U(±1/√784)).
+  docs/results/baselines_pmnist_checks.md, section "Permuted MNIST: 28×28 against the authors' 32×32 inputs",
+  measures what that does (`stream.pad=2`).
 - Seeds: the authors' code keeps task 0 unpermuted and split MNIST's digits in order ({{0,1}}, {{2,3}}, …) on
   seed 0 only; every other seed permutes task 0 too and deals the digits to the tasks in a random order. Here
   every seed keeps the identity first task (to an MLP, which sees no pixel order, one fixed permutation is like
@@ -787,6 +800,18 @@ rows are the numbers quoted for 1904.07734; its split-MNIST EWC/online-EWC rows 
 re-tuned λ (their repository's values: 1e7 / 1e6 / 1e8). *joint* is the paper's "Offline" upper bound,
 *fine-tuning* its "None" lower bound. `*` marks a mean that differs from the paper's by more than both spreads
 (our sd, the paper's sd).
+"""
+
+CHECKS_HEAD = """# Permuted MNIST baselines: the protocol's length, the input scale and size, EWC's Fisher
+
+What moves docs/results/{main}'s permuted-MNIST table (10 tasks, domain-incremental, {pmnist} iterations per
+task, 28×28 inputs in [0, 1]) toward the paper's: the same grid points at the protocol's 5,000 iterations, the
+same grids with standardised inputs, the authors' 32×32 inputs, and EWC with the authors' remaining choices.
+Written by `CLTRAIN_DATA=<data> python scripts/reproduce_baselines.py --pmnist-steps {pmnist}{test_arg}` beside
+{main} when every section's runs are under `{runs}/` (each section names the command that makes its runs;
+finished runs are reused); without them this page is left as it is. The paper column and the `*` rule are
+those of {main}: van de Ven, Siegelmann & Tolias (arXiv 1809.10635), Table 4, mean ± SEM over 20 seeds, its sd
+√20 times the SEM; `*`: our mean differs from the paper's by more than both spreads.
 """
 
 DOC_DIFFER = """

@@ -68,12 +68,46 @@ def test_doc_draws_each_scenarios_grids_beside_its_table(tmp_path):
     assert f"]({figure.name})" in section and "learner.lam=100.0" in section
 
 
-def test_a_page_without_a_sections_runs_says_so_instead_of_dropping_it(tmp_path):
-    """Rewritten where only the tables' runs are (a new machine, kept records), the page names each comparison
-    section it could not write and how its runs are made."""
-    rb = load_script("reproduce_baselines")
-    text = rb.absent_sections(tmp_path / "runs", {"checks": True, "standardised": False, "padded": False})
-    assert "Sections not in this reproduction" in text
-    assert "standardised pixels" in text and "--pixels standardised" in text and "--pad 2" in text
-    assert "5,000 iterations" not in text  # the checks are here
-    assert rb.absent_sections(tmp_path / "runs", dict.fromkeys(rb.OPTIONAL_SECTIONS, True)) == ""
+def _pmnist_runs(root, check_pad=None):
+    """The table's grid (fine-tuning and two EWC points) under root, and an EWC check at 5,000 iterations."""
+    base = script().folder(root, "pmnist", "domain_incremental", 500)
+    _grid_run(base, "finetuning_s0", {"name": "finetune"}, 0, 0.80, 0.79)
+    for lam, val in ((5.0, 0.90), (500.0, 0.85)):
+        _grid_run(base, f"ewc_{lam}_s0", {"name": "ewc", "mode": "offline", "lam": lam}, 0, val, val - 0.01)
+    if check_pad is not None:
+        _run(root / "pmnist_5000_check" / "ewc_500.0_s0", 0.93 + check_pad / 100, check_pad)
+
+
+def _write(tmp_path, runs):
+    out = tmp_path / "docs" / "baselines.md"
+    out.parent.mkdir(exist_ok=True)
+    checks = out.with_name("baselines_pmnist_checks.md")
+    checks.write_text("the committed comparisons\n")
+    args = SimpleNamespace(split_steps=2000, pmnist_steps=500, seeds=[0], tune_seeds=[0], pmnist_test=2000,
+                           benchmarks=["pmnist"], standardised_runs=None, padded_runs=None, check_steps=5000,
+                           check=[])
+    script().write_doc(args, runs, out)
+    return out.read_text(), checks.read_text()
+
+
+def test_the_comparisons_page_is_written_whole_or_left_as_it_is(tmp_path, capsys):
+    """baselines.md carries the tables; the permuted-MNIST comparisons go to a page of their own, rewritten only
+    when every section's runs are there (from some of them it would lose the others' results)."""
+    runs = tmp_path / "runs"
+    _pmnist_runs(runs, check_pad=0)
+    page, checks = _write(tmp_path, runs)
+    assert "### Permuted MNIST (10 tasks), Domain-IL" in page and "learner.lam=5.0" in page
+    assert "(checks)" not in page and "standardised against unit" not in page  # not on the main page
+    assert checks == "the committed comparisons\n"
+    said = capsys.readouterr().out
+    assert "baselines_pmnist_checks.md not rewritten" in said and "--pixels standardised" in said
+    assert "--pad 2" in said and "5,000 iterations" not in said  # names exactly the missing runs
+
+    _pmnist_runs(runs / "standardised")
+    _pmnist_runs(runs / "padded", check_pad=2)
+    _, checks = _write(tmp_path, runs)
+    for title in ("at the protocol's 5,000 iterations (checks)", "standardised against unit pixels",
+                  "28×28 against the authors' 32×32 inputs"):
+        assert f"### Permuted MNIST: {title}" in checks or f"### Permuted MNIST {title}" in checks, title
+    assert "docs/results/baselines.md" in checks.split("###")[0]  # the head points back to the tables
+    assert "| EWC | 500.0 | 0 | 93.0 (last task 95.0) | 0 | 95.0 (last task 95.0) |" in checks  # 28×28 | 32×32
