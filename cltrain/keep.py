@@ -6,8 +6,9 @@ are a few KB a run, where its checkpoints are MBs, so a reproduction that spans 
 them (e.g. under docs/results/runs/) and any later machine rewrites its pages from them, or copies them back
 into its runs folder (`cltrain keep docs/results/runs/X --to runs/X`) so the reproduction reuses them instead of
 running them again. Each run keeps its path relative to the SRC it was found under (a run given itself: its
-name); checkpoints, logs and plots stay behind. A run kept before with other records is a conflict: nothing is
-copied and the command names it.
+name); checkpoints, logs and plots stay behind. With `--logs` its Lightning CSV log (logs/*/metrics.csv, the
+training curves logged every few steps, tens of KB) goes too, for pages that read training-time figures (the TAME
+page). A run kept before with other records is a conflict: nothing is copied and the command names it.
 """
 from __future__ import annotations
 
@@ -20,14 +21,16 @@ from pathlib import Path
 from cltrain.errors import ConfigError
 
 RECORDS = (".json", ".yaml", ".csv")  # a run folder's top-level files of these kinds
+LOGS = "logs/*/metrics.csv"  # Lightning's CSV log of the training-time figures (cltrain.loggers)
 
 
-def records(run: Path) -> list[Path]:
-    return sorted(p for p in run.iterdir() if p.is_file() and p.suffix in RECORDS)
+def records(run: Path, logs: bool = False) -> list[Path]:
+    top = [p for p in run.iterdir() if p.is_file() and p.suffix in RECORDS]
+    return sorted(top + (list(run.glob(LOGS)) if logs else []))
 
 
-def plan(sources: list[Path], dest: Path) -> list[tuple[Path, Path]]:
-    """(record, its copy) for every record not kept yet; ConfigError, before anything is copied, for a source
+def plan(sources: list[Path], dest: Path, logs: bool = False) -> list[tuple[Path, Path, Path]]:
+    """(record, its copy, the run's kept folder) for every record not kept yet; ConfigError, before anything is copied, for a source
     that is not a folder, a destination inside a source (or the other way round), and records kept before that
     differ from the run's."""
     from cltrain.report import find_runs, read_record
@@ -47,10 +50,10 @@ def plan(sources: list[Path], dest: Path) -> list[tuple[Path, Path]]:
             if found.setdefault(place, run) != run:
                 raise ConfigError(f"keep: {found[place]} and {run} would both be kept as {place}; keep them in two "
                                   "commands with different --to")
-            for record in records(run):
-                copy = place / record.name
+            for record in records(run, logs):
+                copy = place / record.relative_to(run)
                 if not copy.exists():
-                    copies.append((record, copy))
+                    copies.append((record, copy, place))
                 elif not filecmp.cmp(record, copy, shallow=False):
                     conflicts.append(str(copy))
     if conflicts:
@@ -60,30 +63,32 @@ def plan(sources: list[Path], dest: Path) -> list[tuple[Path, Path]]:
     return copies
 
 
-def keep(sources: list[Path], dest: Path) -> int:
-    """Copy the records not kept yet (after `plan`'s checks); the number of runs that gained some."""
-    copies = plan(sources, dest)
-    for record, copy in copies:
+def keep(sources: list[Path], dest: Path, logs: bool = False) -> int:
+    """Copy the records (with `logs`, the CSV logs too) not kept yet (after `plan`'s checks); the number of runs
+    that gained some."""
+    copies = plan(sources, dest, logs)
+    for record, copy, _ in copies:
         copy.parent.mkdir(parents=True, exist_ok=True)
         # whole or not at all: another process keeping or bringing back the same runs never reads half a file
         part = copy.with_name(f".{copy.name}.{os.getpid()}.part")
         shutil.copy2(record, part)
         os.replace(part, copy)
-    return len({copy.parent for _, copy in copies})
+    return len({place for _, _, place in copies})
 
 
-def keep_beside(run: Path, runs: Path, kept: Path) -> None:
+def keep_beside(run: Path, runs: Path, kept: Path, logs: bool = False) -> None:
     """A reproduction's finished run (under `runs`) kept at the same place under `kept`, as soon as it finishes:
     a session that ends before anyone runs `cltrain keep` still leaves it in the working tree."""
     try:
-        keep([run], kept / run.parent.relative_to(runs))
+        keep([run], kept / run.parent.relative_to(runs), logs)
     except OSError as exc:  # the folder became unwritable mid-reproduction: say so in one line, runs stay
         raise ConfigError(f"keep: cannot keep {run} under {kept}: {exc.strerror} ({exc.filename})") from None
 
 
 def bring_back(kept: Path, runs: Path) -> int:
-    """Kept runs copied back into a reproduction's runs folder, which then reuses them; 0 when none are kept."""
-    return keep([kept], runs) if any(kept.rglob("metrics.json")) else 0
+    """Kept runs (with any logs kept) copied back into a reproduction's runs folder, which then reuses them; 0 when
+    none are kept."""
+    return keep([kept], runs, logs=True) if any(kept.rglob("metrics.json")) else 0
 
 
 def from_option(parser: argparse.ArgumentParser, option: str | None, runs: Path) -> Path | None:
@@ -115,7 +120,7 @@ def add_option(parser: argparse.ArgumentParser, example: str) -> None:
 
 def cmd_keep(args: argparse.Namespace) -> int:
     dest = Path(args.to)
-    runs = keep([Path(s) for s in args.runs], dest)
+    runs = keep([Path(s) for s in args.runs], dest, args.logs)
     print(f"kept the records of {runs} run{'s' * (runs != 1)} under {dest}" if runs
           else f"nothing new to keep under {dest}")
     return 0
@@ -127,4 +132,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("runs", nargs="+", help="run folders, or folders containing run folders")
     parser.add_argument("--to", required=True, help="where the records go; each run keeps its path relative to "
                         "the folder it was found under")
+    parser.add_argument("--logs", action="store_true", help="also each run's Lightning CSV log (logs/*/metrics.csv: "
+                        "the training-time figures), for pages that read them")
     parser.set_defaults(func=cmd_keep)

@@ -6,6 +6,7 @@ went to chance with SGD"): SGD with heavy-ball momentum β is stable on the pena
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import torch
@@ -22,6 +23,17 @@ def stiffness(run_dir: Path, lr: float, lam: float) -> list[tuple[float, str]]:
         name, top = max(((k, float(t.max())) for k, t in total.items()), key=lambda kv: kv[1])
         out.append((lr * lam * top, name))
     return out
+
+
+def products(run_dir: Path, lr: float, lam: float) -> list[float]:
+    """lr·λ·ΣF_max after each task, from the run's `fisher_peaks` record (metrics.json), so a run kept without
+    its checkpoint (docs/results/runs/) still gives it; from the checkpoint for runs made before the record."""
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    if metrics.get("fisher_peaks") is not None:
+        return [lr * lam * peak for peak in metrics["fisher_peaks"]]
+    if (run_dir / "checkpoints" / "last.pt").exists():
+        return [v for v, _ in stiffness(run_dir, lr, lam)]
+    return []
 
 
 def walk(node, prefix=""):

@@ -23,6 +23,9 @@ import numpy as np
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from cltrain.keep import add_option as add_keep_option, from_option, keep_beside  # noqa: E402
+
 COMMON = ["trainer.progress_bar=false", "logger.wandb.mode=disabled"]
 
 SI_CI_GRID = (0.1, 0.3, 1, 10, 100)  # class-incremental SI's c, picked by validation ACC (seed 0)
@@ -285,16 +288,16 @@ def pick_check(root: Path, names: tuple[str, ...], key: str, column: str,
 
 def stability_lines(root: Path) -> list[str]:
     """Split MNIST EWC: validation's best λ against the shipped one, with lr·λ·ΣF_max after each task."""
-    from ewc_stiffness import stiffness  # scripts/ is on sys.path when run as a script
+    from ewc_stiffness import products  # scripts/ is on sys.path when run as a script
 
     def product(name: str, m: dict) -> list[float]:
-        return [v for v, _ in stiffness(root / name, 0.02, float(m["_config"]["learner"]["lam"]))]
+        return products(root / name, 0.02, float(m["_config"]["learner"]["lam"]))
 
     return pick_check(
         root, ("split_mnist_ewc_lam1000", "split_mnist_ewc"), "lam", "lr·λ·ΣF_max after each task", product,
         ["Split MNIST's EWC: validation's best point (λ = 1000) was run on the full stream as well. A training-time",
          "check, lr·λ·ΣF_max after each task against SGD-momentum's stability bound 2(1 + 0.9) = 3.8",
-         "(`scripts/ewc_stiffness.py`, read from the run's stored Fishers; no test data), separates the two:"],
+         "(the run's `fisher_peaks` record, the Fishers' summed peak; no test data), separates the two:"],
         "`tame/split_mnist_ewc` therefore ships λ = {shipped:g}, the best grid point whose run stays below the bound.")
 
 
@@ -631,15 +634,22 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None, help=f"run only these: {', '.join(RUNS)}")
     parser.add_argument("--doc", default="docs/results/tame.md")
     parser.add_argument("--no-run", action="store_true", help="only rewrite the document from finished runs")
+    add_keep_option(parser, "docs/results/runs/tame_repro")
     args = parser.parse_args()
     root = (REPO / args.runs).resolve() if not Path(args.runs).is_absolute() else Path(args.runs)
     root.mkdir(parents=True, exist_ok=True)
+    kept = from_option(parser, args.keep, root)
     if not args.no_run:
         for name in args.only or RUNS:
             run_one(name, root)
+            if kept is not None:  # with its training log: the cap and divergence lines read the logged loss
+                keep_beside(root / name, root, kept, logs=True)
+    if not any(load(root, name) for name in RUNS):
+        # on a new machine --no-run would otherwise replace the committed page's numbers with "not run"
+        parser.error(f"no finished runs under {root}, so {args.doc} is left as it is; bring kept runs back with "
+                     "--keep docs/results/runs/tame_repro (docs/results/runs/README.md), or run the reproduction")
     write_doc(root, REPO / args.doc)
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(REPO))
     main()

@@ -37,6 +37,9 @@ import yaml
 from reproduce_tame import LENIENT_DIFFERS  # scripts/ is on sys.path when run as a script
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from cltrain.keep import add_option as add_keep_option, from_option, keep_beside  # noqa: E402
+
 COMMON = ["trainer.progress_bar=false", "logger.wandb.mode=disabled", "trainer.checkpoint=false"]
 Run = tuple[str, str, list[str]]  # (name, experiment, overrides)
 
@@ -183,6 +186,13 @@ def run_one(run: Run, root: Path) -> None:
     print(f"[studies] {run[0]}: exit {proc.returncode}", flush=True)
 
 
+def run_and_keep(run: Run, root: Path, kept: Path | None) -> None:
+    """run_one, then (with --keep) the finished run's records and training log kept as it finishes."""
+    run_one(run, root)
+    if kept is not None and (root / run[0] / "metrics.json").exists():
+        keep_beside(root / run[0], root, kept, logs=True)
+
+
 def load(root: Path, name: str) -> dict | None:
     path = root / name / "metrics.json"
     if not path.exists():
@@ -298,12 +308,13 @@ def baselines_section(root: Path, seeds: list[int]) -> list[str]:
 
 def stability_checks(root: Path) -> list[str]:
     sys.path.insert(0, str(REPO / "scripts"))
-    from ewc_stiffness import stiffness
+    from ewc_stiffness import products
 
     out = ["Stability of the picked `tame/pmnist_ewc` (λ = 10, lr 0.02) on longer streams, seed 0: lr·λ·ΣF_max after",
-           "each task from the run's last checkpoint (`.venv/bin/python scripts/ewc_stiffness.py RUN --lr 0.02 --lam 10`;",
-           "the bound is 3.8). Not diverging is not the same as learning: the last column is the just-trained last",
-           "task's own accuracy, and a penalty near the bound also slows the new task.", "",
+           "each task from the run's `fisher_peaks` record (`.venv/bin/python scripts/ewc_stiffness.py RUN --lr 0.02",
+           "--lam 10` reads the same from its last checkpoint; the bound is 3.8). Not diverging is not the same as",
+           "learning: the last column is the just-trained last task's own accuracy, and a penalty near the bound",
+           "also slows the new task.", "",
            "| run | ACC % | diverged | lr·λ·ΣF_max after each task | command | last task % |", "|---|---|---|---|---|---|"]
     for name, (experiment, extra) in STABILITY_CHECKS.items():
         m = load(root, name)
@@ -311,7 +322,7 @@ def stability_checks(root: Path) -> list[str]:
         if m is None:
             out.append(f"| {name} | not run | | | `{cmd}` | |")
             continue
-        values = ", ".join(f"{v:.2f}" for v, _ in stiffness(root / name, 0.02, 10))
+        values = ", ".join(f"{v:.2f}" for v in products(root / name, 0.02, 10)) or "not recorded"
         out.append(f"| {name} | {100 * m['acc']:.2f} | {'yes' if diverged(m) else 'no'} | {values} | `{cmd}` "
                    f"| {100 * m['acc_matrix'][-1][-1]:.1f} |")
     return out
@@ -527,15 +538,22 @@ def main() -> None:
     parser.add_argument("--no-run", action="store_true", help="only rewrite the section from finished runs")
     parser.add_argument("--reverse", action="store_true", help="take the runs from the last (a second invocation "
                         "on the same folder then meets the first one in the middle)")
+    add_keep_option(parser, "docs/results/runs/tame_studies")
     args = parser.parse_args()
     runs_of, section = STUDIES[args.study]
     seeds = args.seeds or DEFAULT_SEEDS[args.study]
     root = Path(os.path.abspath(REPO / args.runs))  # symlinks kept: the page shows the path as given
     root.mkdir(parents=True, exist_ok=True)
+    kept = from_option(parser, args.keep, root)
+    runs = runs_of(seeds)
     if not args.no_run:
         with ThreadPoolExecutor(args.jobs) as pool:
-            runs = runs_of(seeds)
-            list(pool.map(lambda r: run_one(r, root), runs[::-1] if args.reverse else runs))
+            list(pool.map(lambda r: run_and_keep(r, root, kept), runs[::-1] if args.reverse else runs))
+    if not any(load(root, run[0]) for run in runs):
+        # on a new machine --no-run would otherwise replace the section's numbers with "not run"
+        parser.error(f"no finished runs of {args.study} under {root}, so its section is left as it is; bring kept "
+                     "runs back with --keep docs/results/runs/tame_studies (docs/results/runs/README.md), or run "
+                     "the study")
     lines = section(root, seeds)
     print("\n".join(lines))
     replace_section(REPO / args.doc, args.study, lines)

@@ -149,3 +149,39 @@ def test_gamma_below_one_is_accepted_with_online_mode():
 
     online = check_config(load_config("bench/pmnist_ewc", ["learner.mode=online", "learner.gamma=0.9"]))
     assert online.method_cfg.gamma == 0.9 and online.method_cfg.mode == "online"
+
+
+def _task(seed, n=40):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 12, generator=gen), torch.randint(0, 4, (n,), generator=gen)
+
+
+@pytest.mark.parametrize("mode, gamma", [("offline", 1.0), ("online", 0.5)])
+def test_fisher_peaks_record_the_stiffest_summed_importance_after_each_task(mode, gamma):
+    """metrics.json's `fisher_peaks` (the stability tables read it instead of a checkpoint): after task k, the
+    largest per-weight entry of the importance the penalty holds, the sum of the Fishers so far (online: decayed);
+    kept through a checkpoint, and rebuilt for offline EWC from a checkpoint made before the figure existed."""
+    torch.manual_seed(0)
+    learner = EWC(MLP(12, [9], 4), OptimConfig(), EWCConfig(lam=3.0, mode=mode, gamma=gamma, fisher_samples=40))
+    expected, running = [], None
+    for seed in range(3):
+        x, y = _task(seed)
+        with torch.no_grad():
+            for p in learner.model.parameters():  # another network state at each task end
+                p.add_(0.1 * torch.randn_like(p))
+        fisher = diagonal_fisher(learner, _samples(x, y), 40, 16)
+        running = fisher if running is None else {k: gamma * running[k] + fisher[k] for k in fisher}
+        expected.append(max(float(t.max()) for t in running.values()))
+        learner.on_task_end(seed, _samples(x, y))
+    assert learner.final_metrics(None)["fisher_peaks"] == pytest.approx(expected, rel=1e-5)
+    assert expected[0] < expected[-1]  # the sum grows: the figure is not one task's peak
+    state = learner.get_extra_state()
+    resumed = EWC(MLP(12, [9], 4), OptimConfig(), EWCConfig(lam=3.0, mode=mode, gamma=gamma))
+    resumed.set_extra_state(state)
+    assert resumed.fisher_peaks == learner.fisher_peaks
+    old = {k: v for k, v in state.items() if k != "fisher_peaks"}  # a checkpoint from before the figure
+    resumed.set_extra_state(old)
+    if mode == "offline":
+        assert resumed.fisher_peaks == pytest.approx(expected, rel=1e-5)
+    else:  # only the running Fisher is kept: its last peak
+        assert resumed.fisher_peaks == pytest.approx(expected[-1:], rel=1e-5)

@@ -70,6 +70,27 @@ def test_keeping_again_copies_nothing_and_a_conflict_copies_nothing(finished, tm
     assert json.loads((kept / "finetune_s0" / "metrics.json").read_text())["acc"] == metrics["acc"]
 
 
+def test_logs_go_only_when_asked_and_come_back_with_the_run(finished, tmp_path, capsys):
+    """--logs keeps the Lightning CSV log (the training-time figures the TAME page reads) beside the records; a
+    run kept without it gains it later without a conflict, and bringing runs back brings their logs."""
+    runs, run = finished
+    log = next(run.glob("logs/*/metrics.csv"))
+    assert "train/loss" in log.read_text().splitlines()[0]  # what the TAME page reads from it
+    kept = tmp_path / "kept"
+    assert main(["keep", str(run), "--to", str(kept)]) == 0
+    assert not (kept / "finetune_s0" / "logs").exists()
+    assert main(["keep", str(run), "--to", str(kept), "--logs"]) == 0  # adds the log, nothing else changes
+    copy = kept / "finetune_s0" / log.relative_to(run)
+    assert copy.read_text() == log.read_text()
+    assert "kept the records of 1 run" in capsys.readouterr().out
+    from cltrain.keep import bring_back
+
+    fresh = tmp_path / "fresh"
+    assert bring_back(kept, fresh) == 1
+    assert (fresh / "finetune_s0" / log.relative_to(run)).read_text() == log.read_text()
+    assert not (fresh / "finetune_s0" / "checkpoints").exists()
+
+
 def test_bad_places_are_usage_errors(finished, tmp_path, capsys):
     runs, _ = finished
     assert main(["keep", str(tmp_path / "nope"), "--to", str(tmp_path / "kept")]) == 2

@@ -3,6 +3,8 @@ run paired with the reference's run of the same seed (hand-written run folders; 
 tested on real runs in tests/test_tame.py)."""
 import json
 
+import pytest
+
 from conftest import load_script
 
 
@@ -72,3 +74,49 @@ def test_a_studys_scale_reaches_every_run_and_its_text():
     assert runs and all(extra[0] == "stream.n_tasks=20" for _, _, extra in runs)
     assert "`tame/pmnist` as shipped with `stream.n_tasks=20`" in "\n".join(ts.STUDIES["gap_pmnist20"][1](
         ts.Path("/nonexistent"), [0]))
+
+
+def test_the_stability_tables_read_records_so_kept_runs_need_no_checkpoint(tmp_path, monkeypatch):
+    """A real EWC run: its `fisher_peaks` record gives lr·λ·ΣF_max exactly as its checkpoint does; kept with
+    --logs (no checkpoint), the TAME page's stability table and logged-loss lines read the same numbers."""
+    from cltrain.keep import keep
+    from conftest import QUICK, run_cli
+
+    runs = tmp_path / "runs"
+    run = runs / "pmnist3_ewc"
+    done = run_cli("fit", "tame/pmnist_ewc", *QUICK, "trainer.steps_per_task=40", f"run_dir={run}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    stiffness = load_script("ewc_stiffness")
+    from_checkpoint = [v for v, _ in stiffness.stiffness(run, 0.02, 10)]
+    assert len(from_checkpoint) == 3 and from_checkpoint[0] > 0
+    assert stiffness.products(run, 0.02, 10) == pytest.approx(from_checkpoint, rel=1e-6)
+
+    kept = tmp_path / "kept"
+    keep([runs], kept, logs=True)
+    copy = kept / "pmnist3_ewc"
+    assert not (copy / "checkpoints").exists()
+    assert stiffness.products(copy, 0.02, 10) == pytest.approx(from_checkpoint, rel=1e-6)
+    ts = script()
+    monkeypatch.setattr(ts, "STABILITY_CHECKS", {"pmnist3_ewc": ("tame/pmnist_ewc", [])})
+    row = next(line for line in ts.stability_checks(kept) if line.startswith("| pmnist3_ewc |"))
+    assert ", ".join(f"{v:.2f}" for v in from_checkpoint) in row
+    rt = load_script("reproduce_tame")
+    logged = rt._logged(runs, "pmnist3_ewc", "train/loss")
+    assert logged and rt._logged(kept, "pmnist3_ewc", "train/loss") == logged
+
+
+@pytest.mark.parametrize("script_name, args", [("tame_studies.py", ["baselines"]), ("reproduce_tame.py", [])])
+def test_a_tame_page_is_never_rewritten_from_no_runs(tmp_path, script_name, args):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    page = tmp_path / "tame.md"
+    page.write_text("the committed results\n")
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / script_name), *args, "--no-run", "--runs",
+                           str(tmp_path / "tame_runs"), "--doc", str(page)], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "no finished runs" in done.stderr and "--keep docs/results/runs/tame_" in done.stderr
+    assert page.read_text() == "the committed results\n"

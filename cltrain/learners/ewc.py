@@ -127,6 +127,10 @@ class EWC(Learner):
         self.fishers: list[dict[str, torch.Tensor]] = []
         self.anchors: list[dict[str, torch.Tensor]] = []
         self._merged: Merged | None = None  # the pairs as one quadratic; rebuilt when they change
+        # after each finished task, the largest per-weight importance the penalty sums (its curvature along the
+        # stiffest weight is lam times it): what bounds a stable step size (docs/results/baselines.md, "Why EWC
+        # went to chance with SGD"); a record, so the stability tables need no checkpoint
+        self.fisher_peaks: list[float] = []
 
     def penalty(self):
         if not self.fishers:
@@ -149,12 +153,20 @@ class EWC(Learner):
         else:
             self.fishers.append(fisher)
             self.anchors.append(anchor)
+        self.fisher_peaks.append(summed_peak(self.fishers))
 
     def get_extra_state(self) -> Any:
-        return {"fishers": self.fishers, "anchors": self.anchors}
+        return {"fishers": self.fishers, "anchors": self.anchors, "fisher_peaks": self.fisher_peaks}
 
     def set_extra_state(self, state: Any) -> None:
         self.fishers, self.anchors, self._merged = state["fishers"], state["anchors"], None
+        # checkpoints made before the figure existed: offline EWC's are rebuilt exactly from its Fishers; online
+        # EWC keeps only the running one, so its earlier tasks' peaks are lost
+        self.fisher_peaks = state.get("fisher_peaks") or [summed_peak(self.fishers[:k + 1])
+                                                           for k in range(len(self.fishers))]
+
+    def final_metrics(self, ctx: Any) -> dict[str, Any]:
+        return {"fisher_peaks": self.fisher_peaks}
 
     def on_train_start(self) -> None:
         # a checkpoint restores them on the CPU: to the training device once per fit, not mixed in every step
@@ -163,6 +175,13 @@ class EWC(Learner):
 
 
 Merged = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], float]
+
+
+def summed_peak(fishers: list[dict[str, torch.Tensor]]) -> float:
+    """The largest entry, over every weight, of the Fishers summed task by task (0 with none)."""
+    if not fishers:
+        return 0.0
+    return max(float(sum(f[k] for f in fishers).max()) for k in fishers[0])
 
 
 def merge_pairs(fishers: list[dict[str, torch.Tensor]], anchors: list[dict[str, torch.Tensor]]) -> Merged:
