@@ -68,10 +68,13 @@ def main() -> int:
             continue
         base = run(args.base.resolve(), experiment, overrides, out / name / "base")
         head = run(args.head.resolve(), experiment, overrides, out / name / "head")
-        diff = sorted(k for k in set(base) | set(head) if base.get(k) != head.get(k))
+        # a figure only the head records (e.g. a new method figure) moves no result: named, not counted
+        added = sorted(set(head) - set(base))
+        diff = sorted(k for k in set(base) if base[k] != head.get(k))
         differ += bool(diff)
-        print(f"{name:28s} {'identical' if not diff else 'DIFFER: ' + ', '.join(diff)}  (ACC {head['acc']:.4f})",
-              flush=True)
+        verdict = "identical" if not diff else "DIFFER: " + ", ".join(diff)
+        new = f"; new in head: {', '.join(added)}" if added else ""
+        print(f"{name:28s} {verdict}{new}  (ACC {head['acc']:.4f})", flush=True)
     print(f"{differ} of the cases differ; run folders in {out}")
     return 1 if differ else 0
 
