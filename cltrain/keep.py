@@ -102,6 +102,12 @@ def from_option(parser: argparse.ArgumentParser, option: str | None, runs: Path)
                      f"its own kept folder, e.g. docs/results/runs/.../{runs.name})")
     if kept.exists() and not kept.is_dir():
         parser.error(f"--keep {option}: a file; give a folder (made when missing)")
+    try:  # said now, not after the first long run has finished
+        kept.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        parser.error(f"--keep {option}: cannot make it ({exc.strerror}); give a folder you can write")
+    if not os.access(kept, os.W_OK):
+        parser.error(f"--keep {option}: not writable; give a folder you can write")
     try:
         back = bring_back(kept, runs)
     except ConfigError as exc:

@@ -1,5 +1,8 @@
 """Check that two checkouts of cltrain give identical metrics.json (timing fields aside) for a fixed seed on CPU.
 
+A figure that only the head records (a new method figure) is named beside the verdict, not counted as a change;
+one the head no longer records is a difference.
+
 Runs each experiment below with `python -m cltrain.cli fit` once per checkout (PYTHONPATH=<checkout>), then
 compares the metrics.json files key by key, exactly (no tolerance). Used for the speed work (issue 13): main's
 code against the branch's.

@@ -30,7 +30,8 @@ def products(run_dir: Path, lr: float, lam: float) -> list[float]:
     its checkpoint (docs/results/runs/) still gives it; from the checkpoint for runs made before the record."""
     metrics = json.loads((run_dir / "metrics.json").read_text())
     if metrics.get("fisher_peaks") is not None:
-        return [lr * lam * peak for peak in metrics["fisher_peaks"]]
+        # a diverged run's Fisher is NaN, which metrics.json holds as null
+        return [float("nan") if peak is None else lr * lam * peak for peak in metrics["fisher_peaks"]]
     if (run_dir / "checkpoints" / "last.pt").exists():
         return [v for v, _ in stiffness(run_dir, lr, lam)]
     return []

@@ -690,19 +690,22 @@ def write_checks_doc(args, runs: Path, page: Path) -> None:
     """The permuted-MNIST comparisons (5,000 iterations, input scale, input size, the authors' EWC choices) on a
     page of their own, written whole or not at all: rewritten from some sections' runs it would lose the others'
     results, so without every section's runs the page stays as it is and the missing runs are named."""
-    checks = check_section(args, runs)
     other = Path(args.standardised_runs).resolve() if args.standardised_runs else runs / "standardised"
     padded = Path(args.padded_runs).resolve() if args.padded_runs else runs / "padded"
-    missing = missing_sections({"checks": bool(checks), "standardised": other.is_dir(), "padded": padded.is_dir()})
+    sections = {"checks": check_section(args, runs), "standardised": pixels_section(args, runs, other),
+                "padded": pad_section(args, runs, padded), "variants": variants_section(args, padded, runs / "variants")}
+    # the pixels section also shows this page's own (unit) grids: it counts once the standardised grids have runs
+    standardised = folder(other, "pmnist", "domain_incremental", args.pmnist_steps)
+    present = {**{name: bool(text) for name, text in sections.items()},
+               "standardised": standardised.is_dir() and any(standardised.glob("*/metrics.json"))}
+    missing = missing_sections(present)
     if missing:
         print(f"{page} not rewritten: no runs under {shown(runs)}/ for " + "; ".join(missing))
         return
-    sections = [checks, pixels_section(args, runs, other), pad_section(args, runs, padded),
-                variants_section(args, padded, runs / "variants")]
     head = CHECKS_HEAD.format(main=page.with_name(page.name.replace("_pmnist_checks", "")).name,
                               pmnist=args.pmnist_steps, runs=shown(runs),
                               test_arg=f" --pmnist-test {args.pmnist_test}" if args.pmnist_test else "")
-    page.write_text(head + "".join(sections) + notes_beside(page))
+    page.write_text(head + "".join(sections.values()) + notes_beside(page))
     print(f"wrote {page}")
 
 
@@ -713,9 +716,11 @@ OPTIONAL_SECTIONS = {
                "--check-steps 5000 --check-seeds SEEDS --check METHOD[=VALUE] ..."),
     "standardised": ("the same grids with standardised pixels", "standardised/",
                      "--benchmarks pmnist --pixels standardised --runs <runs>/standardised"),
-    "padded": ("28×28 against the authors' 32×32 inputs, and EWC with the authors' remaining choices",
-               "padded/ and variants/NAME/", "--only-checks --pad 2 --runs <runs>/padded --check-steps 5000 "
-               "--check METHOD[=VALUE] ..., then --variant NAME --runs <runs>/variants/NAME"),
+    "padded": ("28×28 against the authors' 32×32 inputs", "padded/",
+               "--only-checks --pad 2 --runs <runs>/padded --check-steps 5000 --check METHOD[=VALUE] ..."),
+    "variants": ("EWC with the authors' remaining choices, paired with the 32×32 checks", "variants/NAME/",
+                 "--only-checks --pad 2 --variant NAME --runs <runs>/variants/NAME --check-steps 5000 "
+                 "--check METHOD[=VALUE] ..."),
 }
 
 

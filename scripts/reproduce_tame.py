@@ -24,6 +24,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from cltrain.errors import ConfigError  # noqa: E402
 from cltrain.keep import add_option as add_keep_option, from_option, keep_beside  # noqa: E402
 
 COMMON = ["trainer.progress_bar=false", "logger.wandb.mode=disabled"]
@@ -643,11 +644,17 @@ def main() -> None:
         for name in args.only or RUNS:
             run_one(name, root)
             if kept is not None:  # with its training log: the cap and divergence lines read the logged loss
-                keep_beside(root / name, root, kept, logs=True)
-    if not any(load(root, name) for name in RUNS):
-        # on a new machine --no-run would otherwise replace the committed page's numbers with "not run"
-        parser.error(f"no finished runs under {root}, so {args.doc} is left as it is; bring kept runs back with "
-                     "--keep docs/results/runs/tame_repro (docs/results/runs/README.md), or run the reproduction")
+                try:
+                    keep_beside(root / name, root, kept, logs=True)
+                except ConfigError as exc:  # a different run of that name kept before: stop, nothing overwritten
+                    print(f"reproduce_tame: error: {exc}", file=sys.stderr)
+                    sys.exit(2)
+    missing = [name for name in RUNS if load(root, name) is None]
+    if missing:
+        # written from fewer runs, the page would replace measured numbers with "not run"
+        parser.error(f"{len(missing)} of the page's {len(RUNS)} runs are not finished under {root} (e.g. "
+                     f"{missing[0]}), so {args.doc} is left as it is; bring kept runs back with --keep "
+                     f"docs/results/runs/{root.name} (docs/results/runs/README.md), or run them")
     write_doc(root, REPO / args.doc)
 
 

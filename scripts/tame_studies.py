@@ -38,6 +38,7 @@ from reproduce_tame import LENIENT_DIFFERS  # scripts/ is on sys.path when run a
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from cltrain.errors import ConfigError  # noqa: E402
 from cltrain.keep import add_option as add_keep_option, from_option, keep_beside  # noqa: E402
 
 COMMON = ["trainer.progress_bar=false", "logger.wandb.mode=disabled", "trainer.checkpoint=false"]
@@ -69,7 +70,8 @@ BASELINE_GRID = {
 }
 BASELINE_SCALE = {"tame/pmnist": ["stream.train_per_task=20000", "stream.val_fraction=0.1"],
                   "tame/split_mnist": ["stream.val_fraction=0.1"]}
-# The picked pmnist EWC on 10 and 20 tasks (20,000 images per task, checkpoints kept for the Fisher sums).
+# The picked pmnist EWC on 10 and 20 tasks (20,000 images per task; the Fisher sums are read from each run's
+# `fisher_peaks` record, or from its checkpoint for runs made before that record existed).
 STABILITY_CHECKS = {f"pmnist{n}_ewc_lam10_check": ("tame/pmnist_ewc", [f"stream.n_tasks={n}", "stream.train_per_task=20000",
                                                                         "stream.test_per_task=1000"]) for n in (10, 20)}
 
@@ -138,7 +140,7 @@ def baseline_runs(seeds: list[int]) -> list[Run]:
         scale = BASELINE_SCALE["tame/pmnist" if "pmnist" in experiment else "tame/split_mnist"]
         out += [(f"{slug(experiment)}_{key}{v}_s{seed}", experiment, [*scale, f"learner.{key}={v}", f"seed={seed}"])
                 for v in values for seed in seeds]
-    # the stability checks keep their checkpoints: the Fisher sums are read from them
+    # the stability checks keep their checkpoints: runs made before the `fisher_peaks` record read their Fishers there
     return out + [(name, experiment, [*extra, "trainer.checkpoint=true"]) for name, (experiment, extra) in
                   STABILITY_CHECKS.items()]
 
@@ -528,7 +530,7 @@ def replace_section(doc: Path, name: str, lines: list[str]) -> None:
     doc.write_text(text)
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("study", choices=list(STUDIES))
     parser.add_argument("--runs", default="runs/tame_studies")
@@ -547,17 +549,23 @@ def main() -> None:
     kept = from_option(parser, args.keep, root)
     runs = runs_of(seeds)
     if not args.no_run:
-        with ThreadPoolExecutor(args.jobs) as pool:
-            list(pool.map(lambda r: run_and_keep(r, root, kept), runs[::-1] if args.reverse else runs))
-    if not any(load(root, run[0]) for run in runs):
-        # on a new machine --no-run would otherwise replace the section's numbers with "not run"
-        parser.error(f"no finished runs of {args.study} under {root}, so its section is left as it is; bring kept "
-                     "runs back with --keep docs/results/runs/tame_studies (docs/results/runs/README.md), or run "
-                     "the study")
+        try:
+            with ThreadPoolExecutor(args.jobs) as pool:
+                list(pool.map(lambda r: run_and_keep(r, root, kept), runs[::-1] if args.reverse else runs))
+        except ConfigError as exc:  # a different run of that name kept before: stop, nothing overwritten
+            print(f"tame_studies: error: {exc}", file=sys.stderr)
+            return 2
+    missing = [run[0] for run in runs if load(root, run[0]) is None]
+    if missing:
+        # written from fewer runs, the section would replace measured numbers with "not run"
+        parser.error(f"{len(missing)} of the {len(runs)} runs of {args.study} are not finished under {root} (e.g. "
+                     f"{missing[0]}), so its section is left as it is; bring kept runs back with --keep "
+                     f"docs/results/runs/{root.name} (docs/results/runs/README.md), or run them")
     lines = section(root, seeds)
     print("\n".join(lines))
     replace_section(REPO / args.doc, args.study, lines)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

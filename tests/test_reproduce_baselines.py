@@ -101,13 +101,20 @@ def test_the_comparisons_page_is_written_whole_or_left_as_it_is(tmp_path, capsys
     assert checks == "the committed comparisons\n"
     said = capsys.readouterr().out
     assert "baselines_pmnist_checks.md not rewritten" in said and "--pixels standardised" in said
-    assert "--pad 2" in said and "5,000 iterations" not in said  # names exactly the missing runs
+    assert "--pad 2" in said and "--variant NAME" in said and "5,000 iterations" not in said  # the missing ones
 
-    _pmnist_runs(runs / "standardised")
+    (runs / "standardised").mkdir()  # an empty folder is no section's runs
     _pmnist_runs(runs / "padded", check_pad=2)
     _, checks = _write(tmp_path, runs)
+    assert checks == "the committed comparisons\n"
+    said = capsys.readouterr().out
+    assert "--pixels standardised" in said and "--variant NAME" in said and "--pad 2 --runs" not in said
+
+    _pmnist_runs(runs / "standardised")
+    _run(runs / "variants" / "authors_fisher" / "pmnist_5000_check" / "ewc_500.0_s0", 0.94, 2)
+    _, checks = _write(tmp_path, runs)
     for title in ("at the protocol's 5,000 iterations (checks)", "standardised against unit pixels",
-                  "28×28 against the authors' 32×32 inputs"):
+                  "28×28 against the authors' 32×32 inputs", "EWC with the authors' remaining choices"):
         assert f"### Permuted MNIST: {title}" in checks or f"### Permuted MNIST {title}" in checks, title
     assert "docs/results/baselines.md" in checks.split("###")[0]  # the head points back to the tables
     assert "| EWC | 500.0 | 0 | 93.0 (last task 95.0) | 0 | 95.0 (last task 95.0) |" in checks  # 28×28 | 32×32

@@ -118,5 +118,5 @@ def test_a_tame_page_is_never_rewritten_from_no_runs(tmp_path, script_name, args
                            str(tmp_path / "tame_runs"), "--doc", str(page)], cwd=REPO, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 2, done.stderr
-    assert "no finished runs" in done.stderr and "--keep docs/results/runs/tame_" in done.stderr
+    assert "are not finished under" in done.stderr and "--keep docs/results/runs/tame_runs " in done.stderr
     assert page.read_text() == "the committed results\n"

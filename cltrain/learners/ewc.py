@@ -130,7 +130,7 @@ class EWC(Learner):
         # after each finished task, the largest per-weight importance the penalty sums (its curvature along the
         # stiffest weight is lam times it): what bounds a stable step size (docs/results/baselines.md, "Why EWC
         # went to chance with SGD"); a record, so the stability tables need no checkpoint
-        self.fisher_peaks: list[float] = []
+        self.fisher_peaks: list[float] | None = []
 
     def penalty(self):
         if not self.fishers:
@@ -153,7 +153,8 @@ class EWC(Learner):
         else:
             self.fishers.append(fisher)
             self.anchors.append(anchor)
-        self.fisher_peaks.append(summed_peak(self.fishers))
+        if self.fisher_peaks is not None:
+            self.fisher_peaks.append(summed_peak(self.fishers))
 
     def get_extra_state(self) -> Any:
         return {"fishers": self.fishers, "anchors": self.anchors, "fisher_peaks": self.fisher_peaks}
@@ -161,9 +162,13 @@ class EWC(Learner):
     def set_extra_state(self, state: Any) -> None:
         self.fishers, self.anchors, self._merged = state["fishers"], state["anchors"], None
         # checkpoints made before the figure existed: offline EWC's are rebuilt exactly from its Fishers; online
-        # EWC keeps only the running one, so its earlier tasks' peaks are lost
-        self.fisher_peaks = state.get("fisher_peaks") or [summed_peak(self.fishers[:k + 1])
-                                                           for k in range(len(self.fishers))]
+        # EWC keeps only the running one, so the run's figure is not recorded (null) rather than misaligned
+        if "fisher_peaks" in state:
+            self.fisher_peaks = state["fisher_peaks"]
+        elif self.method.mode == "offline":
+            self.fisher_peaks = [summed_peak(self.fishers[:k + 1]) for k in range(len(self.fishers))]
+        else:
+            self.fisher_peaks = None if self.fishers else []
 
     def final_metrics(self, ctx: Any) -> dict[str, Any]:
         return {"fisher_peaks": self.fisher_peaks}
