@@ -216,6 +216,13 @@ def order_table(seeds: list[int]) -> list[str]:
     return lines
 
 
+def missing_runs(root: Path, seeds: list[int]) -> list[str]:
+    """The page's main runs (both merges and every baseline, every seed) not finished under root."""
+    names = ["merge_fmnist_base", "merge_random_base", *BASELINES]
+    return [f"{name}/seed{s}" for s in seeds for name in names
+            if not (root / name / f"seed{s}" / "metrics.json").exists()]
+
+
 def report(seeds: list[int]) -> str:
     return "\n".join(expert_tables(seeds) + phase_table(seeds) + baseline_table(seeds) + order_table(seeds))
 
@@ -227,6 +234,11 @@ def main() -> None:
     args = parser.parse_args()
     if not args.report_only:
         run_all(args.seeds)
+    missing = missing_runs(ROOT, args.seeds)
+    if missing:
+        # written from fewer runs (on a new machine: none), the page would show dashes where numbers were
+        parser.error(f"{len(missing)} of the page's runs are not finished under {ROOT} (e.g. {missing[0]}), so "
+                     f"{DOC} is left as it is; run them (without --report-only)")
     tables = report(args.seeds)
     template = (REPO / "docs" / "results" / "merging_notes.md").read_text()
     DOC.write_text(template.replace("{{TABLES}}", tables))

@@ -193,3 +193,16 @@ def test_the_power_law_page_dates_runs_by_their_recorded_finish_not_by_file_time
     (tmp_path / "main" / "a" / "metrics.json").write_text("{}")
     (tmp_path / "main" / "b" / "metrics.json").write_text("{}")
     assert doc._run_dates(tmp_path).startswith("finish times not recorded")
+
+
+@pytest.mark.parametrize("script_name, seeds", [("reproduce_merging", [0, 1]), ("reproduce_l2m", 2)])
+def test_merging_and_l2m_pages_name_the_runs_they_lack(tmp_path, script_name, seeds):
+    """--report-only refuses (exit 2, the page left as it is) while missing_runs names any: on a new machine
+    merging.md was rewritten as dashes and l2m.md ended in a traceback."""
+    script = load_script(script_name)
+    everything = script.missing_runs(tmp_path, seeds)
+    assert len(everything) >= 4
+    first = tmp_path / everything[0]
+    first.mkdir(parents=True)
+    (first / "metrics.json").write_text("{}")
+    assert script.missing_runs(tmp_path, seeds) == everything[1:]
