@@ -358,10 +358,15 @@ def collapse_lines(root: Path) -> list[str]:
 
 
 def _logged(root: Path, name: str, key: str) -> list[tuple[int, float]]:
-    """(step, value) of one key in a run's Lightning CSV log (written every 50 steps)."""
-    logs = sorted((root / name / "logs").glob("*/metrics.csv"))
-    rows = csv.DictReader(logs[0].open()) if logs else []
-    return [(int(r["step"]), float(r[key])) for r in rows if r.get(key)]
+    """(step, value) of one key in a run's Lightning CSV logs (written every 50 steps). A resumed run logs into a
+    new version_N from the checkpoint's step on: every version is read in order and a step logged twice (after a
+    kill, between the checkpoint and the kill) takes the resumed run's value."""
+    logs = sorted((root / name / "logs").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name[8:]))
+    by_step: dict[int, float] = {}
+    for log in logs:
+        with log.open() as f:
+            by_step.update((int(r["step"]), float(r[key])) for r in csv.DictReader(f) if r.get(key))
+    return sorted(by_step.items())
 
 
 def phase_end_losses(root: Path, name: str, m: dict) -> list[float]:

@@ -120,3 +120,15 @@ def test_a_tame_page_is_never_rewritten_from_no_runs(tmp_path, script_name, args
     assert done.returncode == 2, done.stderr
     assert "are not finished under" in done.stderr and "--keep docs/results/runs/tame_runs " in done.stderr
     assert page.read_text() == "the committed results\n"
+
+
+def test_logged_curves_join_a_resumed_runs_log_versions(tmp_path):
+    """A run resumed after a kill logs into version_1 (and version_10 sorts before version_2 as text): the page's
+    loss curves read every version, by number, the resumed value winning a step logged twice."""
+    rt = load_script("reproduce_tame")
+    for version, rows in ((0, [(49, 2.3), (99, 1.0)]), (1, [(99, 0.9), (149, 0.5)]), (10, [(199, 0.2)]),
+                          (2, [(149, 0.4)])):
+        log = tmp_path / "run" / "logs" / f"version_{version}" / "metrics.csv"
+        log.parent.mkdir(parents=True)
+        log.write_text("epoch,step,train/loss\n" + "".join(f"0,{s},{v}\n" for s, v in rows))
+    assert rt._logged(tmp_path, "run", "train/loss") == [(49, 2.3), (99, 0.9), (149, 0.4), (199, 0.2)]
