@@ -30,9 +30,9 @@ def records(run: Path, logs: bool = False) -> list[Path]:
 
 
 def plan(sources: list[Path], dest: Path, logs: bool = False) -> list[tuple[Path, Path, Path]]:
-    """(record, its copy, the run's kept folder) for every record not kept yet; ConfigError, before anything is copied, for a source
-    that is not a folder, a destination inside a source (or the other way round), and records kept before that
-    differ from the run's."""
+    """(record, its copy, the run's kept folder) for every record not kept yet; ConfigError, before anything is
+    copied, for a source that is not a folder, a destination inside a source (or the other way round), and records
+    kept before that differ from the run's."""
     from cltrain.report import find_runs, read_record
 
     for src in sources:
