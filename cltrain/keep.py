@@ -117,6 +117,19 @@ def from_option(parser: argparse.ArgumentParser, option: str | None, runs: Path)
     return kept
 
 
+def refuse_partial_page(parser: argparse.ArgumentParser, missing: list, total: int, runs: Path, page,
+                        keeps: bool = True) -> None:
+    """A page script's usage error (exit 2, the page left as it is) while any of the `total` runs the page shows is
+    `missing`: rewritten from fewer (on a new machine: none) it would lose measured numbers. `keeps`: the script
+    has --keep, so bringing kept runs back is the way named."""
+    if not missing:
+        return
+    how = (f"bring kept runs back with --keep docs/results/runs/{runs.name} (docs/results/runs/README.md), or run "
+           "them" if keeps else "run them (without --report-only)")
+    parser.error(f"{len(missing)} of the page's {total} runs are not finished under {runs} (e.g. {missing[0]}), so "
+                 f"{page} is left as it is; {how}")
+
+
 def add_option(parser: argparse.ArgumentParser, example: str) -> None:
     """A reproduction script's --keep DIR (bring_back at its start, keep_beside after each run)."""
     parser.add_argument("--keep", metavar="DIR", help=f"keep each finished run's records (config, metrics) under DIR "

@@ -95,10 +95,14 @@ def score_run(name: str, seed: int, root: Path, extra: list[str], n_pretrain: in
         score(run_dir, experiment, run_overrides(seed, root, extra), tasks, n, evaluator, out_name)
 
 
+def page_runs(seeds: int) -> list[str]:
+    """The page's runs: pre-training, and every method on every seed."""
+    return ["pretrain", *(f"{exp}/seed{s}" for exp in METHODS.values() for s in range(seeds))]
+
+
 def missing_runs(root: Path, seeds: int) -> list[str]:
-    """The page's runs not finished under root: pre-training, and every method on every seed."""
-    needed = [root / "pretrain", *(root / exp / f"seed{s}" for exp in METHODS.values() for s in range(seeds))]
-    return [str(run.relative_to(root)) for run in needed if not (run / "metrics.json").exists()]
+    """The page's runs not finished under root."""
+    return [run for run in page_runs(seeds) if not (root / run / "metrics.json").exists()]
 
 
 def run_method(name: str, seed: int, root: Path, extra: list[str]) -> str:
@@ -312,6 +316,7 @@ def main() -> int:
     args = parser.parse_args()
     root = REPO / "runs" / "l2m"
     from cltrain.config import load_config
+    from cltrain.keep import refuse_partial_page
 
     n_pretrain = load_config("l2m/pretrain").stream.n_tasks
     n_cw = load_config("l2m/cw", args.overrides).stream.n_tasks
@@ -337,12 +342,8 @@ def main() -> int:
             jobs = [pool.submit(run_method, m, s, root, args.overrides) for s in range(args.seeds) for m in methods]
             for job in jobs:
                 print(job.result(), flush=True)
-    missing = missing_runs(root, args.seeds)
-    if missing:
-        # written from fewer runs (on a new machine: none), the page would lose measured numbers or crash
-        print(f"reproduce_l2m: error: {len(missing)} of the page's runs are not finished under {root} (e.g. "
-              f"{missing[0]}), so {args.out} is left as it is; run them (without --report-only)", file=sys.stderr)
-        return 2
+    refuse_partial_page(parser, missing_runs(root, args.seeds), len(page_runs(args.seeds)), root, args.out,
+                        keeps=False)
     write_doc(Path(args.out), root, args.seeds, n_cw)
     print(f"wrote {args.out}")
     return 0

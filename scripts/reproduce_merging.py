@@ -35,6 +35,7 @@ from cltrain.config import component_config, load_config  # noqa: E402
 from cltrain.experiment import run_experiment  # noqa: E402
 from cltrain.merging import MERGERS  # noqa: E402
 from cltrain.merging.offline import merge_run  # noqa: E402
+from cltrain.keep import refuse_partial_page  # noqa: E402
 from cltrain.seeding import generator  # noqa: E402
 
 ROOT = REPO / "runs" / "merging"
@@ -216,11 +217,14 @@ def order_table(seeds: list[int]) -> list[str]:
     return lines
 
 
+def page_runs(seeds: list[int]) -> list[str]:
+    """The page's main runs: both merges and every baseline, every seed."""
+    return [f"{name}/seed{s}" for s in seeds for name in ["merge_fmnist_base", "merge_random_base", *BASELINES]]
+
+
 def missing_runs(root: Path, seeds: list[int]) -> list[str]:
-    """The page's main runs (both merges and every baseline, every seed) not finished under root."""
-    names = ["merge_fmnist_base", "merge_random_base", *BASELINES]
-    return [f"{name}/seed{s}" for s in seeds for name in names
-            if not (root / name / f"seed{s}" / "metrics.json").exists()]
+    """The page's main runs not finished under root."""
+    return [run for run in page_runs(seeds) if not (root / run / "metrics.json").exists()]
 
 
 def report(seeds: list[int]) -> str:
@@ -234,11 +238,7 @@ def main() -> None:
     args = parser.parse_args()
     if not args.report_only:
         run_all(args.seeds)
-    missing = missing_runs(ROOT, args.seeds)
-    if missing:
-        # written from fewer runs (on a new machine: none), the page would show dashes where numbers were
-        parser.error(f"{len(missing)} of the page's runs are not finished under {ROOT} (e.g. {missing[0]}), so "
-                     f"{DOC} is left as it is; run them (without --report-only)")
+    refuse_partial_page(parser, missing_runs(ROOT, args.seeds), len(page_runs(args.seeds)), ROOT, DOC, keeps=False)
     tables = report(args.seeds)
     template = (REPO / "docs" / "results" / "merging_notes.md").read_text()
     DOC.write_text(template.replace("{{TABLES}}", tables))

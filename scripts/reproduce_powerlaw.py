@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 from cltrain.cli import _quiet_lightning  # noqa: E402
 from cltrain.config import load_config  # noqa: E402
 from cltrain.errors import CltrainError  # noqa: E402
-from cltrain.keep import add_option as add_keep_option, from_option, keep_beside  # noqa: E402
+from cltrain.keep import add_option as add_keep_option, from_option, keep_beside, refuse_partial_page  # noqa: E402
 from cltrain.experiment import run_experiment  # noqa: E402
 
 CONDITIONS = {  # the paper's comparison on permuted MNIST: environment x learner
@@ -145,12 +145,8 @@ def main() -> int:
     from powerlaw_doc import write_doc  # noqa: E402  (scripts/ is on sys.path when run as a script)
 
     if n_shards == 1 or args.report_only:
-        missing = [run_dir for *_, run_dir in jobs if not (run_dir / "metrics.json").exists()]
-        if missing:
-            # written from fewer runs (on a new machine: none), the page would lose measured numbers
-            parser.error(f"{len(missing)} of the page's {len(jobs)} runs are not finished under {root} (e.g. "
-                         f"{missing[0].relative_to(root)}), so {args.out} is left as it is; bring kept runs back "
-                         f"with --keep docs/results/runs/{root.name} (docs/results/runs/README.md), or run them")
+        missing = [run_dir.relative_to(root) for *_, run_dir in jobs if not (run_dir / "metrics.json").exists()]
+        refuse_partial_page(parser, missing, len(jobs), root, args.out)
         write_doc(Path(args.out), root, args)
         print(f"wrote {args.out}")
     return 0

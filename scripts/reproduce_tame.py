@@ -25,7 +25,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from cltrain.errors import ConfigError  # noqa: E402
-from cltrain.keep import add_option as add_keep_option, from_option, keep_beside  # noqa: E402
+from cltrain.keep import add_option as add_keep_option, from_option, keep_beside, refuse_partial_page  # noqa: E402
 
 COMMON = ["trainer.progress_bar=false", "logger.wandb.mode=disabled"]
 
@@ -654,12 +654,7 @@ def main() -> None:
                 except ConfigError as exc:  # a different run of that name kept before: stop, nothing overwritten
                     print(f"reproduce_tame: error: {exc}", file=sys.stderr)
                     sys.exit(2)
-    missing = [name for name in RUNS if load(root, name) is None]
-    if missing:
-        # written from fewer runs, the page would replace measured numbers with "not run"
-        parser.error(f"{len(missing)} of the page's {len(RUNS)} runs are not finished under {root} (e.g. "
-                     f"{missing[0]}), so {args.doc} is left as it is; bring kept runs back with --keep "
-                     f"docs/results/runs/{root.name} (docs/results/runs/README.md), or run them")
+    refuse_partial_page(parser, [name for name in RUNS if load(root, name) is None], len(RUNS), root, args.doc)
     write_doc(root, REPO / args.doc)
 
 

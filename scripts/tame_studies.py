@@ -39,7 +39,7 @@ from reproduce_tame import LENIENT_DIFFERS  # scripts/ is on sys.path when run a
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from cltrain.errors import ConfigError  # noqa: E402
-from cltrain.keep import add_option as add_keep_option, from_option, keep_beside  # noqa: E402
+from cltrain.keep import add_option as add_keep_option, from_option, keep_beside, refuse_partial_page  # noqa: E402
 
 COMMON = ["trainer.progress_bar=false", "logger.wandb.mode=disabled", "trainer.checkpoint=false"]
 Run = tuple[str, str, list[str]]  # (name, experiment, overrides)
@@ -555,12 +555,8 @@ def main() -> int:
         except ConfigError as exc:  # a different run of that name kept before: stop, nothing overwritten
             print(f"tame_studies: error: {exc}", file=sys.stderr)
             return 2
-    missing = [run[0] for run in runs if load(root, run[0]) is None]
-    if missing:
-        # written from fewer runs, the section would replace measured numbers with "not run"
-        parser.error(f"{len(missing)} of the {len(runs)} runs of {args.study} are not finished under {root} (e.g. "
-                     f"{missing[0]}), so its section is left as it is; bring kept runs back with --keep "
-                     f"docs/results/runs/{root.name} (docs/results/runs/README.md), or run them")
+    refuse_partial_page(parser, [run[0] for run in runs if load(root, run[0]) is None], len(runs), root,
+                        f"{args.doc} (section {args.study})")
     lines = section(root, seeds)
     print("\n".join(lines))
     replace_section(REPO / args.doc, args.study, lines)
