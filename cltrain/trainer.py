@@ -32,6 +32,7 @@ from cltrain.metrics import seen_average, summary
 from cltrain.plots import acc_matrix_png, retention_png
 from cltrain.plugins.base import Plugin
 from cltrain.preemption import Preempted, PreemptionWatcher
+from cltrain.progress import LearnerBar
 from cltrain.run import RunFolder
 from cltrain.seeding import derive_seed, rng_snapshot
 from cltrain.streams.base import Stream
@@ -98,7 +99,8 @@ class ContinualTrainer:
         return pl.Trainer(
             max_epochs=1, accelerator=t.accelerator, devices=t.devices, strategy=self._strategy(),
             num_nodes=t.num_nodes,
-            precision=t.precision, logger=self.loggers.lightning, callbacks=callbacks,
+            precision=t.precision, logger=self.loggers.lightning,
+            callbacks=[*callbacks, LearnerBar()] if t.progress_bar else callbacks,
             enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=t.progress_bar,
             num_sanity_val_steps=0, use_distributed_sampler=False, log_every_n_steps=50,
             profiler=NullProfiler(),  # optim.grad_clip_norm: the Learner clips (it steps its optimizer itself)

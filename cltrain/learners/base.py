@@ -75,6 +75,7 @@ class Learner(pl.LightningModule):
         self.register_buffer("class_mask", class_mask, persistent=False)
         self._optimizer: Optional[torch.optim.Optimizer] = None
         self._pending_optimizer_state: Optional[dict] = None
+        self.bar_metrics: dict[str, float] = {}  # what the progress bar shows (cltrain.progress.LearnerBar)
         # training_step takes the optimizer step itself (Lightning's manual optimization): the automatic loop wraps
         # every step in a closure and three more hook rounds, ~75 µs a step of host work on a 2-core CPU
         # (scripts/bench_step_overhead.py, docs/benchmarks.md), as much as a small network's whole step on a GPU.
@@ -124,11 +125,19 @@ class Learner(pl.LightningModule):
         it (here the logits: training accuracy for facilitation). Methods with another objective override this."""
         logits = self.logits(batch.x, batch.t)
         loss = self.loss(logits, batch) + self.penalty()
-        # self.log costs ~0.7 ms a call (Lightning moves its result objects around); the loggers only write
-        # every log_every_n_steps anyway, so log on those steps alone.
-        if self.trainer is not None and batch_idx % self.trainer.log_every_n_steps == 0:
-            self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(batch))
+        self.log_loss(loss, batch, batch_idx)
         return {"loss": loss, "logits": logits.detach()}
+
+    def log_loss(self, loss: torch.Tensor, batch: Batch, batch_idx: int) -> None:
+        """`train/loss` for the loggers and the progress bar, on the loggers' steps alone (every
+        log_every_n_steps, when they write): self.log costs ~0.7 ms a call (Lightning moves its result objects
+        around). The bar gets a float read back here, not `prog_bar=True`, with which Lightning reads the value
+        back from the device at every batch end: a GPU synchronisation per step (cltrain/progress.py)."""
+        if self.trainer is None or batch_idx % self.trainer.log_every_n_steps:
+            return
+        self.log("train/loss", loss, on_step=True, on_epoch=False, batch_size=len(batch))
+        if self.trainer.progress_bar_callback is not None:
+            self.bar_metrics["train/loss"] = float(loss.detach())
 
     def training_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
         """The step Lightning's automatic loop would take, in its order: loss, zero_grad, backward, step. Through

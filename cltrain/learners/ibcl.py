@@ -105,8 +105,7 @@ class IBCL(Learner):
 
     def step_outputs(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
         loss = self.elbo_loss(batch)
-        if self.trainer is not None and batch_idx % self.trainer.log_every_n_steps == 0:
-            self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(batch))
+        self.log_loss(loss, batch, batch_idx)
         return {"loss": loss}
 
     def on_task_end(self, task_id: int, samples: TaskSamples) -> None:

@@ -90,8 +90,7 @@ class PrefVCL(Learner):
         else:
             nll = F.cross_entropy(logits[0], batch.y, reduction="none")
         loss = (self.weights[batch.t] * nll).mean() + self.model.kl()[0] / self.n_train
-        if self.trainer is not None and batch_idx % self.trainer.log_every_n_steps == 0:
-            self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(batch))
+        self.log_loss(loss, batch, batch_idx)
         return {"loss": loss}
 
     def on_task_end(self, task_id: int, samples) -> None:

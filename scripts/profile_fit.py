@@ -1,0 +1,139 @@
+"""Where a `cltrain fit` spends its host time, and (on CUDA) every call that makes the host wait for the GPU.
+
+    CLTRAIN_DATA=<data root> python scripts/profile_fit.py [--device cpu|cuda] [--hidden 32] [--tasks 3]
+                                                           [--top 40] [--syncs] [key=value ...]
+
+Runs `cltrain fit bench/pmnist_naive` (or --experiment) in this process, progress bar and wandb off, and prints:
+
+- the training steps it took and the fit's wall time;
+- with --syncs (CUDA only), instead of the profile, torch's sync debug mode on: each call site (the innermost
+  cltrain / Lightning / torch frames) that made a synchronising CUDA call (a read-back such as `.item()`,
+  `.tolist()`, a blocking copy), how often, and how often per training step. A per-step sync stalls the host until the GPU has drained its queue, so a small
+  network's step costs a launch round trip instead of overlapping with the next one: this is the GPU-only cost
+  that a CPU profile cannot show;
+- otherwise cProfile's top functions by own time and by cumulative time.
+
+Nothing is compared or asserted: this is a diagnostic, read beside scripts/bench_pmnist.py's ratios.
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import pstats
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# Frames worth naming in a sync site: the code that asked for the value, not warnings' or this script's own.
+SITE_PACKAGES = ("cltrain", "pytorch_lightning", "lightning", "torchmetrics", "torch")
+
+
+def fit_args(args: argparse.Namespace, run_dir: str) -> list[str]:
+    accelerator = "gpu" if args.device == "cuda" else "cpu"
+    return ["fit", args.experiment, f"stream.n_tasks={args.tasks}", "seed=0", f"run_dir={run_dir}",
+            f"model.hidden=[{','.join(map(str, args.hidden))}]", "trainer.progress_bar=false",
+            "logger.wandb.mode=disabled", f"trainer.accelerator={accelerator}", *args.overrides]
+
+
+def site(stack: list[traceback.FrameSummary], depth: int = 3) -> str:
+    """The innermost `depth` frames from the packages that matter, innermost last."""
+    kept = [f for f in stack if any(f"/{p}/" in f.filename for p in SITE_PACKAGES)
+            and "/warnings.py" not in f.filename]
+    short = [f"{Path(f.filename).parent.name}/{Path(f.filename).name}:{f.lineno} {f.name}" for f in kept[-depth:]]
+    return " <- ".join(reversed(short)) or "(outside the named packages)"
+
+
+class SyncCounter:
+    """Counts torch's 'called a synchronizing CUDA operation' warnings by call site."""
+
+    def __init__(self):
+        self.sites: Counter[str] = Counter()
+        self._previous = None
+
+    def __enter__(self):
+        import torch
+
+        self._previous = warnings.showwarning
+        # Every occurrence, not once per location; other warnings keep their filters.
+        warnings.filterwarnings("always", message=".*synchroniz")
+        warnings.showwarning = self._record
+        torch.cuda.set_sync_debug_mode("warn")
+        return self
+
+    def _record(self, message, category, filename, lineno, file=None, line=None):
+        if "synchroniz" in str(message):
+            self.sites[site(traceback.extract_stack()[:-1])] += 1
+
+    def __exit__(self, *exc):
+        import torch
+
+        torch.cuda.set_sync_debug_mode(0)
+        warnings.showwarning = self._previous
+        warnings.resetwarnings()
+
+
+def training_steps(run_dir: Path) -> int:
+    steps = json.loads((run_dir / "metrics.json").read_text())["steps"]
+    return int(sum(steps)) if isinstance(steps, list) else int(steps)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--experiment", default="bench/pmnist_naive")
+    parser.add_argument("--hidden", type=int, nargs="+", default=[32])
+    parser.add_argument("--tasks", type=int, default=3)
+    parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--syncs", action="store_true", help="count synchronising CUDA calls instead of profiling")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    import cltrain.experiment  # noqa: F401  (imports outside the measured fit, as bench_pmnist.py does)
+    from cltrain.cli import main as cli
+
+    run_dir = Path(tempfile.mkdtemp(prefix="profile_fit_")) / "run"
+    if args.syncs and args.device != "cuda":
+        parser.error("--syncs counts synchronising CUDA calls: it needs --device cuda")
+    profiler = None if args.syncs else cProfile.Profile()
+    syncs = SyncCounter() if args.syncs else None
+    start = time.perf_counter()
+    if syncs:
+        syncs.__enter__()
+    try:
+        if profiler:
+            profiler.enable()
+        rc = cli(fit_args(args, str(run_dir)))
+    finally:
+        if profiler:
+            profiler.disable()
+        if syncs:
+            syncs.__exit__(None, None, None)
+    seconds = time.perf_counter() - start
+    if rc != 0:
+        print(f"profile_fit: cltrain fit failed (exit {rc})", file=sys.stderr)
+        return rc
+    steps = training_steps(run_dir)
+    print(f"fit: {seconds:.2f} s, {steps} training steps, {args.tasks} tasks, hidden {args.hidden}, {args.device}"
+          + (" (under cProfile)" if profiler else ""))
+    if syncs:
+        total = sum(syncs.sites.values())
+        print(f"\nsynchronising CUDA calls: {total} ({total / max(steps, 1):.2f} per training step)")
+        for where, count in syncs.sites.most_common(30):
+            print(f"  {count:7d}  ({count / max(steps, 1):5.2f}/step)  {where}")
+    if profiler:
+        for key in ("tottime", "cumulative"):
+            out = io.StringIO()
+            pstats.Stats(profiler, stream=out).strip_dirs().sort_stats(key).print_stats(args.top)
+            print(f"\n---- cProfile by {key} ----\n" + out.getvalue().split("\n", 6)[-1])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
