@@ -8,9 +8,9 @@ Runs `cltrain fit bench/pmnist_naive` (or --experiment) in this process, progres
 - the training steps it took and the fit's wall time;
 - with --syncs (CUDA only), instead of the profile, torch's sync debug mode on: each call site (the innermost
   cltrain / Lightning / torch frames) that made a synchronising CUDA call (a read-back such as `.item()`,
-  `.tolist()`, a blocking copy), how often, and how often per training step. A per-step sync stalls the host until the GPU has drained its queue, so a small
-  network's step costs a launch round trip instead of overlapping with the next one: this is the GPU-only cost
-  that a CPU profile cannot show;
+  `.tolist()`, a blocking copy), how often, and how often per training step. A per-step sync stalls the host
+  until the GPU has drained its queue, so the host cannot queue the next step while the GPU runs this one: a
+  GPU-only cost that a CPU profile cannot show;
 - otherwise cProfile's top functions by own time and by cumulative time.
 
 Nothing is compared or asserted: this is a diagnostic, read beside scripts/bench_pmnist.py's ratios.
