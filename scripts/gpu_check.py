@@ -21,6 +21,7 @@ output of failed runs). Exit 1 when a check failed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -259,6 +260,43 @@ def check_pool_on_device(ctx: Ctx) -> tuple[bool, str]:
                 f"batched LoRA == per-sample loop {batched_ok}")
 
 
+# The datasets each check reads from the data root (every check not named here: MNIST).
+DATASETS_OF = {"l2m_pool_on_decision_transformer": ()}
+# IBCL feeds MNIST through a feature extractor trained on Fashion-MNIST (cltrain/streams/features.py); the features
+# are cached after a first run, and without that cache its check reads Fashion-MNIST too.
+EXTRACTED = {"learner_ibcl": "mnist"}
+
+
+def missing_datasets(names: list[str]) -> list[str]:
+    """For each dataset the chosen checks need and the data root lacks: where it was looked for and which checks
+    read it. A machine without one would otherwise fail those checks one by one, minutes in."""
+    from cltrain.config import DataConfig, data_root
+    from cltrain.errors import DataMissingError
+    from cltrain.streams.datasets import DATASETS, load_split
+    from cltrain.streams.features import extractor_needed
+
+    root = data_root(DataConfig())
+    readers: dict[str, list[str]] = {}
+    for check in names:
+        for dataset in DATASETS_OF.get(check, ("mnist",)):
+            readers.setdefault(dataset, []).append(check)
+    present = set()
+    for dataset in sorted(readers):
+        try:
+            load_split(dataset, root, train=False, download=False)
+            present.add(dataset)
+        except DataMissingError:
+            pass
+    for check in names:  # only once the features' own dataset is there can the cache be looked up
+        if EXTRACTED.get(check) in present and (source := extractor_needed(EXTRACTED[check], root)):
+            readers.setdefault(source, []).append(f"{check}, its feature extractor's training: not cached")
+            with contextlib.suppress(DataMissingError):
+                load_split(source, root, train=False, download=False)
+                present.add(source)
+    return [f"{d} in {root / DATASETS.get(d).folder} (read by {', '.join(c)})"
+            for d, c in sorted(readers.items()) if d not in present]
+
+
 def run_one(ctx: Ctx, name: str, check) -> dict:
     start = time.perf_counter()
     try:
@@ -288,8 +326,6 @@ def main() -> int:
     parser.add_argument("--only", default="", help="comma-separated check names (default: all)")
     parser.add_argument("--jobs", type=int, default=4, help="checks at a time (they share the GPU)")
     args = parser.parse_args()
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
     table = checks()
     if args.accelerator != "cpu":  # fp16 autocast needs a GPU; cltrain refuses 16-mixed on the CPU
         table["resume_16mixed"] = lambda ctx: check_resume(ctx, "16mixed", "trainer.precision=16-mixed")
@@ -298,6 +334,13 @@ def main() -> int:
     if unknown:
         print(f"gpu_check: unknown check(s) {unknown}; valid: {', '.join(table)}", file=sys.stderr)
         return 2
+    missing = missing_datasets(names)
+    if missing:
+        print(f"gpu_check: not found: {'; '.join(missing)}; put torchvision's files there or point $CLTRAIN_DATA at "
+              "a folder that has them (or leave those checks out with --only)", file=sys.stderr)
+        return 2
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
     ctx = Ctx(args.accelerator, out / "runs", args.tiny)
     start = time.perf_counter()
     with ThreadPoolExecutor(args.jobs) as pool:

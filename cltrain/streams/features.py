@@ -15,6 +15,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -121,13 +122,26 @@ def _save_atomic(path: Path, train: torch.Tensor, test: torch.Tensor, record: di
     os.replace(meta_tmp, path.with_suffix(".json"))
 
 
+def _cache_entry(dataset: str, train: ImageArrays, test: ImageArrays) -> tuple[Path, dict]:
+    """Where `dataset`'s features are cached, and the record a cached file must match."""
+    spec = ExtractorSpec(OUTSIDE[dataset])
+    record = {"dataset": dataset, "extractor": dataclasses.asdict(spec), "recipe_version": RECIPE_VERSION,
+              "n_train": len(train.labels), "n_test": len(test.labels)}
+    return cache_dir() / f"{dataset}-{spec.key()}.pt", record
+
+
+def extractor_needed(dataset: str, root: Path) -> Optional[str]:
+    """The dataset an extractor must be trained on before `dataset`'s features exist (None: they are cached)."""
+    train, test = load_split(dataset, root, True, False), load_split(dataset, root, False, False)
+    path, record = _cache_entry(dataset, train, test)
+    return None if _load_cached(path, record) is not None else OUTSIDE[dataset]
+
+
 def load_features(dataset: str, root: Path, download: bool) -> tuple[ImageArrays, ImageArrays, dict]:
     """Train/test features (float32 [N, 512]) of `dataset` with its original labels, and the cache record."""
     spec = ExtractorSpec(OUTSIDE[dataset])
     train, test = load_split(dataset, root, True, download), load_split(dataset, root, False, download)
-    record = {"dataset": dataset, "extractor": dataclasses.asdict(spec), "recipe_version": RECIPE_VERSION,
-              "n_train": len(train.labels), "n_test": len(test.labels)}
-    path = cache_dir() / f"{dataset}-{spec.key()}.pt"
+    path, record = _cache_entry(dataset, train, test)
     cached = _load_cached(path, record)
     if cached is None:
         net = train_extractor(spec, root, download)
