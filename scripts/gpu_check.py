@@ -269,7 +269,7 @@ EXTRACTED = {"learner_ibcl": "mnist"}
 
 def missing_datasets(names: list[str]) -> list[str]:
     """For each dataset the chosen checks need and the data root lacks: where it was looked for and which checks
-    read it. A machine without one would otherwise fail those checks one by one, minutes in."""
+    read it. A machine without one would otherwise start every check and fail those one by one."""
     from cltrain.config import DataConfig, data_root
     from cltrain.errors import DataMissingError
     from cltrain.streams.datasets import DATASETS, load_split

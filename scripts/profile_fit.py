@@ -33,7 +33,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # Frames worth naming in a sync site: the code that asked for the value, not warnings' or this script's own.
-SITE_PACKAGES = ("cltrain", "pytorch_lightning", "lightning", "torchmetrics", "torch")
+PACKAGES = {"cltrain", "pytorch_lightning", "lightning", "lightning_fabric", "lightning_utilities", "torchmetrics",
+            "torch"}
 
 
 def fit_args(args: argparse.Namespace, run_dir: str) -> list[str]:
@@ -43,24 +44,36 @@ def fit_args(args: argparse.Namespace, run_dir: str) -> list[str]:
             "logger.wandb.mode=disabled", f"trainer.accelerator={accelerator}", *args.overrides]
 
 
+def package_of(filename: str) -> str:
+    """The top-level package a frame's file belongs to: the folder after the last `site-packages` (a virtual
+    environment's own path may contain 'torch' or 'cltrain'), else 'cltrain' for the checkout's own files."""
+    parts = Path(filename).parts
+    if "site-packages" in parts:
+        after = len(parts) - parts[::-1].index("site-packages")
+        return parts[after] if after < len(parts) else ""
+    return "cltrain" if "cltrain" in parts[:-1] else ""
+
+
 def site(stack: list[traceback.FrameSummary], depth: int = 3) -> str:
     """The innermost `depth` frames from the packages that matter, innermost last."""
-    kept = [f for f in stack if any(f"/{p}/" in f.filename for p in SITE_PACKAGES)
-            and "/warnings.py" not in f.filename]
+    kept = [f for f in stack if package_of(f.filename) in PACKAGES]
     short = [f"{Path(f.filename).parent.name}/{Path(f.filename).name}:{f.lineno} {f.name}" for f in kept[-depth:]]
     return " <- ".join(reversed(short)) or "(outside the named packages)"
 
 
 class SyncCounter:
-    """Counts torch's 'called a synchronizing CUDA operation' warnings by call site."""
+    """Counts torch's 'called a synchronizing CUDA operation' warnings by call site; other warnings pass through
+    to the handler that was in place, and the warning filters are restored afterwards."""
 
     def __init__(self):
         self.sites: Counter[str] = Counter()
+        self._filters = warnings.catch_warnings()
         self._previous = None
 
     def __enter__(self):
         import torch
 
+        self._filters.__enter__()  # restores the filters and showwarning on exit
         self._previous = warnings.showwarning
         # Every occurrence, not once per location; other warnings keep their filters.
         warnings.filterwarnings("always", message=".*synchroniz")
@@ -71,13 +84,14 @@ class SyncCounter:
     def _record(self, message, category, filename, lineno, file=None, line=None):
         if "synchroniz" in str(message):
             self.sites[site(traceback.extract_stack()[:-1])] += 1
+        else:
+            self._previous(message, category, filename, lineno, file, line)
 
     def __exit__(self, *exc):
         import torch
 
         torch.cuda.set_sync_debug_mode(0)
-        warnings.showwarning = self._previous
-        warnings.resetwarnings()
+        self._filters.__exit__(*exc)
 
 
 def training_steps(run_dir: Path) -> int:

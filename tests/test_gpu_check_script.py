@@ -1,5 +1,6 @@
 """scripts/gpu_check.py refuses to start when the data root lacks a dataset its checks read (on a GPU machine that
-had MNIST only, IBCL's check failed minutes in), and names which dataset, where, and which checks."""
+had MNIST only, IBCL's check failed after the others had started), and names which dataset, where, and which
+checks."""
 import os
 import subprocess
 import sys

@@ -129,15 +129,24 @@ class Learner(pl.LightningModule):
         return {"loss": loss, "logits": logits.detach()}
 
     def log_loss(self, loss: torch.Tensor, batch: Batch, batch_idx: int) -> None:
-        """`train/loss` for the loggers and the progress bar, on the loggers' steps alone (every
-        log_every_n_steps, when they write): self.log costs ~0.7 ms a call (Lightning moves its result objects
-        around). The bar gets a float read back here, not `prog_bar=True`, with which Lightning reads the value
-        back from the device at every batch end: a GPU synchronisation per step (cltrain/progress.py)."""
-        if self.trainer is None or batch_idx % self.trainer.log_every_n_steps:
-            return
-        self.log("train/loss", loss, on_step=True, on_epoch=False, batch_size=len(batch))
-        if self.trainer.progress_bar_callback is not None:
+        """`train/loss` for the loggers, on the steps Lightning writes them alone (see `writes_logs`): self.log costs
+        ~0.7 ms a call (Lightning moves its result objects around). The progress bar gets a float read back on those
+        steps, not `prog_bar=True`, with which Lightning reads the value back from the device at every batch end: a
+        GPU synchronisation per step (cltrain/progress.py)."""
+        writes = self.writes_logs()
+        if writes:
+            self.log("train/loss", loss, on_step=True, on_epoch=False, batch_size=len(batch))
+        bar = self._trainer.progress_bar_callback if self._trainer is not None else None
+        # Also a phase's first batch, so that a phase shorter than log_every_n_steps shows a loss; under DDP only
+        # rank 0's bar is enabled, and the others need no read-back.
+        if bar is not None and bar.is_enabled and (writes or batch_idx == 0):
             self.bar_metrics["train/loss"] = float(loss.detach())
+
+    def writes_logs(self) -> bool:
+        """Whether Lightning writes the loggers at this training batch's end: every log_every_n_steps batches of
+        the run, counted across phases. A value logged on another step would be written at the next such step,
+        up to 49 steps stale under that step's label. False outside a Lightning fit."""
+        return self._trainer is not None and self._trainer._logger_connector.should_update_logs
 
     def training_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
         """The step Lightning's automatic loop would take, in its order: loss, zero_grad, backward, step. Through
@@ -169,7 +178,7 @@ class Learner(pl.LightningModule):
             return
         params = list(self.trainer.precision_plugin.main_params(optimizer))
         norm = torch.nn.utils.clip_grad_norm_(params, cap)
-        if self.trainer.global_step % self.trainer.log_every_n_steps == 0:
+        if self.writes_logs():
             self.log("train/grad_norm", norm, on_step=True, on_epoch=False, batch_size=1)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
