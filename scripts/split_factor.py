@@ -91,7 +91,7 @@ FACTORS = {
         title="Split MNIST: digits paired in label order or by the seed",
         about="docs/results/baselines.md's split-MNIST tables paired the digits in label order on every seed ({0,1}, "
               "{2,3}, …, `stream.class_order=natural`) and standardised the inputs when they were picked; both sides "
-              "here keep standardised inputs. Van de Ven & Tolias's code does that on its first seed "
+              "here keep standardised inputs. Van de Ven & Tolias's code pairs them so on its first seed "
               "only and deals the digits to the tasks in a random order on the others, so the paper's 20-seed means "
               "average over pairings.",
         same="pairs drawn from the seed by a generator of their own: the initial weights and every other draw come "
