@@ -4,8 +4,8 @@ progress-bar values.
 Lightning would show a value logged with `self.log(..., prog_bar=True)`, but it reads every such value back from
 its device at every batch end once it has been logged: on a GPU that is a host-device synchronisation per step,
 which stalls the host until the GPU has drained its queue (1.02 per step on an H200, `scripts/profile_fit.py`,
-docs/benchmarks.md). The learner instead puts plain floats in `Learner.bar_metrics` on its logging steps
-(every `log_every_n_steps`), and this bar shows them.
+docs/benchmarks.md). The learner instead puts plain floats in `Learner.bar_metrics` on the loggers' steps (every
+`log_every_n_steps`) and on each phase's first batch (`Learner.log_loss`), and this bar shows them.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pytorch_lightning.callbacks import TQDMProgressBar
 
 
 class LearnerBar(TQDMProgressBar):
-    """TQDMProgressBar whose postfix adds the learner's `bar_metrics` (floats, read back on logging steps only)."""
+    """TQDMProgressBar whose postfix adds the learner's `bar_metrics` (floats the learner read back itself)."""
 
     def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
         metrics = super().get_metrics(trainer, pl_module)
