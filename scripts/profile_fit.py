@@ -94,11 +94,6 @@ class SyncCounter:
         self._filters.__exit__(*exc)
 
 
-def training_steps(run_dir: Path) -> int:
-    steps = json.loads((run_dir / "metrics.json").read_text())["steps"]
-    return int(sum(steps)) if isinstance(steps, list) else int(steps)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -112,39 +107,29 @@ def main() -> int:
     import cltrain.experiment  # noqa: F401  (imports outside the measured fit, as bench_pmnist.py does)
     from cltrain.cli import main as cli
 
-    run_dir = Path(tempfile.mkdtemp(prefix="profile_fit_")) / "run"
     if args.syncs and args.device != "cuda":
         parser.error("--syncs counts synchronising CUDA calls: it needs --device cuda")
-    profiler = None if args.syncs else cProfile.Profile()
-    syncs = SyncCounter() if args.syncs else None
+    run_dir = Path(tempfile.mkdtemp(prefix="profile_fit_")) / "run"
+    watcher = SyncCounter() if args.syncs else cProfile.Profile()  # both context managers: on around the fit only
     start = time.perf_counter()
-    if syncs:
-        syncs.__enter__()
-    try:
-        if profiler:
-            profiler.enable()
+    with watcher:
         rc = cli(fit_args(args, str(run_dir)))
-    finally:
-        if profiler:
-            profiler.disable()
-        if syncs:
-            syncs.__exit__(None, None, None)
     seconds = time.perf_counter() - start
     if rc != 0:
         print(f"profile_fit: cltrain fit failed (exit {rc})", file=sys.stderr)
         return rc
-    steps = training_steps(run_dir)
+    steps = json.loads((run_dir / "metrics.json").read_text())["steps"]
     print(f"fit: {seconds:.2f} s, {steps} training steps, {args.tasks} tasks, hidden {args.hidden}, {args.device}"
-          + (" (under cProfile)" if profiler else ""))
-    if syncs:
-        total = sum(syncs.sites.values())
+          + ("" if args.syncs else " (under cProfile)"))
+    if args.syncs:
+        total = sum(watcher.sites.values())
         print(f"\nsynchronising CUDA calls: {total} ({total / max(steps, 1):.2f} per training step)")
-        for where, count in syncs.sites.most_common(30):
+        for where, count in watcher.sites.most_common(30):
             print(f"  {count:7d}  ({count / max(steps, 1):5.2f}/step)  {where}")
-    if profiler:
+    else:
         for key in ("tottime", "cumulative"):
             out = io.StringIO()
-            pstats.Stats(profiler, stream=out).strip_dirs().sort_stats(key).print_stats(args.top)
+            pstats.Stats(watcher, stream=out).strip_dirs().sort_stats(key).print_stats(args.top)
             print(f"\n---- cProfile by {key} ----\n" + out.getvalue().split("\n", 6)[-1])
     return 0
 

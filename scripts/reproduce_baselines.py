@@ -533,7 +533,8 @@ def pad_section(args, runs: Path, other: Path) -> str:
             f"permuted task scatters the digit's pixels over the whole wider input layer, border included; with "
             f"28×28 inputs every task puts its pixels on the same 784 inputs. The same grid points at "
             f"{args.check_steps:,} iterations with `stream.pad=2` (runs under `{where}/`, made by `python "
-            f"scripts/reproduce_baselines.py --benchmarks pmnist --only-checks --pad 2 --runs {where} --check-steps {args.check_steps}"
+            f"scripts/reproduce_baselines.py --benchmarks pmnist --only-checks --pad 2 --runs {where} --check-steps "
+            f"{args.check_steps}"
             f"{f' --pmnist-test {args.pmnist_test}' if args.pmnist_test else ''} --check-seeds SEEDS --check "
             f"METHOD[=VALUE] ...`), the authors' λ and c (online EWC with γ = 1 and cltrain's Fisher: the next "
             f"section runs the authors' choices there), not picked on validation data. Test ACC % after the last "
@@ -718,10 +719,11 @@ OPTIONAL_SECTIONS = {
     "standardised": ("the same grids with standardised pixels", "standardised/",
                      "--benchmarks pmnist --pixels standardised --runs <runs>/standardised"),
     "padded": ("28×28 against the authors' 32×32 inputs", "padded/",
-               "--benchmarks pmnist --only-checks --pad 2 --runs <runs>/padded --check-steps 5000 --check METHOD[=VALUE] ..."),
+               "--benchmarks pmnist --only-checks --pad 2 --runs <runs>/padded --check-steps 5000 "
+               "--check METHOD[=VALUE] ..."),
     "variants": ("EWC with the authors' remaining choices, paired with the 32×32 checks", "variants/NAME/",
-                 "--benchmarks pmnist --only-checks --pad 2 --variant NAME --runs <runs>/variants/NAME --check-steps 5000 "
-                 "--check METHOD[=VALUE] ..."),
+                 "--benchmarks pmnist --only-checks --pad 2 --variant NAME --runs <runs>/variants/NAME "
+                 "--check-steps 5000 --check METHOD[=VALUE] ..."),
 }
 
 
@@ -889,7 +891,8 @@ def main() -> int:
                              "<runs>/padded when it exists)")
     parser.add_argument("--variant", choices=list(VARIANTS), default=None,
                         help="EWC's --check runs with some of the authors' choices (their Fisher, online EWC's "
-                             "gamma 0.9): --benchmarks pmnist --only-checks --pad 2 --variant NAME --runs runs/baselines/variants/NAME")
+                             "gamma 0.9): --benchmarks pmnist --only-checks --pad 2 --variant NAME --runs "
+                             "runs/baselines/variants/NAME")
     parser.add_argument("--only-checks", action="store_true",
                         help="run only the --check points at --check-steps: not the tables' grids, nor the points at "
                              "--pmnist-steps")
