@@ -266,6 +266,10 @@ class TrainerConfig:
     precision: str = choice("32-true", *PRECISIONS)
     progress_bar: bool = True
     checkpoint: bool = True  # save a checkpoint after each phase (needed for resume)
+    # score the untrained network on every task before the first phase: the b_j of forward transfer (and, with
+    # a validation split, what `cltrain report --select val` tells a stalled grid point by); false saves one
+    # evaluation of every test set and leaves acc_init and fwt null
+    eval_init: bool = True
     # also keep the network's weights at the start (checkpoints/phase_start.pt) and after every phase k
     # (checkpoints/phase_<k>.pt): task vectors for `cltrain merge RUN_DIR source=phases`
     keep_phase_weights: bool = False
@@ -297,6 +301,11 @@ class TrainerConfig:
             # task-aware phases are fitted one at a time, with the task hooks between them
             raise bad(f"{where}boundary_batches", self.boundary_batches,
                       "aligned unless stream.presentation=task_agnostic")
+        if not self.eval_init and exp.stream.val_fraction > 0:
+            # selection would then pass every grid point as learning: its guard compares with val_acc_init
+            raise bad(f"{where}eval_init", False,
+                      "true when stream.val_fraction > 0 (`cltrain report --select val` rejects grid points that "
+                      "stop learning by the untrained network's validation scores)")
 
 
 @dataclass

@@ -60,5 +60,6 @@ class RunLoggers:
         experiment.log({"acc_matrix": table, "acc_matrix_png": wandb.Image(str(run_dir / "acc_matrix.png")),
                         "retention_png": wandb.Image(str(run_dir / "retention.png"))})
         for key in ("acc", "bwt", "fwt", "forgetting", "wall_time_s"):
-            experiment.summary[key] = metrics[key]
+            if metrics[key] is not None:  # fwt: None under trainer.eval_init=false
+                experiment.summary[key] = metrics[key]
         experiment.finish()

@@ -47,10 +47,12 @@ def seen_average(R: np.ndarray, order: Optional[Sequence[int]] = None) -> list[f
     return [float(np.mean(R[i, sorted(set(order[: i + 1]))])) for i in range(R.shape[0])]
 
 
-def summary(R: np.ndarray, b: np.ndarray, order: Optional[Sequence[int]] = None) -> dict[str, float]:
+def summary(R: np.ndarray, b: Optional[np.ndarray], order: Optional[Sequence[int]] = None
+            ) -> dict[str, Optional[float]]:
+    """ACC, BWT, FWT and forgetting; FWT is None without the untrained network's scores b."""
     return {
         "acc": average_accuracy(R),
         "bwt": backward_transfer(R, order),
-        "fwt": forward_transfer(R, b, order),
+        "fwt": None if b is None else forward_transfer(R, b, order),
         "forgetting": forgetting(R, order),
     }

@@ -269,7 +269,7 @@ class ContinualTrainer:
     # ---- the end --------------------------------------------------------------------------------------
     def _finish(self) -> dict[str, Any]:
         p = self.progress
-        R, b = np.array(p.rows), np.array(p.acc_init)
+        R, b = np.array(p.rows), None if p.acc_init is None else np.array(p.acc_init)
         metrics: dict[str, Any] = {
             "acc_matrix": p.rows,
             "acc_init": p.acc_init,
@@ -317,7 +317,8 @@ class ContinualTrainer:
     def _write_outputs(self, metrics: dict[str, Any], R: np.ndarray) -> None:
         run, n_tasks = self.run, R.shape[1]
         header = ["phase", "task", "avg_acc_seen", *[f"acc_task_{j}" for j in range(n_tasks)], "wall_time_s"]
-        rows = [["init", "", "", *metrics["acc_init"], ""]] + [
+        init = [["init", "", "", *metrics["acc_init"], ""]] if metrics["acc_init"] is not None else []
+        rows = init + [
             [k, self.stream.order[k], metrics["avg_acc_seen"][k], *R[k].tolist(), metrics["phase_wall_time_s"][k]]
             for k in range(R.shape[0])
         ]
@@ -327,7 +328,8 @@ class ContinualTrainer:
         self.loggers.finish(metrics, run.path)
         # Last: metrics.json marks a finished run (sweeps, `cltrain report`, resume all read it that way).
         run.write_json("metrics.json", metrics)
-        print(f"[cltrain] done: ACC {metrics['acc']:.4f}  BWT {metrics['bwt']:+.4f}  FWT {metrics['fwt']:+.4f}  "
+        fwt = "n/a" if metrics["fwt"] is None else f"{metrics['fwt']:+.4f}"  # null: trainer.eval_init=false
+        print(f"[cltrain] done: ACC {metrics['acc']:.4f}  BWT {metrics['bwt']:+.4f}  FWT {fwt}  "
               f"forgetting {metrics['forgetting']:.4f}  ({metrics['wall_time_s']:.1f} s) -> {run.path}", flush=True)
 
 
@@ -383,7 +385,7 @@ class _PhaseDriver(Callback):
         owner.watcher.install()  # Lightning has just installed its own signal handlers; ours take over
         continue_logging_step(trainer, owner.progress.steps)
         load_precision_state(trainer, owner._precision_state)
-        if owner.progress.acc_init is None:
+        if owner.cfg.trainer.eval_init and owner.progress.acc_init is None:
             owner.progress.acc_init = owner.evaluate(trainer)  # b_j for forward transfer
             if owner.stream.has_val:
                 owner.progress.val_init = owner.evaluate(trainer, "val")

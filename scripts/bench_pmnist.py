@@ -7,6 +7,8 @@ Rows (each a fresh process; --repeats rounds of alternating runs, the order rota
   loop (fastest)    normalises the data to float once, permutes each task's data once per phase, slices batches
   loop (per batch)  permutes and normalises every batch, as cltrain's per-batch path does
   cltrain           `cltrain fit bench/pmnist_naive` (CSV logger, checkpoints, plots; progress bar and wandb off)
+  cltrain, no FWT   the same with trainer.eval_init=false: no evaluation of the untrained network (the b_j of
+                    forward transfer), which the loops do not make either: the same job as theirs
   cltrain (base)    the same with another checkout's code (--base /work/main), measured in the same session
 
 Per row: the whole process (started to exited, measured outside: interpreter, imports, data, training, outputs)
@@ -15,9 +17,9 @@ and in-process (imports done to job done, measured inside), median and range ove
 then median and range; the per-step overhead is (in-process time - the fastest loop's) / training steps.
 
     python scripts/bench_pmnist.py [--tasks 10] [--repeats 3] [--hidden 512 512] [--base /work/main]
-                                   [--device cpu|cuda] [--quick] [--rows fast,batch,cltrain,base] [key=value ...]
+                                   [--device cpu|cuda] [--quick] [--rows fast,batch,cltrain,nofwt,base] [key=value ...]
 
---quick: one round of 3 tasks (a few minutes on a GPU machine). Extra key=value go to both cltrain rows.
+--quick: one round of 3 tasks (a few minutes on a GPU machine). Extra key=value go to every cltrain row.
 """
 from __future__ import annotations
 
@@ -134,17 +136,20 @@ def worker(args: argparse.Namespace) -> None:
 
 
 # ---- the orchestrator ---------------------------------------------------------------------------------
-ROWS = {"fast": "loop (fastest)", "batch": "loop (per batch)", "cltrain": "cltrain", "base": "cltrain (base)"}
+ROWS = {"fast": "loop (fastest)", "batch": "loop (per batch)", "cltrain": "cltrain", "nofwt": "cltrain, no FWT",
+        "base": "cltrain (base)"}
+ROW_OVERRIDES = {"nofwt": ["trainer.eval_init=false"]}
 
 
 def run_one(row: str, args: argparse.Namespace, run_dir: Path) -> dict:
     """Measure one row; its peak RSS from wait4 on its own pid (RUSAGE_CHILDREN would be the max over all)."""
-    kind = "cltrain" if row in ("cltrain", "base") else row
+    kind = row if row in ("fast", "batch") else "cltrain"
+    overrides = args.overrides + ROW_OVERRIDES.get(row, [])
     code = args.base if row == "base" else REPO
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(code), *filter(None, [os.environ.get("PYTHONPATH")])])}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--tasks", str(args.tasks), "--seed",
            str(args.seed), "--device", args.device, "--run-dir", str(run_dir), "--hidden", *map(str, args.hidden),
-           *(["--"] + args.overrides if args.overrides else [])]
+           *(["--"] + overrides if overrides else [])]
     return timed_child(cmd, code, env, run_dir.with_suffix(".out"), ROWS[row])
 
 
@@ -198,7 +203,7 @@ def main() -> int:
     parser.add_argument("--hidden", type=int, nargs="+", default=[512, 512])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--base", type=Path, default=None, help="another checkout for the 'cltrain (base)' row")
-    parser.add_argument("--rows", default=None, help="comma-separated subset of fast,batch,cltrain,base")
+    parser.add_argument("--rows", default=None, help="comma-separated subset of fast,batch,cltrain,nofwt,base")
     parser.add_argument("--quick", action="store_true", help="one round of 3 tasks")
     parser.add_argument("--worker", choices=["fast", "batch", "cltrain"], help=argparse.SUPPRESS)
     parser.add_argument("--run-dir", default=None, help=argparse.SUPPRESS)
@@ -212,7 +217,8 @@ def main() -> int:
         return 0
     if args.quick:
         args.tasks, args.repeats = 3, 1
-    rows = args.rows.split(",") if args.rows else ["fast", "batch", "cltrain"] + (["base"] if args.base else [])
+    default = ["fast", "batch", "cltrain", "nofwt", *(["base"] if args.base else [])]
+    rows = args.rows.split(",") if args.rows else default
     if "fast" not in rows or any(r not in ROWS for r in rows) or ("base" in rows and not args.base):
         print(f"--rows: a comma-separated subset of {','.join(ROWS)} with fast (the reference); base needs --base",
               file=sys.stderr)

@@ -173,6 +173,7 @@ COMBINATIONS = [
     (["model.options.width=64"], "model.options"),
     (["stream.name=metaworld", "stream.val_fraction=0.1"], "val_fraction"),
     (["seed=4294967296"], "seed"),
+    (["trainer.eval_init=false", "stream.val_fraction=0.1"], "eval_init"),  # selection's stall guard needs b_j
 ]
 
 
