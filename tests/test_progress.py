@@ -43,5 +43,5 @@ def test_logged_loss_is_the_loss_of_the_step_it_is_written_at(tmp_path, monkeypa
     rows = [r for path in sorted(Path("run/logs").rglob("metrics.csv")) for r in csv.DictReader(open(path))
             if r.get("train/loss")]
     assert [int(r["step"]) for r in rows] == [49]
-    assert [float(r["train/loss"]) for r in rows] == pytest.approx([float(losses[49])], rel=1e-6)
+    assert [float(r["train/loss"]) for r in rows] == pytest.approx([losses[49].item()], rel=1e-6)
     assert result["steps"] == 64 and len(losses) == 64
