@@ -60,6 +60,9 @@ class Factor:
     about: str  # what docs/results/baselines.md's runs do against what the authors do
     same: str  # what stays the same between a seed's two runs (the page says it beside the override)
     details: Callable[[list[int]], str] = lambda seeds: ""  # more about the changed side, per seed
+    # methods with no setting to pick, run on this factor's page too (at their one grid point) because a gap of
+    # theirs on docs/results/baselines.md is read against this factor
+    plain: tuple[str, ...] = ()
 
     @property
     def override(self) -> str:
@@ -96,7 +99,10 @@ FACTORS = {
               "average over pairings.",
         same="pairs drawn from the seed by a generator of their own: the initial weights and every other draw come "
              "from the same seeds either way",
-        details=shuffled_pairs),
+        details=shuffled_pairs,
+        # joint's Task- and Domain-IL means on docs/results/baselines.md sit above the paper's by more than its
+        # tiny spreads, with every seed in label order; the paper's seeds average over pairings
+        plain=("joint",)),
     "pixels": Factor(
         key="pixels", value="unit", labels=("standardised", "unit pixels"), page="baselines_pixels",
         title="Split MNIST: standardised inputs or pixels in [0, 1]",
@@ -107,6 +113,11 @@ FACTORS = {
               "standardised, it is −0.42 and they get all three.",
         same="the same initial weights, batches and every other draw"),
 }
+
+
+def methods(factor: Factor, scenario: str) -> tuple[tuple[str, str | None], ...]:
+    """(method, value) pairs a scenario runs for this factor: the validation picks, then its plain methods."""
+    return PICKS[scenario] + tuple((method, None) for method in factor.plain)
 
 
 def grid_point(method: str, value: str | None) -> list[str]:
@@ -132,7 +143,7 @@ def jobs(factor: Factor, args, runs: Path) -> list[tuple]:
     """Seed by seed, so a stopped comparison leaves whole pairs."""
     return [("split_mnist", scenario, STEPS, grid_point(method, value), seed,
              run_dir(runs, scenario, side, method, value, seed), extra)
-            for seed in args.seeds for scenario in args.scenarios for method, value in PICKS[scenario]
+            for seed in args.seeds for scenario in args.scenarios for method, value in methods(factor, scenario)
             for side, extra in sides(factor)]
 
 
@@ -163,7 +174,7 @@ def row(factor: Factor, runs: Path, scenario: str, method: str, value: str | Non
 def finished_seeds(factor: Factor, runs: Path, scenario: str) -> list[int]:
     """Seeds with at least one finished pair (both sides of a method) in a scenario, read from the run folders."""
     seeds = set()
-    for method, value in PICKS[scenario]:
+    for method, value in methods(factor, scenario):
         stem = point_name(method, grid_point(method, value), 0)[:-1]  # "<name>_s"
         for path in (runs / scenario / REFERENCE).glob(f"{stem}*/metrics.json"):
             seed = path.parent.name[len(stem):]
@@ -171,6 +182,12 @@ def finished_seeds(factor: Factor, runs: Path, scenario: str) -> list[int]:
                                    "metrics.json").exists():
                 seeds.add(int(seed))
     return sorted(seeds)
+
+
+def nothing_to_pick(factor: Factor) -> str:
+    if not factor.plain:
+        return ""
+    return f" ({' and '.join(factor.plain)}: no setting to pick; the page's one run per seed)"
 
 
 def commands(name: str, seeds_of: dict[str, list[int]]) -> str:
@@ -193,7 +210,7 @@ def write_doc(factor: Factor, name: str, runs: Path, out: Path) -> None:
             f"each command rewrites this page from every finished pair there; `--keep {KEPT}` also reuses the runs "
             f"kept there and keeps new ones: docs/results/runs/README.md). Every number here is measured by those "
             f"commands.\n\n"
-            + f"{factor.about} Here each method runs at that page's validation pick, on seeds "
+            + f"{factor.about} Here each method runs at that page's validation pick{nothing_to_pick(factor)}, on seeds "
               f"{', '.join(map(str, every))} (each row's *seeds* says which), once with the page's values ({first}) "
               f"and once with `{factor.override}` ({factor.same}), {STEPS} iterations per task, everything else as "
               f"experiments/baselines/split_mnist.yaml. Test ACC % after the last task, mean ± sd over the seeds; "
@@ -205,7 +222,8 @@ def write_doc(factor: Factor, name: str, runs: Path, out: Path) -> None:
     if details:
         text.append("\n" + details)
     for scenario, seeds in seeds_of.items():
-        rows = [r for method, value in PICKS[scenario] if (r := row(factor, runs, scenario, method, value, seeds))]
+        rows = [r for method, value in methods(factor, scenario)
+                if (r := row(factor, runs, scenario, method, value, seeds))]
         text.append(f"\n## {SHORT[scenario]}\n\n| method | setting | seeds | {first} | {second} | shift | "
                     f"per seed ({first} → {second}) | {first} − paper | {second} − paper | paper (± sd) |\n"
                     f"|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")

@@ -17,8 +17,9 @@ def test_jobs_run_each_pick_both_ways_with_the_pages_run_names(tmp_path):
     sf = script()
     jobs = sf.jobs(sf.FACTORS["class_order"], SimpleNamespace(seeds=[1, 2], scenarios=["domain_incremental"]),
                    tmp_path)
-    assert len(jobs) == 2 * 4 * 2  # seeds x methods x sides
+    assert len(jobs) == 2 * 5 * 2  # seeds x (4 picks + joint) x sides
     dirs = {job[5].relative_to(tmp_path).as_posix(): job for job in jobs}
+    assert dirs["domain_incremental/class_order-shuffled/joint_s1"][3] == ["learner.name=joint"]
     ewc = dirs["domain_incremental/class_order-shuffled/ewc_1e7_s2"]
     assert ewc[3] == ["learner.name=ewc", "learner.mode=offline", "learner.lam=1e7"] and ewc[4] == 2
     # the picks' inputs on both sides (the baselines yaml has since moved to [0, 1])
@@ -34,7 +35,9 @@ def test_factors_share_the_reference_runs(tmp_path):
     by_factor = {name: {job[5]: job[6] for job in sf.jobs(factor, args, tmp_path)}
                  for name, factor in sf.FACTORS.items()}
     reference = [{d for d, extra in jobs.items() if d.parent.name == "reference"} for jobs in by_factor.values()]
-    assert reference[0] == reference[1] and len(reference[0]) == 3 * 4
+    # the pixel factor's reference runs are the class-order factor's, which also runs joint (its `plain` method)
+    assert reference[1] < reference[0] and len(reference[1]) == 3 * 4
+    assert {d.name for d in reference[0] - reference[1]} == {"joint_s1"} and len(reference[0]) == 3 * 5
     assert {by_factor["pixels"][d] for d in reference[1]} == {("stream.pixels=standardised",)}
     unit = {d: extra for d, extra in by_factor["pixels"].items() if d.parent.name != "reference"}
     assert set(unit.values()) == {("stream.pixels=unit",)}
@@ -76,6 +79,10 @@ def test_page_shows_every_finished_pair_with_the_commands_that_made_them(tmp_pat
     _metrics(runs / "task_incremental" / "pixels-unit" / "si_0.5_s3", 0.5)  # another factor's partner
     _metrics(runs / "class_incremental" / "reference" / "finetuning_s1", 0.2)
     _metrics(runs / "class_incremental" / "class_order-shuffled" / "finetuning_s1", 0.25)
+    _metrics(runs / "class_incremental" / "reference" / "joint_s1", 0.975)  # the factor's plain method
+    _metrics(runs / "class_incremental" / "class_order-shuffled" / "joint_s1", 0.965)
+    _metrics(runs / "task_incremental" / "pixels-unit" / "joint_s1", 0.5)  # no pixel page runs joint
+    _metrics(runs / "task_incremental" / "reference" / "joint_s1", 0.5)
     (tmp_path / "page_notes.md").write_text("## Reading the table\n\nhand-written\n")
     sf.write_doc(sf.FACTORS["class_order"], "class_order", runs, out)
     page = out.read_text()
@@ -87,5 +94,8 @@ def test_page_shows_every_finished_pair_with_the_commands_that_made_them(tmp_pat
     assert "| label order | shuffled pairs | shift |" in page
     assert "| SI | 0.5 | 1, 2 | 99.0 ± 0.0 | 97.0 ± 0.0 | -2.0 [-2.0, -2.0] |" in page
     assert "| fine-tuning | — | 1 | 20.0 ± 0.0 | 25.0 ± 0.0 | +5.0 [+5.0, +5.0] |" in page
+    assert "| joint | — | 1 | 97.5 ± 0.0 | 96.5 ± 0.0 | -1.0 [-1.0, -1.0] |" in page
+    assert "(joint: no setting to pick; the page's one run per seed)" in page
+    assert page.index("| fine-tuning | — | 1 | 20.0") < page.index("| joint | — | 1 |")  # after the picks
     assert page.index("## Task-IL") < page.index("## Class-IL") and page.endswith("hand-written\n")
-    assert sf.finished_seeds(sf.FACTORS["pixels"], runs, "task_incremental") == [3]
+    assert sf.finished_seeds(sf.FACTORS["pixels"], runs, "task_incremental") == [3]  # not joint's seed 1
