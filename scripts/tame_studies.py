@@ -305,7 +305,13 @@ def baselines_section(root: Path, seeds: list[int]) -> list[str]:
     out += ["", *stability_checks(root)]
     out += ["", f"Seeds {seeds}. All runs: `.venv/bin/python scripts/tame_studies.py baselines --runs "
             f"{shown(root)}`; one of them:", "", f"    {' '.join(command(baseline_runs(seeds[:1])[0], shown(root)))}"]
-    return out
+    return out + hand_notes("baselines")
+
+
+def hand_notes(study: str) -> list[str]:
+    """docs/results/tame_<study>_notes.md, the hand-written reading of a study's runs, if there is one."""
+    notes = REPO / "docs" / "results" / f"tame_{study}_notes.md"
+    return ["", notes.read_text().rstrip("\n")] if notes.exists() else []
 
 
 def stability_checks(root: Path) -> list[str]:
@@ -450,11 +456,9 @@ def gap_section(name: str, root: Path, seeds: list[int]) -> list[str]:
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     out += [gap_row(name, label, root, seeds) for label in ["reference", *study.factors]]
     example = gap_runs(name, seeds[:1])[1]
-    notes = REPO / "docs" / "results" / f"tame_{name}_notes.md"  # the hand-written reading of the runs, if any
     return out + ["", *gap_reading(name, root, seeds), "",
                   f"All runs: `.venv/bin/python scripts/tame_studies.py {name} --jobs 2 --runs {shown(root)}`; e.g.",
-                  "", f"    {' '.join(command(example, shown(root)))}",
-                  *(["", notes.read_text().rstrip("\n")] if notes.exists() else [])]
+                  "", f"    {' '.join(command(example, shown(root)))}", *hand_notes(name)]
 
 
 def gap_row(name: str, label: str, root: Path, seeds: list[int]) -> str:

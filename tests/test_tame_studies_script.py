@@ -132,3 +132,16 @@ def test_logged_curves_join_a_resumed_runs_log_versions(tmp_path):
         log.parent.mkdir(parents=True)
         log.write_text("epoch,step,train/loss\n" + "".join(f"0,{s},{v}\n" for s, v in rows))
     assert rt._logged(tmp_path, "run", "train/loss") == [(49, 2.3), (99, 0.9), (149, 0.4), (199, 0.2)]
+
+
+def test_a_studys_hand_written_notes_close_its_section(tmp_path, monkeypatch):
+    """docs/results/tame_<study>_notes.md is appended to that study's section (the baselines study's too), and a
+    study without one gets none."""
+    ts = script()
+    monkeypatch.setattr(ts, "REPO", tmp_path)
+    (tmp_path / "docs" / "results").mkdir(parents=True)
+    (tmp_path / "docs" / "results" / "tame_baselines_notes.md").write_text("### Reading\n\nby hand\n")
+    section = ts.baselines_section(tmp_path / "runs", [0])
+    assert section[-2:] == ["", "### Reading\n\nby hand"]
+    assert section[0].startswith("## Baselines for the comparison")
+    assert ts.hand_notes("gap_split") == []
