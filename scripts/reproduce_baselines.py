@@ -544,15 +544,16 @@ def pad_section(args, runs: Path, other: Path) -> str:
             f"| paper (± sd) |\n|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
 
 
-def variants_section(args, padded: Path, root: Path) -> str:
-    """EWC's check points on 32x32 inputs as the page's checks ran them (the padded runs) and with each --variant
-    (runs under root/NAME), on the seeds both have: the same runs but for the variant's keys."""
+def variant_rows(args, padded: Path, root: Path) -> dict[tuple[str, str, str], str | None]:
+    """Each (variant, method, setting)'s row: a check point on 32x32 inputs as the page's checks ran it (the padded
+    runs) and with the --variant (runs under root/NAME), on the seeds both have; None while no seed has both."""
     paper = PAPER[("pmnist", "domain_incremental")]
-    rows = []
+    rows: dict[tuple[str, str, str], str | None] = {}
     for name, variant in VARIANTS.items():
         for method, overrides, setting in check_points():
             if method not in variant.methods:
                 continue
+            rows[name, method, setting] = None
             theirs = [p for p in seed_runs(check_folder(root / name, args.check_steps), method, overrides)
                       if run_pad(p.parent) == 2]
             ours = {p.parent.name: p for p in seed_runs(check_folder(padded, args.check_steps), method, overrides)
@@ -564,11 +565,18 @@ def variants_section(args, padded: Path, root: Path) -> str:
             shift = [100 * (json.loads(b.read_text())["acc"] - json.loads(a.read_text())["acc"]) for a, b in pairs]
             ref = paper.get(method)
             keys = " ".join(f"`{o}`" for o in variant.overrides)
-            rows.append(f"| {method} | {setting} | {variant.what}: {keys} | {seeds} | "
-                        f"{check_cell([a for a, _ in pairs])} | {check_cell([b for _, b in pairs])} | "
-                        f"{sum(shift) / len(shift):+.1f} | {paper_gap([b for _, b in pairs], ref)} | "
-                        f"{paper_cell(ref)} |")
-    if not rows:
+            rows[name, method, setting] = (f"| {method} | {setting} | {variant.what}: {keys} | {seeds} | "
+                                  f"{check_cell([a for a, _ in pairs])} | {check_cell([b for _, b in pairs])} | "
+                                  f"{sum(shift) / len(shift):+.1f} | {paper_gap([b for _, b in pairs], ref)} | "
+                                  f"{paper_cell(ref)} |")
+    return rows
+
+
+def variants_section(args, padded: Path, root: Path) -> str:
+    """The variants' table (variant_rows) with what it compares; empty while any variant lacks its runs: a row
+    left out would drop that variant's result from the page."""
+    rows = variant_rows(args, padded, root)
+    if not rows or unrun_variants(rows):
         return ""
     where = shown(root)
     return (f"\n### Permuted MNIST: EWC with the authors' remaining choices\n\n"
@@ -585,7 +593,15 @@ def variants_section(args, padded: Path, root: Path) -> str:
             f"just-trained last task in brackets); *shift*: the variant minus the check, mean of the per-seed "
             f"differences.\n\n"
             f"| method | setting | variant | seeds | check (32×32) | variant | shift | variant − paper "
-            f"| paper (± sd) |\n|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+            f"| paper (± sd) |\n|---|---|---|---|---|---|---|---|---|\n" + "\n".join(filter(None, rows.values()))
+            + "\n")
+
+
+def unrun_variants(rows: dict[tuple[str, str, str], str | None]) -> list[str]:
+    """Variants none of whose check points has a paired run yet (a variant need not run every method it applies
+    to: the page's `authors_fisher` runs EWC only)."""
+    done = {name for (name, _, _), row in rows.items() if row is not None}
+    return sorted({name for name, _, _ in rows} - done)
 
 
 def paper_cell(ref: tuple[float, float] | None) -> str:
@@ -700,7 +716,8 @@ def write_checks_doc(args, runs: Path, page: Path) -> None:
     standardised = folder(other, "pmnist", "domain_incremental", args.pmnist_steps)
     present = {**{name: bool(text) for name, text in sections.items()},
                "standardised": standardised.is_dir() and any(standardised.glob("*/metrics.json"))}
-    missing = missing_sections(present)
+    unrun = unrun_variants(variant_rows(args, padded, runs / "variants"))
+    missing = missing_sections(present, {"variants": f": none yet for {', '.join(unrun)}" if unrun else ""})
     if missing:
         print(f"{page} not rewritten: no runs under {shown(runs)}/ for " + "; ".join(missing))
         return
@@ -727,10 +744,10 @@ OPTIONAL_SECTIONS = {
 }
 
 
-def missing_sections(present: dict[str, bool]) -> list[str]:
+def missing_sections(present: dict[str, bool], detail: dict[str, str] | None = None) -> list[str]:
     """Each comparison section whose runs are not there: what it shows, where its runs go, the options that make
-    them."""
-    return [f"{what} (runs under `{where}`, made with `{how}`)"
+    them, and what `detail` adds (e.g. which variants have no runs)."""
+    return [f"{what} (runs under `{where}`, made with `{how}`){(detail or {}).get(name, '')}"
             for name, (what, where, how) in OPTIONAL_SECTIONS.items() if not present[name]]
 
 

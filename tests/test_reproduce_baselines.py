@@ -28,14 +28,23 @@ def test_variants_pair_runs_of_the_same_seed_on_32x32_inputs(tmp_path):
     _run(gamma / "online_ewc_1000.0_s1", 0.95, 2)
     _run(gamma / "online_ewc_1000.0_s2", 0.50, 2)  # its check is 28x28
     _run(gamma / "online_ewc_1000.0_s3", 0.50, 2)  # no check on seed 3
-    page = script().variants_section(SimpleNamespace(check_steps=5000, pmnist_test=2000), tmp_path / "padded",
-                                     variants)
-    rows = [line for line in page.splitlines() if line.startswith("| online EWC")]
-    assert len(rows) == 1, page  # one variant with runs, one method it applies to
-    cells = [c.strip() for c in rows[0].split("|")[1:-1]]
+    s, args = script(), SimpleNamespace(check_steps=5000, pmnist_test=2000)
+    rows = s.variant_rows(args, tmp_path / "padded", variants)
+    found = {key: row for key, row in rows.items() if row is not None}
+    assert list(found) == [("gamma_0.9", "online EWC", "1000.0")]  # one variant with runs, one check point
+    cells = [c.strip() for c in found["gamma_0.9", "online EWC", "1000.0"].split("|")[1:-1]]
     assert cells[3] == "0, 1"  # seeds paired
     assert cells[4].startswith("95.5 ± 0.7") and cells[5].startswith("94.0 ± 1.4")
     assert cells[6] == "-1.5"  # mean of the per-seed differences (-2, -1)
+    # the other variants have no runs: the section is not written, so the page never loses their rows
+    assert s.unrun_variants(rows) == ["authors_fisher", "authors_online_ewc"]
+    assert s.variants_section(args, tmp_path / "padded", variants) == ""
+    _run(checks / "ewc_500.0_s0", 0.95, 2)
+    _run(variants / "authors_fisher" / "pmnist_5000_check" / "ewc_500.0_s0", 0.94, 2)
+    _run(variants / "authors_online_ewc" / "pmnist_5000_check" / "online_ewc_1000.0_s1", 0.94, 2)
+    page = s.variants_section(args, tmp_path / "padded", variants)
+    assert [line.split("|")[1].strip() for line in page.splitlines() if line.startswith("| ") and "---" not in line
+            and not line.startswith("| method")] == ["online EWC", "EWC", "online EWC"]
 
 
 def _grid_run(base, name, learner, seed, val, acc):
@@ -112,6 +121,14 @@ def test_the_comparisons_page_is_written_whole_or_left_as_it_is(tmp_path, capsys
 
     _pmnist_runs(runs / "standardised")
     _run(runs / "variants" / "authors_fisher" / "pmnist_5000_check" / "ewc_500.0_s0", 0.94, 2)
+    _, checks = _write(tmp_path, runs)
+    assert checks == "the committed comparisons\n"  # one variant of three: the others' rows would be lost
+    said = capsys.readouterr().out
+    assert "--variant NAME" in said and "--pixels standardised" not in said
+    assert said.rstrip().endswith("`): none yet for authors_online_ewc, gamma_0.9")
+    _run(runs / "padded" / "pmnist_5000_check" / "online_ewc_1000.0_s0", 0.95, 2)
+    for variant in ("gamma_0.9", "authors_online_ewc"):
+        _run(runs / "variants" / variant / "pmnist_5000_check" / "online_ewc_1000.0_s0", 0.94, 2)
     _, checks = _write(tmp_path, runs)
     for title in ("at the protocol's 5,000 iterations (checks)", "standardised against unit pixels",
                   "28×28 against the authors' 32×32 inputs", "EWC with the authors' remaining choices"):
