@@ -399,7 +399,7 @@ def cap_lines(root: Path) -> list[str]:
            "is a network with a constant output). The largest cap tried under which no phase of the 20-task stream",
            "collapsed is shipped.",
            "EWC and SI run uncapped: no run at their picks collapsed.", "",
-           "| run | tasks | cap | grad norm inside phases | on a new task's first step | sampled steps over the cap "
+           "| run | tasks | cap | grad norm inside phases | first logged step on a new task | sampled steps over the cap "
            "| final training loss per phase | diverged | ACC % |",
            "|---|---|---|---|---|---|---|---|---|"]
     for name, m in loaded:
@@ -408,7 +408,8 @@ def cap_lines(root: Path) -> list[str]:
         first, inside = [], []
         for k in range(m["n_phases"]):
             phase = [v for s, v in norms if k * per <= s < (k + 1) * per]
-            # a phase's first sample is its opening steps on a new task (phase 1 starts from the fresh network)
+            # a phase's first sample is one of its first 50 steps on a new task, where Lightning's every-50-steps
+            # cadence (counted over the run) falls in it; phase 1 starts from the fresh network and is left out
             first, inside = first + (phase[:1] if k else []), inside + phase[1:]
         ends = ", ".join(f"{v:.2f}" for v in phase_end_losses(root, name, m))
         cap = m["_config"]["optim"]["grad_clip_norm"]
@@ -417,7 +418,9 @@ def cap_lines(root: Path) -> list[str]:
                    f"| {min(inside):.2f}–{max(inside):.2f} | {min(first):.1f}–{max(first):.1f} "
                    f"| {over} of {len(norms)} | {ends} | {'yes' if diverged(m) else 'no'} | {pct(m['acc'])} |")
     out += ["", "A cap acts on every step whose norm is over it; the norms of the capped runs are the ones their own",
-            "trajectories produced, so they differ from the uncapped run's after its first capped step."]
+            "trajectories produced, so they differ from the uncapped run's after its first capped step. The logs",
+            "sample every 50th step of the run, so a new task's first logged step is one of its first 50 (not its very",
+            "first, which is not sampled)."]
     return out
 
 
