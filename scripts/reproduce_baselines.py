@@ -433,21 +433,23 @@ def check_section(args, runs: Path) -> str:
     """Runs at --check-steps (every seed found) beside the same grid point and seeds at the table's iterations."""
     base = check_folder(runs, args.check_steps)
     short_base = folder(runs, "pmnist", "domain_incremental", args.pmnist_steps)
-    rows, found = [], set()
+    rows, found, points = [], set(), []
     for method, overrides, setting in check_points():
         long = seed_runs(base, method, overrides)
         if not long:
             continue
         seeds = [path.parent.name.rsplit("_s", 1)[1] for path in long]
         found.update(seeds)
+        points.append(method if setting == "—" else f"{method}={setting}")
         short = [short_base / path.parent.name / "metrics.json" for path in long]
         ref = PAPER[("pmnist", "domain_incremental")].get(method)
         rows.append(f"| {method} | {setting} | {', '.join(seeds)} | {check_cell(short)} | {check_cell(long)} | "
                     f"{paper_cell(ref)} |")
     if not rows:
         return ""
-    specs = ("--check " + " ".join(shlex.quote(s) for s in args.check)) if args.check else "--check METHOD=VALUE"
-    seeds = " ".join(sorted(found, key=int))  # the seeds on the page, whatever this invocation ran
+    # the points and seeds on the page, whatever this invocation ran (--doc-only runs none)
+    specs = "--check " + " ".join(shlex.quote(point) for point in points)
+    seeds = " ".join(sorted(found, key=int))
     return (f"\n### Permuted MNIST at the protocol's {args.check_steps:,} iterations (checks)\n\n"
             f"Grid points run at {args.check_steps:,} iterations per task (validation split held out, same test "
             f"subset, the table's input scale), beside the same point and seeds at {args.pmnist_steps:,} "

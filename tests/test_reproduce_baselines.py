@@ -134,4 +134,6 @@ def test_the_comparisons_page_is_written_whole_or_left_as_it_is(tmp_path, capsys
                   "28×28 against the authors' 32×32 inputs", "EWC with the authors' remaining choices"):
         assert f"### Permuted MNIST: {title}" in checks or f"### Permuted MNIST {title}" in checks, title
     assert "docs/results/baselines.md" in checks.split("###")[0]  # the head points back to the tables
+    # the checks' command names the points the page shows, though this call (--doc-only: check=[]) ran none
+    assert "--check-steps 5000 --check-seeds 0 --check EWC=500.0`" in checks
     assert "| EWC | 500.0 | 0 | 93.0 (last task 95.0) | 0 | 95.0 (last task 95.0) |" in checks  # 28×28 | 32×32
