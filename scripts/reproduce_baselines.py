@@ -574,10 +574,9 @@ def variant_rows(args, padded: Path, root: Path) -> dict[tuple[str, str, str], s
     return rows
 
 
-def variants_section(args, padded: Path, root: Path) -> str:
-    """The variants' table (variant_rows) with what it compares; empty while any variant lacks its runs: a row
-    left out would drop that variant's result from the page."""
-    rows = variant_rows(args, padded, root)
+def variants_section(args, rows: dict[tuple[str, str, str], str | None], root: Path) -> str:
+    """The variants' table (`rows` from variant_rows over root) with what it compares; empty while any variant lacks
+    its runs: a row left out would drop that variant's result from the page."""
     if not rows or unrun_variants(rows):
         return ""
     where = shown(root)
@@ -712,13 +711,15 @@ def write_checks_doc(args, runs: Path, page: Path) -> None:
     results, so without every section's runs the page stays as it is and the missing runs are named."""
     other = Path(args.standardised_runs).resolve() if args.standardised_runs else runs / "standardised"
     padded = Path(args.padded_runs).resolve() if args.padded_runs else runs / "padded"
+    variants = variant_rows(args, padded, runs / "variants")  # read once: the section and the refusal use it
     sections = {"checks": check_section(args, runs), "standardised": pixels_section(args, runs, other),
-                "padded": pad_section(args, runs, padded), "variants": variants_section(args, padded, runs / "variants")}
+                "padded": pad_section(args, runs, padded),
+                "variants": variants_section(args, variants, runs / "variants")}
     # the pixels section also shows this page's own (unit) grids: it counts once the standardised grids have runs
     standardised = folder(other, "pmnist", "domain_incremental", args.pmnist_steps)
     present = {**{name: bool(text) for name, text in sections.items()},
                "standardised": standardised.is_dir() and any(standardised.glob("*/metrics.json"))}
-    unrun = unrun_variants(variant_rows(args, padded, runs / "variants"))
+    unrun = unrun_variants(variants)
     missing = missing_sections(present, {"variants": f": none yet for {', '.join(unrun)}" if unrun else ""})
     if missing:
         print(f"{page} not rewritten: no runs under {shown(runs)}/ for " + "; ".join(missing))
