@@ -49,7 +49,7 @@ REGISTRIES = {"LEARNERS": ("cltrain.learners.base", "learner", "learner.name"),
 BASE_TRAITS: dict[str, Any] = {"presentations": ("task_aware", "task_agnostic"), "incompatible_plugins": {},
                                "schedule": None, "syncs_own_gradients": False, "reports_shifts": False,
                                "learner_needs": {}, "reads": (), "learns_scale": False, "single_network": True,
-                               "optimizes_itself": False,
+                               "optimizes_itself": False, "own_logits": False,
                                "for_learners": (), "needs_files": ("checkpoints/last.pt",), "takes_base": False}
 FRAMEWORK_BASES = {"Learner", "Plugin", "Merger", "Source"}
 # Imported for real while reading: they import nothing heavy.

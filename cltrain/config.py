@@ -168,7 +168,7 @@ class RehearsalConfig:
 
 
 # StreamConfig keys that only some stream families read (each declares them: STREAMS.register(name, reads=...))
-STREAM_FAMILY_KEYS = ("scenario", "class_order", "first_identity", "max_angle", "pixels", "pad")
+STREAM_FAMILY_KEYS = ("scenario", "class_order", "active_classes", "first_identity", "max_angle", "pixels", "pad")
 
 
 @dataclass
@@ -183,6 +183,11 @@ class StreamConfig:
     # in an order drawn from the run's seed, so each seed has its own pairs (van de Ven & Tolias's code keeps
     # natural order on its first seed only). Which classes share a task changes how hard the tasks are.
     class_order: str = choice("natural", "natural", "shuffled")
+    # class-incremental split streams: which classes the training loss's softmax covers. all: every class from the
+    # first phase on (cltrain's default), so the classes of tasks not met yet are pushed down from the start.
+    # seen: the classes of the tasks met so far, as van de Ven & Tolias's code trains Class-IL (its "active
+    # classes"; EWC's Fisher is taken over them too). Prediction always chooses among every class.
+    active_classes: str = choice("all", "all", "seen")
     schedule: str = "none"  # a registered rehearsal schedule: none, joint, powerlaw, uniform, exponential
     rehearsal: RehearsalConfig = field(default_factory=RehearsalConfig)
     first_identity: bool = True  # permuted: task 0 keeps the original pixel order
@@ -204,12 +209,31 @@ class StreamConfig:
     options: dict[str, Any] = field(default_factory=dict)  # the stream family's own typed options (metaworld)
 
     def validate(self, where: str, exp: "ExperimentConfig") -> None:
+        if self.active_classes != "all":
+            self.validate_active_classes(where, exp.learner["name"])
         if self.order is not None and set(self.order) != set(range(self.n_tasks)):
             raise bad(f"{where}order", self.order,
                       f"a list of task ids covering 0..{self.n_tasks - 1} ({where}n_tasks)")
         if self.val_fraction > 0 and self.train_per_task is not None and self.train_per_task < 2:
             raise bad(f"{where}train_per_task", self.train_per_task,
                       f">= 2 when {where}val_fraction > 0 (one sample for training, one for validation)")
+
+    def validate_active_classes(self, where: str, learner: str) -> None:
+        """`seen` needs task boundaries to know which classes were met, a head over all classes to narrow, and a
+        learner whose loss goes through the framework's logits (one with its own would ignore it)."""
+        from cltrain.catalog import lookup
+
+        value = self.active_classes
+        if self.scenario != "class_incremental":
+            raise bad(f"{where}active_classes", value,
+                      f"all unless {where}scenario=class_incremental (task-incremental already restricts the loss to "
+                      f"the task's classes; domain-incremental meets every class at once)")
+        if self.presentation != "task_aware":
+            raise bad(f"{where}active_classes", value,
+                      f"all unless {where}presentation=task_aware (the classes met are known from the task boundaries)")
+        if lookup("LEARNERS", learner).own_logits:
+            raise bad(f"{where}active_classes", value,
+                      f"all: learner.name={learner!r} computes its own logits, which the restriction does not reach")
 
 
 @dataclass

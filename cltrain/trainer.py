@@ -169,6 +169,7 @@ class ContinualTrainer:
 
     # ---- phase boundaries (called by _PhaseDriver inside the fit) ------------------------------------
     def start_phase(self, phase: int) -> None:
+        self.open_classes(phase)
         if phase == 0:
             self.keep_weights("phase_start")  # before a learner's task hook can move them
         if self.stream.task_aware:
@@ -176,6 +177,13 @@ class ContinualTrainer:
             self.learner.on_task_start(task_id)
             for plugin in self.plugins.values():
                 plugin.on_task_start(self.learner, task_id)
+
+    def open_classes(self, phase: int) -> None:
+        """stream.active_classes=seen: the loss covers the classes of the tasks met up to this phase. Derived from
+        the phase alone, not kept in the learner's state, so a resumed phase gets the same classes back."""
+        if self.cfg.stream.active_classes == "seen":
+            met = torch.as_tensor(self.stream.order[: phase + 1])
+            self.learner.seen_classes = self.stream.task_classes()[met].any(0).to(self.learner.device)
 
     def end_phase(self, trainer: pl.Trainer, phase: int, started: float, steps: int) -> None:
         if self.stream.task_aware:
@@ -391,6 +399,8 @@ class _PhaseDriver(Callback):
                 owner.progress.val_init = owner.evaluate(trainer, "val")
         if not owner.progress.batches_into_phase:  # a resumed phase has had its start already
             owner.start_phase(self.phases[0])
+        else:
+            owner.open_classes(self.phases[0])  # not the start's other work, but the classes it opened
 
     def on_train_end(self, trainer, pl_module) -> None:
         """Under DDP, compare a checksum of the weights across ranks once per fit: anything that changes weights

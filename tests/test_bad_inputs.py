@@ -174,6 +174,12 @@ COMBINATIONS = [
     (["stream.name=metaworld", "stream.val_fraction=0.1"], "val_fraction"),
     (["seed=4294967296"], "seed"),
     (["trainer.eval_init=false", "stream.val_fraction=0.1"], "eval_init"),  # selection's stall guard needs b_j
+    # the classes met so far: a split stream's key, Class-IL only, known from task boundaries, through our logits
+    (["stream.active_classes=seen"], "active_classes"),  # permuted streams do not read it
+    (["stream.active_classes=every"], "active_classes"),
+    (["stream.name=split", "stream.scenario=task_incremental", "stream.active_classes=seen"], "active_classes"),
+    (["stream.name=split", "stream.presentation=task_agnostic", "stream.active_classes=seen"], "active_classes"),
+    (["stream.name=split", "learner.name=l2p", "stream.active_classes=seen"], "active_classes"),
 ]
 
 

@@ -42,6 +42,25 @@ def test_factors_share_the_reference_runs(tmp_path):
     unit = {d: extra for d, extra in by_factor["pixels"].items() if d.parent.name != "reference"}
     assert set(unit.values()) == {("stream.pixels=unit",)}
     assert all(d.parent.name == "pixels-unit" for d in unit)
+    # the classes-met factor runs where the key applies, Class-IL, on the same reference runs (joint's too)
+    seen = by_factor["active_classes"]
+    class_il = {d for d in reference[0] if d.parts[-3] == "class_incremental"}
+    assert {d for d in seen if d.parent.name == "reference"} == class_il
+    assert {d.parts[-3] for d in seen} == {"class_incremental"} and len(seen) == 2 * 5
+    assert {extra for d, extra in seen.items() if d.parent.name != "reference"} == {
+        ("stream.pixels=standardised", "stream.active_classes=seen")}
+
+
+def test_a_factor_refuses_scenarios_where_its_key_does_not_apply(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    proc = subprocess.run([sys.executable, "scripts/split_factor.py", "active_classes", "--scenarios",
+                           "task_incremental", "--doc-only", "--runs", str(tmp_path)], cwd=REPO,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "applies to class_incremental only" in proc.stderr, proc.stderr
 
 
 def _metrics(path, acc):

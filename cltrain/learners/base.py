@@ -55,6 +55,9 @@ class Learner(pl.LightningModule):
     # True: it writes its own training_step and steps its own optimizers by hand, so optim.grad_clip_norm never
     # reaches them (the config check refuses the key for it)
     optimizes_itself: ClassVar[bool] = False
+    # True: its loss does not go through `logits` (its own step or logits), so stream.active_classes=seen, which
+    # narrows those logits, would not reach it (the config check refuses the key for it)
+    own_logits: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -73,6 +76,8 @@ class Learner(pl.LightningModule):
         self.method = method
         # Task-incremental streams: logits outside the task's classes are masked when the task id is known.
         self.register_buffer("class_mask", class_mask, persistent=False)
+        # stream.active_classes=seen: the classes met so far, set by the trainer at every phase (None: every class)
+        self.register_buffer("seen_classes", None, persistent=False)
         self._optimizer: Optional[torch.optim.Optimizer] = None
         self._pending_optimizer_state: Optional[dict] = None
         self.bar_metrics: dict[str, float] = {}  # what the progress bar shows (cltrain.progress.LearnerBar)
@@ -107,9 +112,17 @@ class Learner(pl.LightningModule):
             return out
         return out.masked_fill(~self.class_mask[t], float("-inf"))
 
+    def restrict(self, out: torch.Tensor) -> torch.Tensor:
+        """stream.active_classes=seen: the classes of tasks not met yet leave the softmax (-inf logits, so they get
+        neither probability nor gradient), as van de Ven & Tolias train Class-IL."""
+        if self.seen_classes is None:
+            return out
+        return out.masked_fill(~self.seen_classes, float("-inf"))
+
     @torch.no_grad()
     def predict(self, x: torch.Tensor, t: Optional[torch.Tensor]) -> torch.Tensor:
-        """Class predictions; `t` is None when the method must infer the task itself."""
+        """Class predictions; `t` is None when the method must infer the task itself. Among every class the task
+        allows, also under stream.active_classes=seen (`restrict` narrows the training loss only)."""
         return self.logits(x, t).argmax(dim=1)
 
     # ---- training -------------------------------------------------------------------------------------
@@ -123,7 +136,7 @@ class Learner(pl.LightningModule):
     def step_outputs(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
         """One training batch's loss ("loss", with its graph) and what the callbacks' on_train_batch_end gets beside
         it (here the logits: training accuracy for facilitation). Methods with another objective override this."""
-        logits = self.logits(batch.x, batch.t)
+        logits = self.restrict(self.logits(batch.x, batch.t))
         loss = self.loss(logits, batch) + self.penalty()
         self.log_loss(loss, batch, batch_idx)
         return {"loss": loss, "logits": logits.detach()}

@@ -82,6 +82,7 @@ def chain_nll(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 class IBCL(Learner):
     Config = IBCLConfig
     presentations = ("task_aware",)  # posteriors are stored at task boundaries
+    own_logits = True  # its step samples the Bayesian head itself
 
     def __init__(self, model: BayesMLP, optim, method: IBCLConfig, class_mask=None, model_factory=None, seed: int = 0):
         # The configured head, rebuilt with one chain per prior scale (the registry builds a single chain).

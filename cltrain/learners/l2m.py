@@ -68,6 +68,7 @@ def check_pool_learner(exp: Any, method: Any, hosts: tuple[str, ...], where: str
 class L2M(Learner):
     Config = L2MConfig
     single_network = False  # the pool's keys live outside self.model: its weights alone are not the learner
+    own_logits = True  # the modulated network's logits, not the framework's
 
     def __init__(self, model: nn.Module, *args, **kwargs):
         super().__init__(model, *args, **kwargs)

@@ -38,6 +38,7 @@ class L2PConfig:
 class L2P(Learner):
     Config = L2PConfig
     single_network = False  # the prompts and the pool's keys live outside self.model
+    own_logits = True  # the prompted network's logits, not the framework's
 
     def __init__(self, model: nn.Module, *args, **kwargs):
         super().__init__(model, *args, **kwargs)

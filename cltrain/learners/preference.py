@@ -71,6 +71,7 @@ class PrefVCLConfig:
 @LEARNERS.register("pref_vcl")
 class PrefVCL(Learner):
     Config = PrefVCLConfig
+    own_logits = True  # its step samples the Bayesian head itself
     presentations = ("task_aware",)  # a preference weights samples by their task
 
     def __init__(self, model: BayesMLP, optim, method: PrefVCLConfig, class_mask=None, model_factory=None, seed: int = 0):

@@ -118,6 +118,7 @@ class TAME(Learner):
     incompatible_plugins = {"pruning": "TAME prunes its own experts (learner.prune_experts)"}
     reports_shifts = True
     single_network = False  # experts and a selector: `cltrain merge` reads them with source=tame
+    own_logits = True  # each expert's logits in its own training step
     optimizes_itself = True  # one optimizer per expert (they come and go during the fit), stepped in its training_step
     syncs_own_gradients = True  # the expert pool grows during training, outside any DDP wrapper
     Config = TAMEConfig

@@ -81,8 +81,10 @@ class Stream:
 
     def class_mask(self) -> torch.Tensor | None:
         """[n_tasks, n_classes] bool: the labels each task may predict (task-incremental only)."""
-        if self.scenario != "task_incremental":
-            return None
+        return self.task_classes() if self.scenario == "task_incremental" else None
+
+    def task_classes(self) -> torch.Tensor:
+        """[n_tasks, n_classes] bool: the labels of each task's samples."""
         mask = torch.zeros(len(self.tasks), self.n_classes, dtype=torch.bool)
         for task in self.tasks:
             mask[task.id, task.classes] = True

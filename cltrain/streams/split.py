@@ -42,7 +42,7 @@ def _indices_of(labels: torch.Tensor, classes: list[int]) -> torch.Tensor:
     return torch.nonzero(torch.isin(labels, torch.tensor(classes)), as_tuple=True)[0]
 
 
-@STREAMS.register("split", reads=("scenario", "class_order", "pixels", "pad"))
+@STREAMS.register("split", reads=("scenario", "class_order", "active_classes", "pixels", "pad"))
 def split_stream(cfg: ExperimentConfig) -> Stream:
     spec, train, test = load_dataset(cfg)
     gen = stream_generator(cfg, salt=17)
