@@ -249,7 +249,7 @@ def boundary_section(root: Path, seeds: list[int]) -> list[str]:
     out += ["", "Commands (one per run; the seed and `trainer.boundary_batches` vary), e.g.:", "",
             *[f"    {' '.join(command(r, shown(root)))}" for r in first[:2]],
             "", f"All runs: `.venv/bin/python scripts/tame_studies.py boundary --runs {shown(root)}`."]
-    return out
+    return out + hand_notes("boundary")
 
 
 def diverged(m: dict) -> bool:
@@ -373,7 +373,7 @@ def ablation_section(root: Path, seeds: list[int]) -> list[str]:
     out += ["", *gap_split(root, seeds)]
     out += ["", f"All runs: `.venv/bin/python scripts/tame_studies.py ablation --runs {shown(root)}`; e.g.", "",
             f"    {' '.join(command(ablation_runs(seeds[:1])[1], shown(root)))}"]
-    return out
+    return out + hand_notes("ablation")
 
 
 PAPER_SPLIT = 0.9863
