@@ -112,6 +112,10 @@ class Learner(pl.LightningModule):
             return out
         return out.masked_fill(~self.class_mask[t], float("-inf"))
 
+    def loss_logits(self, x: torch.Tensor, t: Optional[torch.Tensor]) -> torch.Tensor:
+        """The logits the training loss sees (and what a method derives from that loss, e.g. EWC's Fisher)."""
+        return self.restrict(self.logits(x, t))
+
     def restrict(self, out: torch.Tensor) -> torch.Tensor:
         """stream.active_classes=seen: the classes of tasks not met yet leave the softmax (-inf logits, so they get
         neither probability nor gradient), as van de Ven & Tolias train Class-IL."""
@@ -136,7 +140,7 @@ class Learner(pl.LightningModule):
     def step_outputs(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
         """One training batch's loss ("loss", with its graph) and what the callbacks' on_train_batch_end gets beside
         it (here the logits: training accuracy for facilitation). Methods with another objective override this."""
-        logits = self.restrict(self.logits(batch.x, batch.t))
+        logits = self.loss_logits(batch.x, batch.t)
         loss = self.loss(logits, batch) + self.penalty()
         self.log_loss(loss, batch, batch_idx)
         return {"loss": loss, "logits": logits.detach()}

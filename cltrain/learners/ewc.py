@@ -73,7 +73,7 @@ def linear_fisher(learner: Learner, samples: TaskSamples, n: int, chunk: int,
             for batch in samples(chunk, n):
                 with torch.enable_grad():
                     t = batch.t if learner.class_mask is not None else None
-                    logits = learner.restrict(learner.logits(batch.x, t))  # the loss's classes
+                    logits = learner.loss_logits(batch.x, t)
                     loss = F.cross_entropy(logits, fisher_targets(logits, batch.y, labels), reduction="sum")
                     names = list(outputs)
                     # summed loss: row i of each output gradient is sample i's own d_i
@@ -100,7 +100,7 @@ def diagonal_fisher(learner: Learner, samples: TaskSamples, n: int, chunk: int,
 
     def nll(p, x, y, t):
         out = learner.mask(functional_call(learner.model, p, (x.unsqueeze(0),)), None if t is None else t[None])
-        out = learner.restrict(out)
+        out = learner.restrict(out)  # as loss_logits, on the functional model
         return F.cross_entropy(out, y.unsqueeze(0))
 
     fisher = {k: torch.zeros_like(v) for k, v in params.items()}
@@ -110,8 +110,7 @@ def diagonal_fisher(learner: Learner, samples: TaskSamples, n: int, chunk: int,
             t = batch.t if learner.class_mask is not None else None
             in_dims = (None, 0, 0, 0 if t is not None else None)
             with torch.no_grad():  # the true labels need no forward pass
-                y = batch.y if labels == "true" else fisher_targets(
-                    learner.restrict(learner.logits(batch.x, t)), batch.y, labels)
+                y = batch.y if labels == "true" else fisher_targets(learner.loss_logits(batch.x, t), batch.y, labels)
             grads = vmap(grad(nll), in_dims=in_dims)(params, batch.x, y, t)
             for k, g in grads.items():
                 fisher[k] += g.pow(2).sum(0)
