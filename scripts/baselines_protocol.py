@@ -82,7 +82,7 @@ def variant_jobs(args, runs: Path, names: list[str]) -> list[tuple]:
         variant, base = rb.VARIANTS[name], rb.folder(runs / "variants" / name, BENCH, SCENARIO, STEPS)
         for method in (m for m in variant.methods if m in picks):
             jobs += [(BENCH, SCENARIO, STEPS, picks[method], seed, base / rb.point_name(method, picks[method], seed),
-                      (*rb.extra(args, BENCH), *variant.overrides)) for seed in args.seeds]
+                      (*rb.extra(args, BENCH, SCENARIO), *variant.overrides)) for seed in args.seeds]
     return jobs
 
 
