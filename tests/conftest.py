@@ -73,6 +73,10 @@ def data_root() -> Path:
     if not (DATA / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
         raise RuntimeError(f"real MNIST expected under {DATA}; set CLTRAIN_DATA")  # fail loudly, never skip
     os.environ["CLTRAIN_DATA"] = str(DATA)
+    # Every process the tests start (CLI runs, scripts, SLURM jobs) takes one intra-op thread, for the reason of
+    # `one_thread`: a run's two threads on the 2 shared cores, with anything else busy there, measured 3x slower
+    # (a 5-phase split-MNIST run: 70 s against 23 s with one). This process's own torch read it at import.
+    os.environ["OMP_NUM_THREADS"] = "1"
     return DATA
 
 
