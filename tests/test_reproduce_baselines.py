@@ -137,3 +137,23 @@ def test_the_comparisons_page_is_written_whole_or_left_as_it_is(tmp_path, capsys
     # the checks' command names the points the page shows, though this call (--doc-only: check=[]) ran none
     assert "--check-steps 5000 --check-seeds 0 --check EWC=500.0`" in checks
     assert "| EWC | 500.0 | 0 | 93.0 (last task 95.0) | 0 | 95.0 (last task 95.0) |" in checks  # 28×28 | 32×32
+
+
+def test_class_il_runs_train_over_the_classes_met_and_the_other_scenarios_do_not(tmp_path):
+    """The authors' Class-IL loss covers the digits met so far: every Class-IL job of the reproduction carries
+    stream.active_classes=seen (and resolves to it), the other scenarios' jobs leave the default."""
+    from cltrain.config import load_config
+    from cltrain.resolve import check_config
+
+    s = script()
+    args = SimpleNamespace(seeds=[0, 1], tune_seeds=[0], pmnist_test=None, pixels=None, pad=None)
+    for scenario in s.SPLIT_SCENARIOS:
+        jobs = s.first_round(args, tmp_path, ("split_mnist", scenario, 2000))
+        assert len(jobs) == sum(len(p) if len(p) > 1 else 2 for p in s.BENCHMARKS["split_mnist"].methods.values())
+        for bench, scen, steps, overrides, seed, run_dir, extra in jobs:
+            keys = [f"stream.scenario={scen}", f"seed={seed}", *extra, *overrides]
+            cfg = load_config("baselines/split_mnist", keys)
+            check_config(cfg)  # the combination is valid: Class-IL on a task-aware stream
+            assert cfg.stream.active_classes == ("seen" if scenario == "class_incremental" else "all"), (scen, keys)
+    pmnist = s.first_round(args, tmp_path, ("pmnist", "domain_incremental", 5000))
+    assert all(not any("active_classes" in k for k in job[-1]) for job in pmnist)
